@@ -1,0 +1,37 @@
+"""``runstream topics create``: create the input, DLQ topics with the configured names."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from service.config import Settings
+from service.errors import ConfigError
+from service.kafka_admin import create_topics
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("topics", help="create runstream's Kafka topics")
+    p.add_argument("action", choices=["create"], help="what to do")
+    p.add_argument("--partitions", type=int, default=6, help="partitions per topic (default %(default)s)")
+    p.add_argument("--replication", type=int, default=1, help="replication factor (default %(default)s)")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    settings = Settings()
+    if not settings.kafka_bootstrap:
+        raise ConfigError("RUNSTREAM_KAFKA_BOOTSTRAP is not set; start a broker with 'runstream dev-kafka start'")
+    names = [settings.topic_predictions, settings.topic_metrics, settings.topic_labels, settings.topic_dlq]
+    created = asyncio.run(
+        create_topics(
+            settings.kafka_bootstrap,
+            names,
+            partitions=args.partitions,
+            replication=args.replication,
+            **settings.kafka_client_options(),
+        )
+    )
+    for name in names:
+        print(f"{name}: {'created' if name in created else 'exists'}")
+    return 0

@@ -1,0 +1,285 @@
+"""A real single-node Apache Kafka broker (KRaft) for development and tests.
+
+The broker jars come from Maven Central once (``deploy/kafka/pom.xml``) and are cached;
+every start formats a fresh data directory unless asked to keep one (broker restarts in
+fault drills). Readiness is a TCP connect to the PLAINTEXT port: for a non-zero port,
+Kafka opens its listener only once the broker is unfenced, so a connect means ready.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from service.errors import DevKafkaError
+
+KAFKA_VERSION = "4.4.0"
+"""Newest 4.x on Maven Central here; aiokafka 0.14 produces, consumes, joins groups,
+commits and creates topics against it (tests/integration/test_kafka_roundtrip.py)."""
+
+DEPLOY_DIR = Path(__file__).resolve().parent.parent / "deploy" / "kafka"
+JVM_OPTS = (
+    "-Xms128m",
+    "-Xmx768m",
+    "-XX:+UseSerialGC",
+    "-XX:+ExitOnOutOfMemoryError",
+    "-Djava.awt.headless=true",
+)
+
+
+def default_cache_dir() -> Path:
+    """Where jars are cached: ``RUNSTREAM_CACHE_DIR`` or ``~/.cache/runstream``."""
+    env = os.environ.get("RUNSTREAM_CACHE_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "runstream"
+
+
+def new_cluster_id() -> str:
+    """A KRaft cluster id: URL-safe base64 of 16 random bytes, unpadded, not starting with '-'."""
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cid.startswith("-"):
+            return cid
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def render_server_properties(
+    template: str, *, data_dir: Path, broker_port: int, controller_port: int, extra: Mapping[str, str]
+) -> str:
+    """Fill the ``server.properties.in`` template; ``extra`` keys override or add settings."""
+    text = (
+        template.replace("@DATA@", str(data_dir))
+        .replace("@BROKER_PORT@", str(broker_port))
+        .replace("@CONTROLLER_PORT@", str(controller_port))
+    )
+    if not extra:
+        return text
+    kept = [line for line in text.splitlines() if line.split("=", 1)[0].strip() not in extra]
+    kept.extend(f"{k}={v}" for k, v in extra.items())
+    return "\n".join(kept) + "\n"
+
+
+def _require_tool(name: str, purpose: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise DevKafkaError(f"'{name}' is not on PATH; it is needed to {purpose}. Install it and retry.")
+    return path
+
+
+def ensure_jars(version: str = KAFKA_VERSION, cache_dir: Path | None = None) -> Path:
+    """Return the folder holding the broker classpath, fetching it with Maven on first use."""
+    lib = (cache_dir or default_cache_dir()) / "kafka" / f"lib-{version}"
+    if (lib / ".complete").exists():
+        return lib
+    mvn = _require_tool("mvn", "fetch the Apache Kafka broker jars from Maven Central")
+    _require_tool("java", "run the Kafka broker")
+    lib.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f"lib-{version}.", dir=lib.parent))
+    cmd = [
+        mvn, "-q", "-B", "-f", str(DEPLOY_DIR / "pom.xml"), f"-Dkafka.version={version}",
+        "dependency:copy-dependencies", "-DincludeScope=runtime", f"-DoutputDirectory={staging}",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0 or not any(staging.glob("kafka_2.13-*.jar")):
+        shutil.rmtree(staging, ignore_errors=True)
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+        raise DevKafkaError(f"could not fetch Kafka {version} jars with Maven (exit {proc.returncode}):\n{tail}")
+    (staging / ".complete").touch()
+    if lib.exists():  # another process won the race
+        shutil.rmtree(staging, ignore_errors=True)
+    else:
+        staging.rename(lib)
+    return lib
+
+
+@dataclass
+class DevKafka:
+    """One broker process. ``start()`` / ``stop()`` are idempotent; ``restart()`` keeps the data."""
+
+    data_dir: Path
+    broker_port: int = 0
+    controller_port: int = 0
+    version: str = KAFKA_VERSION
+    cache_dir: Path | None = None
+    extra_properties: dict[str, str] = field(default_factory=dict)
+    start_timeout_s: float = 90.0
+    pid: int | None = None
+    _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.broker_port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "broker.log"
+
+    def _java(self, lib: Path) -> list[str]:
+        java = _require_tool("java", "run the Kafka broker")
+        log4j = f"-Dlog4j2.configurationFile={DEPLOY_DIR / 'log4j2.properties'}"
+        return [java, *JVM_OPTS, log4j, f"-Dkafka.logs.dir={self.data_dir}", "-cp", f"{lib}/*"]
+
+    def _format(self, lib: Path) -> None:
+        props = self.data_dir / "server.properties"
+        cmd = [*self._java(lib), "kafka.tools.StorageTool", "format", "--standalone",
+               "-t", new_cluster_id(), "-c", str(props)]  # fmt: skip
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise DevKafkaError(f"formatting the KRaft data directory failed:\n{proc.stderr or proc.stdout}")
+
+    def start(self) -> DevKafka:
+        if self.running():
+            return self
+        lib = ensure_jars(self.version, self.cache_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        props = self.data_dir / "server.properties"
+        fresh = not (self.data_dir / "kraft-logs" / "meta.properties").exists()
+        if fresh:
+            self.broker_port = self.broker_port or free_port()
+            self.controller_port = self.controller_port or free_port()
+            template = (DEPLOY_DIR / "server.properties.in").read_text(encoding="utf-8")
+            props.write_text(
+                render_server_properties(
+                    template,
+                    data_dir=self.data_dir,
+                    broker_port=self.broker_port,
+                    controller_port=self.controller_port,
+                    extra=self.extra_properties,
+                ),
+                encoding="utf-8",
+            )
+            self._format(lib)
+        with self.log_path.open("ab") as log:
+            self._proc = subprocess.Popen(
+                [*self._java(lib), "kafka.Kafka", str(props)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C in a terminal reaches us, not the broker directly
+            )
+        self.pid = self._proc.pid
+        self._wait_ready()
+        return self
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.start_timeout_s
+        while time.monotonic() < deadline:
+            if self._proc is not None and self._proc.poll() is not None:
+                raise DevKafkaError(
+                    f"the broker exited with code {self._proc.returncode} while starting:\n{self._log_tail()}"
+                )
+            try:
+                with socket.create_connection(("127.0.0.1", self.broker_port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise DevKafkaError(f"the broker did not accept connections within {self.start_timeout_s:.0f} s")
+
+    def _log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no broker log)"
+
+    def running(self) -> bool:
+        return self.pid is not None and _alive(self.pid)
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """SIGTERM (Kafka's shutdown hook flushes and closes), bounded wait, then SIGKILL."""
+        if self.pid is None:
+            return
+        _terminate(self.pid, timeout_s, self._proc)
+        self.pid = None
+        self._proc = None
+
+    def kill(self) -> None:
+        """SIGKILL without a clean shutdown (fault drills)."""
+        if self.pid is not None:
+            _terminate(self.pid, 0.0, self._proc)
+            self.pid = None
+            self._proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def state(self) -> dict[str, object]:
+        return {
+            "pid": self.pid,
+            "bootstrap": self.bootstrap,
+            "broker_port": self.broker_port,
+            "controller_port": self.controller_port,
+            "data_dir": str(self.data_dir),
+            "version": self.version,
+        }
+
+    def save_state(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.state(), indent=2), encoding="utf-8")
+
+    @classmethod
+    def load_state(cls, path: Path) -> DevKafka:
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise DevKafkaError(f"no dev broker state at {path}: is it started?") from exc
+        return cls(
+            data_dir=Path(raw["data_dir"]),
+            broker_port=int(raw["broker_port"]),
+            controller_port=int(raw["controller_port"]),
+            version=str(raw["version"]),
+            pid=raw.get("pid"),
+        )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _terminate(pid: int, timeout_s: float, proc: subprocess.Popen[bytes] | None) -> None:
+    def gone() -> bool:
+        if proc is not None:
+            return proc.poll() is not None
+        return not _alive(pid)
+
+    if gone():
+        return
+    if timeout_s > 0:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if gone():
+                return
+            time.sleep(0.1)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    if proc is not None:
+        proc.wait(timeout=10)
+    else:
+        deadline = time.monotonic() + 10
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)

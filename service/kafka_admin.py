@@ -1,0 +1,29 @@
+"""Topic administration: create runstream's topics idempotently."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+
+async def create_topics(
+    bootstrap: str, names: Iterable[str], *, partitions: int, replication: int = 1, **client_opts: Any
+) -> list[str]:
+    """Create the topics that do not exist yet; return the names created."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client_opts)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [n for n in dict.fromkeys(names) if n not in existing]
+        if not wanted:
+            return []
+        try:
+            await admin.create_topics([NewTopic(n, partitions, replication) for n in wanted])
+        except TopicAlreadyExistsError:
+            pass  # created concurrently by someone else: that is what we wanted
+        return wanted
+    finally:
+        await admin.close()
