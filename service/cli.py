@@ -16,6 +16,7 @@ from service.errors import RunstreamError
 
 # Modules under service.commands, in the order --help lists them.
 COMMAND_MODULES: tuple[str, ...] = (
+    "up",
     "run",
     "backfill",
     "demo",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from typing import Any
 
@@ -20,10 +21,9 @@ async def create_topics(
         wanted = [n for n in dict.fromkeys(names) if n not in existing]
         if not wanted:
             return []
-        try:
+        # A concurrent creator winning the race is what we wanted anyway.
+        with contextlib.suppress(TopicAlreadyExistsError):
             await admin.create_topics([NewTopic(n, partitions, replication) for n in wanted])
-        except TopicAlreadyExistsError:
-            pass  # created concurrently by someone else: that is what we wanted
         return wanted
     finally:
         await admin.close()

@@ -1,0 +1,42 @@
+# runstream — every target does its own set-up (virtualenv, packages, Kafka jars).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: setup jars run test unit integration lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+jars: setup
+	$(PY) -m service dev-kafka fetch
+
+## The main job on local defaults: dev broker, local Labelbox API, service, demo stream.
+run: jars
+	$(PY) -m service up
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy service consumers
+
+unit: setup
+	$(VENV)/bin/pytest -m unit
+
+integration: jars
+	$(VENV)/bin/pytest -m integration
+
+## All tests (unit + integration against a real broker) plus ruff and mypy.
+test: jars lint
+	$(VENV)/bin/pytest
+
+bench: jars
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) .runstream .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,33 @@
+"""Every command answers --help (the CLI is assembled from service/commands/*)."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from service.cli import build_parser, main
+
+
+def _subcommands() -> list[str]:
+    parser = build_parser()
+    actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return sorted(actions[0].choices)
+
+
+def test_core_commands_are_registered() -> None:
+    assert {"up", "dev-kafka", "topics"} <= set(_subcommands())
+
+
+@pytest.mark.parametrize("command", _subcommands())
+def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    assert exc.value.code == 0
+    assert "usage: runstream" in capsys.readouterr().out
+
+
+def test_unknown_command_fails() -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["no-such-command"])
+    assert exc.value.code == 2
