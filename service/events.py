@@ -1,0 +1,966 @@
+"""Event contracts (DESIGN §2): parse, validate and serialize prediction, metric and label events.
+
+Validation is hand-written over the decoded dicts instead of pydantic validators: it runs on the
+hot path (one call per Kafka message), it must name the exact field path the producer wrote
+(``predictions[2].dataRow``) and it must never let anything but ``EventValidationError`` escape.
+The pydantic models are the typed *result*; they are built from already-checked values, so
+constructing them is cheap and their own type checks are only a safety net.
+
+Deterministic uuids, so that a replay re-sends the same uuid and Labelbox upserts instead of
+duplicating (both are RFC 4122 uuid5 values, the name being UTF-8 text):
+
+* prediction row without ``uuid``: ``uuid5(PREDICTION_UUID_NAMESPACE, model_run_id + "\\n" +
+  orjson.dumps(row_without_uuid, OPT_SORT_KEYS))`` over the *normalized* NDJSON row (camelCase keys,
+  customMetric values as floats), so snake_case and camelCase spellings of one row agree;
+* metric row without ``uuid``: ``uuid5(METRIC_UUID_NAMESPACE, orjson.dumps([model_run_id,
+  data_row_key, metric_name, feature_name, subclass_name, metricValue]))``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import math
+import uuid as _uuid
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from typing import Any, ClassVar, Literal, NamedTuple, TypeAlias
+
+import orjson
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from service.errors import EventValidationError, MalformedJsonError, MessageTooLargeError
+
+__all__ = [
+    "ANNOTATION_PER_LABEL_LIMIT",
+    "CONFUSION_MATRIX_AGGREGATION",
+    "MAX_CONFIDENCE_SCORES",
+    "METRIC_UUID_NAMESPACE",
+    "MIN_CONFIDENCE_SCORES",
+    "PREDICTION_UUID_NAMESPACE",
+    "RESERVED_METRIC_NAMES",
+    "SCALAR_AGGREGATIONS",
+    "ConfusionMatrixMetricRow",
+    "ConfusionMatrixValue",
+    "CustomMetricLeaf",
+    "DataRowRef",
+    "Event",
+    "EventKind",
+    "LabelEvent",
+    "MetricEvent",
+    "MetricRow",
+    "PredictionEvent",
+    "PredictionRow",
+    "ScalarAggregation",
+    "ScalarMetricRow",
+    "parse_event",
+    "parse_metric_row",
+    "parse_ndjson_row",
+    "parse_prediction_row",
+]
+
+EventKind = Literal["prediction", "metric", "label"]
+ScalarAggregation = Literal["ARITHMETIC_MEAN", "GEOMETRIC_MEAN", "HARMONIC_MEAN", "SUM"]
+ConfusionMatrixValue: TypeAlias = tuple[int, int, int, int]
+
+SCALAR_AGGREGATIONS: frozenset[str] = frozenset({"ARITHMETIC_MEAN", "GEOMETRIC_MEAN", "HARMONIC_MEAN", "SUM"})
+CONFUSION_MATRIX_AGGREGATION = "CONFUSION_MATRIX"
+RESERVED_METRIC_NAMES: tuple[str, ...] = (
+    "true_positive_count",
+    "false_positive_count",
+    "true_negative_count",
+    "false_negative_count",
+    "precision",
+    "recall",
+    "f1",
+    "iou",
+)
+MIN_CONFIDENCE_SCORES = 2
+MAX_CONFIDENCE_SCORES = 15
+CONFUSION_MATRIX_MAX_COUNT = 10_000_000_000
+ANNOTATION_PER_LABEL_LIMIT = 5000
+
+PREDICTION_UUID_NAMESPACE = _uuid.UUID("5b0c3a4e-6f1d-4c62-9a57-2f4e1d0b7c11")
+METRIC_UUID_NAMESPACE = _uuid.UUID("a3f1c2d4-8e5b-4b7a-9c3d-1e2f3a4b5c6d")
+
+_MISSING: Any = object()
+_SORT = orjson.OPT_SORT_KEYS
+
+
+def _uuid5(namespace: _uuid.UUID, name: bytes) -> str:
+    """uuid5 over bytes without the str round-trip ``uuid.uuid5`` needs (same result for UTF-8 names)."""
+    digest = hashlib.sha1(namespace.bytes + name, usedforsecurity=False).digest()
+    return str(_uuid.UUID(bytes=digest[:16], version=5))
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def _fail(path: str, reason: str) -> EventValidationError:
+    return EventValidationError(path, reason)
+
+
+def _pick(obj: Mapping[str, Any], camel: str, snake: str, path: str) -> tuple[Any, str]:
+    """One field accepted in two spellings; giving both is ambiguous, so it is an error."""
+    c = obj.get(camel, _MISSING)
+    s = obj.get(snake, _MISSING)
+    if c is not _MISSING:
+        if s is not _MISSING:
+            field = f"{path}.{camel}" if path else camel
+            raise _fail(field, f"given twice, as {camel} and {snake}; use one of them")
+        return c, camel
+    return s, snake
+
+
+def _unknown_keys(path: str, keys: Iterable[str], allowed: Iterable[str], what: str) -> EventValidationError:
+    """Name every unknown key (and a likely intended one) so a typo is not mistaken for absence."""
+    allowed_list = sorted(allowed)
+    unknown = sorted(str(k) for k in keys)
+    first = unknown[0]
+    guess = difflib.get_close_matches(first, allowed_list, n=1)
+    hint = f" (did you mean {guess[0]}?)" if guess else ""
+    others = f"; also unknown: {', '.join(unknown[1:])}" if len(unknown) > 1 else ""
+    field = f"{path}.{first}" if path else first
+    return _fail(field, f"unknown {what} field{hint}{others}; allowed: {', '.join(allowed_list)}")
+
+
+def _non_empty_str(value: Any, path: str) -> str:
+    if not isinstance(value, str):
+        raise _fail(path, f"must be a non-empty string, got {_type_name(value)}")
+    if not value.strip():
+        raise _fail(path, "must be a non-empty string, got a blank one")
+    return value
+
+
+def _optional_str(value: Any, path: str) -> str | None:
+    if value is None or value is _MISSING:
+        return None
+    if not isinstance(value, str):
+        raise _fail(path, f"must be a string, got {_type_name(value)}")
+    return value
+
+
+def _finite_number(value: Any, path: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _fail(path, f"must be a number, got {_type_name(value)}")
+    try:
+        f = float(value)
+    except OverflowError:
+        raise _fail(path, "must be a finite number, got an integer too large for a float") from None
+    if not math.isfinite(f):
+        raise _fail(path, f"must be a finite number, got {f}")
+    return f
+
+
+def _find_non_finite(value: Any, path: str) -> str | None:
+    """Path of the first NaN/inf in a decoded-JSON tree (only needed for dicts not from orjson)."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else path
+    if isinstance(value, dict):
+        for k, v in value.items():
+            found = _find_non_finite(v, f"{path}.{k}")
+            if found:
+                return found
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            found = _find_non_finite(v, f"{path}[{i}]")
+            if found:
+                return found
+    return None
+
+
+# --------------------------------------------------------------------------------------------------
+# Data row references
+
+
+class DataRowRef(BaseModel):
+    """A data row as the event names it; Labelbox needs exactly one of the two identifiers."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str | None = None
+    global_key: str | None = None
+
+    def key(self) -> str:
+        """Stable key for grouping and upserts: ``id:<id>`` or ``gk:<global key>``."""
+        return f"id:{self.id}" if self.id is not None else f"gk:{self.global_key}"
+
+    def to_ndjson(self) -> dict[str, str]:
+        return {"id": self.id} if self.id is not None else {"globalKey": self.global_key or ""}
+
+
+_DATA_ROW_KEYS = frozenset({"id", "globalKey", "global_key"})
+
+
+def _parse_data_row(value: Any, path: str) -> DataRowRef:
+    if not isinstance(value, dict):
+        raise _fail(path, f"must be an object with exactly one of id or globalKey, got {_type_name(value)}")
+    if not value.keys() <= _DATA_ROW_KEYS:
+        raise _unknown_keys(path, value.keys() - _DATA_ROW_KEYS, _DATA_ROW_KEYS, "dataRow")
+    dr_id = value.get("id")
+    gk, gk_name = _pick(value, "globalKey", "global_key", path)
+    gk = None if gk is _MISSING else gk
+    if dr_id is not None and gk is not None:
+        raise _fail(path, "must have exactly one of id or globalKey, got both")
+    if dr_id is not None:
+        return DataRowRef(id=_non_empty_str(dr_id, f"{path}.id"))
+    if gk is not None:
+        return DataRowRef(global_key=_non_empty_str(gk, f"{path}.{gk_name}"))
+    raise _fail(path, "must have exactly one of id or globalKey, got neither")
+
+
+# --------------------------------------------------------------------------------------------------
+# Prediction rows
+
+
+class CustomMetricLeaf(NamedTuple):
+    """One customMetric of a prediction, placed at its node of the metric tree (DESIGN §4)."""
+
+    feature: str | None
+    subclass: str | None
+    name: str
+    value: float
+
+
+class PredictionRow(BaseModel):
+    """One Labelbox NDJSON prediction row; ``ndjson`` is the full normalized row sent to Labelbox.
+
+    Fields we do not model (geometry, answers, masks, ...) live only in ``ndjson`` and pass
+    through unchanged, so new Labelbox annotation types need no change here.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    data_row: DataRowRef
+    uuid: str
+    name: str | None = None
+    schema_id: str | None = None
+    confidence: float | None = None
+    is_mask: bool = False
+    ndjson: dict[str, Any]
+
+    def to_ndjson(self) -> dict[str, Any]:
+        """The row in Labelbox field names, uuid included (a shallow copy: do not mutate nested values)."""
+        return dict(self.ndjson)
+
+    def custom_metric_leaves(self) -> list[CustomMetricLeaf]:
+        """Top-level customMetrics sit at the annotation's feature; answer ones at (question, answer)."""
+        feature = self.name if self.name is not None else self.schema_id
+        leaves: list[CustomMetricLeaf] = []
+        _collect_leaves(self.ndjson, feature, None, leaves)
+        return leaves
+
+
+def _node_name(node: Mapping[str, Any]) -> str | None:
+    name = node.get("name")
+    return name if isinstance(name, str) else node.get("schemaId")
+
+
+def _collect_leaves(
+    node: Mapping[str, Any], feature: str | None, subclass: str | None, out: list[CustomMetricLeaf]
+) -> None:
+    for cm in node.get("customMetrics") or ():
+        out.append(CustomMetricLeaf(feature, subclass, cm["name"], cm["value"]))
+    answer = node.get("answer")
+    answers = [answer] if isinstance(answer, dict) else answer if isinstance(answer, list) else ()
+    for ans in answers:
+        # A top-level classification's answers are its nested features; deeper answers and nested
+        # classifications all land on the nested-feature level of the top annotation (the tree has 3 levels).
+        _collect_leaves(ans, feature, _node_name(ans), out)
+    for cls in node.get("classifications") or ():
+        # A nested free-text classification carries its customMetrics itself: it is the nested feature.
+        _collect_leaves(cls, feature, _node_name(cls), out)
+
+
+_PRED_ALIASES = {"data_row": "dataRow", "schema_id": "schemaId", "custom_metrics": "customMetrics"}
+_CUSTOM_METRIC_KEYS = frozenset({"name", "value"})
+
+
+def _normalize_keys(obj: dict[str, Any], path: str) -> dict[str, Any]:
+    """Copy with snake_case aliases mapped to Labelbox names; both spellings at once is an error."""
+    out: dict[str, Any] = {}
+    for k, v in obj.items():
+        if not isinstance(k, str):
+            raise _fail(path, f"keys must be strings, got {type(k).__name__}")
+        ck = _PRED_ALIASES.get(k, k)
+        if ck in out:
+            raise _fail(f"{path}.{ck}", f"given twice, as {ck} and {k}; use one of them")
+        out[ck] = v
+    return out
+
+
+def _parse_custom_metrics(value: Any, path: str) -> list[dict[str, Any]]:
+    if not isinstance(value, list):
+        raise _fail(path, f'must be a list of {{"name": str, "value": number}}, got {_type_name(value)}')
+    out: list[dict[str, Any]] = []
+    for i, cm in enumerate(value):
+        p = f"{path}[{i}]"
+        if not isinstance(cm, dict):
+            raise _fail(p, f'must be an object {{"name": str, "value": number}}, got {_type_name(cm)}')
+        if not cm.keys() <= _CUSTOM_METRIC_KEYS:
+            raise _unknown_keys(p, cm.keys() - _CUSTOM_METRIC_KEYS, _CUSTOM_METRIC_KEYS, "customMetric")
+        if "name" not in cm:
+            raise _fail(f"{p}.name", "is required")
+        name = cm["name"]
+        if not isinstance(name, str):
+            raise _fail(f"{p}.name", f"must be a string, got {_type_name(name)}")
+        if "value" not in cm:
+            raise _fail(f"{p}.value", "is required")
+        out.append({"name": name, "value": _finite_number(cm["value"], f"{p}.value")})
+    return out
+
+
+def _check_name_or_schema(node: dict[str, Any], path: str) -> None:
+    name = node.get("name")
+    schema_id = node.get("schemaId")
+    if name is None and schema_id is None:
+        raise _fail(path, "must have name or schemaId, got neither")
+    if name is not None:
+        _non_empty_str(name, f"{path}.name")
+    if schema_id is not None:
+        _non_empty_str(schema_id, f"{path}.schemaId")
+
+
+def _check_confidence(value: Any, path: str) -> float:
+    c = _finite_number(value, path)
+    if not 0.0 <= c <= 1.0:
+        raise _fail(path, f"must be between 0 and 1, got {c}")
+    return c
+
+
+def _normalize_answer_node(node: Any, path: str) -> dict[str, Any]:
+    """A radio/checklist answer object: name or schemaId; its own confidence, customMetrics, nesting."""
+    if not isinstance(node, dict):
+        raise _fail(path, f"must be an object with name or schemaId, got {_type_name(node)}")
+    out = _normalize_keys(node, path)
+    _check_name_or_schema(out, path)
+    if out.get("confidence") is not None:
+        _check_confidence(out["confidence"], f"{path}.confidence")
+    if "customMetrics" in out:
+        if out["customMetrics"] is None:
+            del out["customMetrics"]
+        else:
+            out["customMetrics"] = _parse_custom_metrics(out["customMetrics"], f"{path}.customMetrics")
+    if "classifications" in out:
+        out["classifications"] = _normalize_classifications(out["classifications"], f"{path}.classifications")
+    return out
+
+
+def _normalize_answer(answer: Any, path: str) -> Any:
+    if isinstance(answer, str):
+        return answer
+    if isinstance(answer, dict):
+        return _normalize_answer_node(answer, path)
+    if isinstance(answer, list):
+        if not answer:
+            raise _fail(path, "a checklist answer must list at least one answer object")
+        return [_normalize_answer_node(a, f"{path}[{i}]") for i, a in enumerate(answer)]
+    raise _fail(
+        path,
+        "must be a string (free text), an object (radio) or a list of objects (checklist), "
+        f"got {_type_name(answer)}",
+    )
+
+
+def _normalize_classifications(value: Any, path: str) -> list[dict[str, Any]]:
+    """Nested classifications follow the same placement rules as top-level classification rows."""
+    if not isinstance(value, list):
+        raise _fail(path, f"must be a list of classification objects, got {_type_name(value)}")
+    out: list[dict[str, Any]] = []
+    for i, cls in enumerate(value):
+        p = f"{path}[{i}]"
+        if not isinstance(cls, dict):
+            raise _fail(p, f"must be a classification object, got {_type_name(cls)}")
+        norm = _normalize_keys(cls, p)
+        _check_name_or_schema(norm, p)
+        _normalize_classification_body(norm, p, is_mask=False)
+        out.append(norm)
+    return out
+
+
+def _normalize_classification_body(row: dict[str, Any], path: str, *, is_mask: bool) -> None:
+    """Validate answer / customMetrics / nested classifications of a row or nested classification, in place."""
+    answer = row.get("answer", _MISSING)
+    if answer is not _MISSING:
+        row["answer"] = answer = _normalize_answer(answer, f"{path}.answer")
+    if "customMetrics" in row:
+        cms = row["customMetrics"]
+        if cms is None:
+            del row["customMetrics"]
+        else:
+            if is_mask:
+                raise _fail(
+                    f"{path}.customMetrics",
+                    "custom metrics are not supported on raster segmentation (mask) rows; remove customMetrics",
+                )
+            if isinstance(answer, (dict, list)):
+                raise _fail(
+                    f"{path}.customMetrics",
+                    "on a radio or checklist classification, customMetrics belong inside each answer, "
+                    "not at the top level of the row",
+                )
+            row["customMetrics"] = _parse_custom_metrics(cms, f"{path}.customMetrics")
+    if "classifications" in row:
+        row["classifications"] = _normalize_classifications(row["classifications"], f"{path}.classifications")
+
+
+def _parse_prediction(row: Any, model_run_id: str, path: str, *, trusted: bool) -> PredictionRow:
+    if not isinstance(row, dict):
+        raise _fail(path, f"must be an object (a Labelbox NDJSON prediction row), got {_type_name(row)}")
+    out = _normalize_keys(row, path)
+    data_row = out.get("dataRow", _MISSING)
+    if data_row is _MISSING or data_row is None:
+        raise _fail(f"{path}.dataRow", "is required")
+    ref = _parse_data_row(data_row, f"{path}.dataRow")
+    out["dataRow"] = ref.to_ndjson()
+
+    name = out.get("name")
+    schema_id = out.get("schemaId")
+    if name is None and schema_id is None:
+        raise _fail(path, "must have name or schemaId, got neither")
+    if name is not None:
+        _non_empty_str(name, f"{path}.name")
+    else:
+        out.pop("name", None)
+    if schema_id is not None:
+        _non_empty_str(schema_id, f"{path}.schemaId")
+    else:
+        out.pop("schemaId", None)
+
+    confidence = out.get("confidence")
+    if confidence is not None:
+        confidence = out["confidence"] = _check_confidence(confidence, f"{path}.confidence")
+    else:
+        out.pop("confidence", None)
+
+    is_mask = "mask" in out
+    _normalize_classification_body(out, path, is_mask=is_mask)
+
+    if not trusted:
+        for k, v in out.items():
+            bad = _find_non_finite(v, f"{path}.{k}")
+            if bad:
+                raise _fail(bad, "must be a finite number (NaN and infinity are not valid JSON)")
+
+    given_uuid = out.pop("uuid", None)
+    if given_uuid is not None:
+        row_uuid = _non_empty_str(given_uuid, f"{path}.uuid")
+    else:
+        try:
+            content = orjson.dumps(out, option=_SORT)
+            run = model_run_id.encode()
+        except (orjson.JSONEncodeError, UnicodeEncodeError) as exc:
+            raise _fail(path, f"cannot be serialized as JSON: {exc}") from None
+        row_uuid = _uuid5(PREDICTION_UUID_NAMESPACE, run + b"\n" + content)
+    ndjson = {"uuid": row_uuid, **out}
+    return PredictionRow(
+        data_row=ref,
+        uuid=row_uuid,
+        name=name,
+        schema_id=schema_id,
+        confidence=confidence,
+        is_mask=is_mask,
+        ndjson=ndjson,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Metric rows
+
+
+class _MetricRowBase(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    data_row: DataRowRef
+    feature_name: str | None = None
+    subclass_name: str | None = None
+    uuid: str
+
+    def upsert_key(self) -> tuple[str, str, str | None, str | None]:
+        """Labelbox upserts metrics on this key; a legacy scalar metric without a name keys as ``""``."""
+        name = getattr(self, "metric_name", None)
+        return (self.data_row.key(), name or "", self.feature_name, self.subclass_name)
+
+    def _ndjson_value(self) -> Any:
+        raise NotImplementedError
+
+    def to_ndjson(self) -> dict[str, Any]:
+        """Labelbox NDJSON metric row: camelCase names, None fields left out, confidence keys as strings."""
+        out: dict[str, Any] = {
+            "uuid": self.uuid,
+            "dataRow": self.data_row.to_ndjson(),
+            "metricValue": self._ndjson_value(),
+        }
+        metric_name: str | None = getattr(self, "metric_name", None)
+        if metric_name is not None:
+            out["metricName"] = metric_name
+        if self.feature_name is not None:
+            out["featureName"] = self.feature_name
+        if self.subclass_name is not None:
+            out["subclassName"] = self.subclass_name
+        out["aggregation"] = getattr(self, "aggregation")  # noqa: B009 - set by both subclasses
+        return out
+
+
+class ScalarMetricRow(_MetricRowBase):
+    """A ScalarMetric; ``value`` is a float or a confidence-keyed dict of floats."""
+
+    kind: ClassVar[Literal["scalar"]] = "scalar"
+
+    metric_name: str | None = None
+    value: float | dict[float, float]
+    aggregation: ScalarAggregation = "ARITHMETIC_MEAN"
+
+    def _ndjson_value(self) -> Any:
+        if isinstance(self.value, dict):
+            return {str(k): v for k, v in self.value.items()}
+        return self.value
+
+
+class ConfusionMatrixMetricRow(_MetricRowBase):
+    """A ConfusionMatrixMetric; ``value`` is ``(TP, FP, TN, FN)`` or a confidence-keyed dict of them."""
+
+    kind: ClassVar[Literal["confusion_matrix"]] = "confusion_matrix"
+
+    metric_name: str
+    value: ConfusionMatrixValue | dict[float, ConfusionMatrixValue]
+    aggregation: Literal["CONFUSION_MATRIX"] = "CONFUSION_MATRIX"
+
+    def _ndjson_value(self) -> Any:
+        if isinstance(self.value, dict):
+            return {str(k): list(v) for k, v in self.value.items()}
+        return list(self.value)
+
+
+MetricRow: TypeAlias = ScalarMetricRow | ConfusionMatrixMetricRow
+
+_METRIC_FIELDS = (
+    ("dataRow", "data_row"),
+    ("metricName", "metric_name"),
+    ("featureName", "feature_name"),
+    ("subclassName", "subclass_name"),
+    ("metricValue", "value"),
+)
+_METRIC_KEYS = frozenset({k for pair in _METRIC_FIELDS for k in pair} | {"aggregation", "uuid"})
+
+
+def _confidence_key(key: Any, path: str) -> float:
+    if isinstance(key, bool):
+        raise _fail(path, "confidence keys must be numbers in [0, 1], got a boolean")
+    if isinstance(key, (int, float)):
+        f = float(key) if isinstance(key, float) or abs(key) <= 2**53 else math.inf
+    elif isinstance(key, str):
+        try:
+            f = float(key)
+        except (ValueError, OverflowError):
+            raise _fail(path, f"confidence keys must be numbers in [0, 1], got {key!r}") from None
+    else:
+        raise _fail(path, f"confidence keys must be numbers in [0, 1], got {_type_name(key)}")
+    if not (math.isfinite(f) and 0.0 <= f <= 1.0):
+        raise _fail(path, f"confidence keys must be numbers in [0, 1], got {key!r}")
+    return f
+
+
+def _confidence_dict(value: dict[Any, Any], path: str) -> list[tuple[float, Any, str]]:
+    n = len(value)
+    if not MIN_CONFIDENCE_SCORES <= n <= MAX_CONFIDENCE_SCORES:
+        raise _fail(
+            path,
+            f"a confidence-keyed value needs between {MIN_CONFIDENCE_SCORES} and {MAX_CONFIDENCE_SCORES} "
+            f"keys, got {n}",
+        )
+    out: list[tuple[float, Any, str]] = []
+    seen: set[float] = set()
+    for k, v in value.items():
+        f = _confidence_key(k, path)
+        if f in seen:
+            raise _fail(path, f"confidence key {k!r} repeats the confidence {f}")
+        seen.add(f)
+        out.append((f, v, f'{path}["{k}"]'))
+    return out
+
+
+def _cm_tuple(value: Any, path: str) -> ConfusionMatrixValue:
+    if not isinstance(value, list | tuple) or len(value) != 4:
+        got = f"{len(value)} elements" if isinstance(value, list | tuple) else _type_name(value)
+        raise _fail(path, f"a confusion matrix value must be [TP, FP, TN, FN], 4 integers; got {got}")
+    counts: list[int] = []
+    for i, c in enumerate(value):
+        p = f"{path}[{i}]"
+        if isinstance(c, bool) or not isinstance(c, int | float):
+            raise _fail(p, f"must be an integer count, got {_type_name(c)}")
+        if isinstance(c, float):
+            if not math.isfinite(c):
+                raise _fail(p, f"must be a finite integer count, got {c}")
+            if not c.is_integer():
+                raise _fail(p, f"must be an integer count, got {c}")
+            c = int(c)
+        if not 0 <= c <= CONFUSION_MATRIX_MAX_COUNT:
+            raise _fail(p, f"must be between 0 and 1e10, got {c}")
+        counts.append(c)
+    return (counts[0], counts[1], counts[2], counts[3])
+
+
+def _is_cm_value(value: Any) -> bool:
+    if isinstance(value, list | tuple):
+        return True
+    if isinstance(value, dict):
+        return any(isinstance(v, list | tuple) for v in value.values())
+    return False
+
+
+def _parse_metric(row: Any, model_run_id: str, path: str, *, trusted: bool) -> MetricRow:
+    del trusted  # every metric field is checked explicitly, so untrusted input needs no extra scan
+    if not isinstance(row, dict):
+        raise _fail(path, f"must be an object (a ScalarMetric or ConfusionMatrixMetric), got {_type_name(row)}")
+    if not row.keys() <= _METRIC_KEYS:
+        raise _unknown_keys(path, row.keys() - _METRIC_KEYS, _METRIC_KEYS, "metric")
+    get = row.get
+    # Fast path: a row in one spelling only; _pick catches a field given in both spellings.
+    dr, dr_key = _pick(row, "dataRow", "data_row", path)
+    if dr is _MISSING or dr is None:
+        raise _fail(f"{path}.dataRow", "is required")
+    ref = _parse_data_row(dr, f"{path}.{dr_key}")
+    name, name_key = _pick(row, "metricName", "metric_name", path)
+    metric_name = _optional_str(name, f"{path}.{name_key}")
+    feature, feature_key = _pick(row, "featureName", "feature_name", path)
+    feature_name = _optional_str(feature, f"{path}.{feature_key}")
+    sub, sub_key = _pick(row, "subclassName", "subclass_name", path)
+    subclass_name = _optional_str(sub, f"{path}.{sub_key}")
+    value, value_key = _pick(row, "metricValue", "value", path)
+    vpath = f"{path}.{value_key}"
+    if value is _MISSING or value is None:
+        raise _fail(vpath, "is required")
+    aggregation = get("aggregation")
+    apath = f"{path}.aggregation"
+    if aggregation is not None and not isinstance(aggregation, str):
+        raise _fail(apath, f"must be a string, got {_type_name(aggregation)}")
+    given_uuid = get("uuid")
+    row_uuid = _non_empty_str(given_uuid, f"{path}.uuid") if given_uuid is not None else None
+
+    metric: MetricRow
+    if aggregation == CONFUSION_MATRIX_AGGREGATION or _is_cm_value(value):
+        if aggregation is not None and aggregation != CONFUSION_MATRIX_AGGREGATION:
+            raise _fail(apath, f"a confusion matrix metric only accepts CONFUSION_MATRIX, got {aggregation!r}")
+        if metric_name is None:
+            raise _fail(f"{path}.{name_key}", "is required for a confusion matrix metric")
+        cm_value: ConfusionMatrixValue | dict[float, ConfusionMatrixValue]
+        if isinstance(value, dict):
+            cm_value = {k: _cm_tuple(v, p) for k, v, p in _confidence_dict(value, vpath)}
+        else:
+            cm_value = _cm_tuple(value, vpath)
+        ndjson_value: Any = (
+            {str(k): list(v) for k, v in cm_value.items()} if isinstance(cm_value, dict) else list(cm_value)
+        )
+        if row_uuid is None:
+            row_uuid = _metric_uuid(path, model_run_id, ref, metric_name, feature_name, subclass_name, ndjson_value)
+        metric = ConfusionMatrixMetricRow(
+            data_row=ref,
+            metric_name=metric_name,
+            feature_name=feature_name,
+            subclass_name=subclass_name,
+            value=cm_value,
+            aggregation="CONFUSION_MATRIX",
+            uuid=row_uuid,
+        )
+        return metric
+
+    if aggregation is None:
+        aggregation = "ARITHMETIC_MEAN"
+    elif aggregation not in SCALAR_AGGREGATIONS:
+        raise _fail(
+            apath,
+            f"must be one of ARITHMETIC_MEAN, GEOMETRIC_MEAN, HARMONIC_MEAN, SUM, got {aggregation!r}",
+        )
+    if metric_name is not None:
+        clean = metric_name.lower().strip()
+        if clean in RESERVED_METRIC_NAMES:
+            raise _fail(
+                f"{path}.{name_key}",
+                f"{clean!r} is a reserved metric name (reserved: {', '.join(RESERVED_METRIC_NAMES)}); "
+                "choose another name",
+            )
+    scalar: float | dict[float, float]
+    if isinstance(value, dict):
+        scalar = {k: _finite_number(v, p) for k, v, p in _confidence_dict(value, vpath)}
+        ndjson_value = {str(k): v for k, v in scalar.items()}
+    else:
+        scalar = ndjson_value = _finite_number(value, vpath)
+    if row_uuid is None:
+        row_uuid = _metric_uuid(path, model_run_id, ref, metric_name, feature_name, subclass_name, ndjson_value)
+    return ScalarMetricRow(
+        data_row=ref,
+        metric_name=metric_name,
+        feature_name=feature_name,
+        subclass_name=subclass_name,
+        value=scalar,
+        aggregation=aggregation,  # checked against SCALAR_AGGREGATIONS above
+        uuid=row_uuid,
+    )
+
+
+def _metric_uuid(
+    path: str,
+    model_run_id: str,
+    ref: DataRowRef,
+    metric_name: str | None,
+    feature_name: str | None,
+    subclass_name: str | None,
+    ndjson_value: Any,
+) -> str:
+    try:
+        name = orjson.dumps([model_run_id, ref.key(), metric_name, feature_name, subclass_name, ndjson_value])
+    except orjson.JSONEncodeError as exc:
+        raise _fail(path, f"cannot be serialized as JSON: {exc}") from None
+    return _uuid5(METRIC_UUID_NAMESPACE, name)
+
+
+# --------------------------------------------------------------------------------------------------
+# Events
+
+
+class PredictionEvent(BaseModel):
+    """``{"model_run_id", "predictions": [row, ...]}`` (``"prediction": row`` is accepted on input)."""
+
+    model_config = ConfigDict(frozen=True)
+    kind: ClassVar[EventKind] = "prediction"
+
+    model_run_id: str
+    predictions: list[PredictionRow]
+
+    def to_wire(self) -> dict[str, Any]:
+        """The event as it goes on the topic; ``parse_event`` of its JSON gives back an equal event."""
+        return {"model_run_id": self.model_run_id, "predictions": [r.ndjson for r in self.predictions]}
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.to_wire())
+
+
+class MetricEvent(BaseModel):
+    """``{"model_run_id", "metrics": [metric, ...]}``; metrics in SDK snake_case or NDJSON camelCase."""
+
+    model_config = ConfigDict(frozen=True)
+    kind: ClassVar[EventKind] = "metric"
+
+    model_run_id: str
+    metrics: list[MetricRow]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"model_run_id": self.model_run_id, "metrics": [m.to_ndjson() for m in self.metrics]}
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.to_wire())
+
+
+class LabelEvent(BaseModel):
+    """Mirrors ``ModelRun.upsert_labels`` / ``upsert_data_rows``: exactly one selector is set."""
+
+    model_config = ConfigDict(frozen=True)
+    kind: ClassVar[EventKind] = "label"
+
+    model_run_id: str
+    label_ids: list[str] | None = None
+    project_id: str | None = None
+    data_row_ids: list[str] | None = None
+    global_keys: list[str] | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"model_run_id": self.model_run_id}
+        for field in ("label_ids", "project_id", "data_row_ids", "global_keys"):
+            value = getattr(self, field)
+            if value is not None:
+                out[field] = value
+        return out
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.to_wire())
+
+
+Event: TypeAlias = PredictionEvent | MetricEvent | LabelEvent
+
+_MRID = ("modelRunId", "model_run_id")
+_PREDICTION_EVENT_KEYS = frozenset({*_MRID, "predictions", "prediction"})
+_METRIC_EVENT_KEYS = frozenset({*_MRID, "metrics"})
+_LABEL_SELECTORS = (
+    ("labelIds", "label_ids"),
+    ("projectId", "project_id"),
+    ("dataRowIds", "data_row_ids"),
+    ("globalKeys", "global_keys"),
+)
+_LABEL_EVENT_KEYS = frozenset({*_MRID, *(k for pair in _LABEL_SELECTORS for k in pair)})
+
+
+def _model_run_id(obj: dict[str, Any]) -> str:
+    value, key = _pick(obj, "modelRunId", "model_run_id", "")
+    if value is _MISSING or value is None:
+        raise _fail("model_run_id", "is required (the Labelbox model run id)")
+    return _non_empty_str(value, key)
+
+
+def _parse_prediction_event(obj: dict[str, Any], *, trusted: bool) -> PredictionEvent:
+    if not obj.keys() <= _PREDICTION_EVENT_KEYS:
+        raise _unknown_keys("", obj.keys() - _PREDICTION_EVENT_KEYS, _PREDICTION_EVENT_KEYS, "prediction event")
+    mrid = _model_run_id(obj)
+    many = obj.get("predictions")
+    one = obj.get("prediction")
+    if many is not None and one is not None:
+        raise _fail("predictions", "give either predictions (a list) or prediction (one row), not both")
+    rows: list[PredictionRow]
+    if many is not None:
+        if not isinstance(many, list):
+            raise _fail("predictions", f"must be a list of prediction rows, got {_type_name(many)}")
+        if not many:
+            raise _fail("predictions", "must not be empty")
+        rows = [_parse_prediction(r, mrid, f"predictions[{i}]", trusted=trusted) for i, r in enumerate(many)]
+        if len(rows) > ANNOTATION_PER_LABEL_LIMIT:
+            _check_per_label_limit(rows)
+    elif one is not None:
+        rows = [_parse_prediction(one, mrid, "prediction", trusted=trusted)]
+    else:
+        raise _fail("predictions", "is required (a non-empty list of rows, or prediction with one row)")
+    return PredictionEvent(model_run_id=mrid, predictions=rows)
+
+
+def _check_per_label_limit(rows: list[PredictionRow]) -> None:
+    counts: Counter[tuple[str, str]] = Counter()
+    for i, row in enumerate(rows):
+        if row.name is None:
+            continue
+        key = (row.data_row.key(), row.name)
+        counts[key] += 1
+        if counts[key] > ANNOTATION_PER_LABEL_LIMIT:
+            raise _fail(
+                f"predictions[{i}]",
+                f"more than {ANNOTATION_PER_LABEL_LIMIT} rows for data row {key[0]} and name {key[1]!r} "
+                "in one event (Labelbox's per-label annotation limit)",
+            )
+
+
+def _parse_metric_event(obj: dict[str, Any], *, trusted: bool) -> MetricEvent:
+    if not obj.keys() <= _METRIC_EVENT_KEYS:
+        raise _unknown_keys("", obj.keys() - _METRIC_EVENT_KEYS, _METRIC_EVENT_KEYS, "metric event")
+    mrid = _model_run_id(obj)
+    metrics = obj.get("metrics")
+    if metrics is None:
+        raise _fail("metrics", "is required (a non-empty list of metrics)")
+    if not isinstance(metrics, list):
+        raise _fail("metrics", f"must be a list of metrics, got {_type_name(metrics)}")
+    if not metrics:
+        raise _fail("metrics", "must not be empty")
+    rows = [_parse_metric(m, mrid, f"metrics[{i}]", trusted=trusted) for i, m in enumerate(metrics)]
+    return MetricEvent(model_run_id=mrid, metrics=rows)
+
+
+def _string_list(value: Any, path: str) -> list[str]:
+    if not isinstance(value, list):
+        raise _fail(path, f"must be a list of strings, got {_type_name(value)}")
+    if not value:
+        raise _fail(path, "must not be empty")
+    for i, s in enumerate(value):
+        _non_empty_str(s, f"{path}[{i}]")
+    return value
+
+
+def _parse_label_event(obj: dict[str, Any]) -> LabelEvent:
+    if not obj.keys() <= _LABEL_EVENT_KEYS:
+        raise _unknown_keys("", obj.keys() - _LABEL_EVENT_KEYS, _LABEL_EVENT_KEYS, "label event")
+    mrid = _model_run_id(obj)
+    chosen: list[tuple[str, str, Any]] = []
+    for camel, snake in _LABEL_SELECTORS:
+        value, key = _pick(obj, camel, snake, "")
+        if value is not _MISSING and value is not None:
+            chosen.append((snake, key, value))
+    if len(chosen) != 1:
+        got = "none" if not chosen else ", ".join(k for _, k, _ in chosen)
+        raise _fail(
+            "label_ids" if not chosen else chosen[1][1],
+            f"a label event needs exactly one of label_ids, project_id, data_row_ids, global_keys; got {got}",
+        )
+    field, key, value = chosen[0]
+    if field == "project_id":
+        return LabelEvent(model_run_id=mrid, project_id=_non_empty_str(value, key))
+    return LabelEvent.model_validate({"model_run_id": mrid, field: _string_list(value, key)})
+
+
+def _decode(raw: bytes | None, max_bytes: int) -> dict[str, Any]:
+    if raw is None:
+        raise MalformedJsonError("value", "message has no value (a tombstone); expected a JSON object")
+    if len(raw) > max_bytes:
+        raise MessageTooLargeError(len(raw), max_bytes)
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        if isinstance(raw, bytes | bytearray | memoryview):
+            try:
+                bytes(raw).decode("utf-8")
+            except UnicodeDecodeError as ude:
+                raise MalformedJsonError(
+                    "value", f"not valid UTF-8 (byte 0x{bytes(raw)[ude.start]:02x} at position {ude.start})"
+                ) from None
+        raise MalformedJsonError("value", f"not valid JSON: {exc}") from None
+    except TypeError as exc:
+        raise MalformedJsonError("value", f"expected bytes, got {type(raw).__name__}: {exc}") from None
+    if not isinstance(obj, dict):
+        raise MalformedJsonError("value", f"expected a JSON object, got {_type_name(obj)}")
+    return obj
+
+
+def parse_event(kind: EventKind, raw: bytes | None, *, max_bytes: int) -> PredictionEvent | MetricEvent | LabelEvent:
+    """Size check, decode and validate one Kafka message value; every failure is an EventValidationError."""
+    obj = _decode(raw, max_bytes)
+    try:
+        if kind == "prediction":
+            return _parse_prediction_event(obj, trusted=True)
+        if kind == "metric":
+            return _parse_metric_event(obj, trusted=True)
+        if kind == "label":
+            return _parse_label_event(obj)
+    except ValidationError as exc:  # a safety net: the hand checks above should have caught it first
+        raise _from_pydantic(exc) from None
+    except RecursionError:
+        raise _fail("", "the event is nested too deeply") from None
+    raise _fail("kind", f"unknown event kind {kind!r}; expected prediction, metric or label")
+
+
+def _from_pydantic(exc: ValidationError) -> EventValidationError:
+    err = exc.errors()[0]
+    loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".")
+    return EventValidationError(loc, err["msg"])
+
+
+def parse_prediction_row(row: dict[str, Any], *, model_run_id: str, path: str = "prediction") -> PredictionRow:
+    """Validate one Labelbox NDJSON prediction row given as a Python dict (NaN/inf are checked too)."""
+    try:
+        return _parse_prediction(row, model_run_id, path, trusted=False)
+    except ValidationError as exc:
+        raise _from_pydantic(exc) from None
+    except RecursionError:
+        raise _fail(path, "the row is nested too deeply") from None
+
+
+def parse_metric_row(row: dict[str, Any], *, model_run_id: str, path: str = "metric") -> MetricRow:
+    """Validate one metric row, SDK snake_case or NDJSON camelCase."""
+    try:
+        return _parse_metric(row, model_run_id, path, trusted=False)
+    except ValidationError as exc:
+        raise _from_pydantic(exc) from None
+
+
+def parse_ndjson_row(row: dict[str, Any], *, model_run_id: str, path: str = "row") -> PredictionRow | MetricRow:
+    """One line of a Labelbox NDJSON import: a row with ``metricValue`` is a metric, anything else a prediction."""
+    if isinstance(row, dict) and "metricValue" in row:
+        return parse_metric_row(row, model_run_id=model_run_id, path=path)
+    return parse_prediction_row(row, model_run_id=model_run_id, path=path)
