@@ -50,3 +50,12 @@ class ConfigError(RunstreamError):
 
 class DevKafkaError(RunstreamError):
     """The local development broker could not be prepared, started or stopped."""
+
+
+class DlqHeaderError(RunstreamError):
+    """A dead-lettered message lacks a runstream header or carries an invalid one."""
+
+    def __init__(self, header: str, reason: str) -> None:
+        self.header = header
+        self.reason = reason
+        super().__init__(f"{header}: {reason}")

@@ -1,0 +1,116 @@
+"""DLQ headers (DESIGN §2): why a message was dead-lettered and where it came from.
+
+The original key and value stay untouched; everything runstream knows about the failure travels
+in these headers so ``dlq replay`` can send the message back to its source topic and an operator
+can read the reason with any Kafka tool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from service.errors import DlqHeaderError
+
+__all__ = ["ERROR_CLASSES", "HEADER_PREFIX", "DlqErrorClass", "DlqHeaders"]
+
+DlqErrorClass = Literal[
+    "json",
+    "schema",
+    "too_large",
+    "labelbox.row_failed",
+    "labelbox.rejected",
+    "aggregate.conflict",
+    "aggregate.domain",
+]
+ERROR_CLASSES: frozenset[str] = frozenset(get_args(DlqErrorClass))
+HEADER_PREFIX = "runstream."
+# Kafka counts headers against the message size limit; a Labelbox error text can be long.
+MAX_MESSAGE_CHARS = 8192
+
+_HEADERS = {
+    "error_class": "runstream.error.class",
+    "error_message": "runstream.error.message",
+    "source_topic": "runstream.source.topic",
+    "source_partition": "runstream.source.partition",
+    "source_offset": "runstream.source.offset",
+    "consumer_group": "runstream.consumer.group",
+    "failed_at": "runstream.failed.at",
+}
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class DlqHeaders(BaseModel):
+    """The runstream headers of one dead-lettered message."""
+
+    model_config = ConfigDict(frozen=True)
+
+    error_class: DlqErrorClass
+    error_message: str
+    source_topic: str = Field(min_length=1)
+    source_partition: int = Field(ge=0)
+    source_offset: int = Field(ge=0)
+    consumer_group: str = Field(min_length=1)
+    failed_at: datetime = Field(default_factory=_now)
+
+    @field_validator("error_message")
+    @classmethod
+    def _cap_message(cls, value: str) -> str:
+        """Truncate rather than fail: a DLQ write must not be refused because the reason is long."""
+        return value if len(value) <= MAX_MESSAGE_CHARS else value[: MAX_MESSAGE_CHARS - 1] + "…"
+
+    @field_validator("failed_at")
+    @classmethod
+    def _utc(cls, value: datetime) -> datetime:
+        """A naive time is ambiguous once it leaves the process; require an offset and store UTC."""
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError("must carry a timezone (ISO-8601 with Z or an offset)")
+        return value.astimezone(UTC)
+
+    def to_kafka(self) -> list[tuple[str, bytes]]:
+        """Header list for aiokafka ``send(headers=...)``; all values UTF-8 text."""
+        failed_at = self.failed_at.isoformat(timespec="microseconds").replace("+00:00", "Z")
+        return [
+            ("runstream.error.class", self.error_class.encode()),
+            ("runstream.error.message", self.error_message.encode("utf-8", "replace")),
+            ("runstream.source.topic", self.source_topic.encode("utf-8", "replace")),
+            ("runstream.source.partition", str(self.source_partition).encode()),
+            ("runstream.source.offset", str(self.source_offset).encode()),
+            ("runstream.consumer.group", self.consumer_group.encode("utf-8", "replace")),
+            ("runstream.failed.at", failed_at.encode()),
+        ]
+
+    @classmethod
+    def from_kafka(cls, headers: Iterable[tuple[str, bytes | None]] | None) -> DlqHeaders:
+        """Read the runstream headers back; other headers are ignored, a missing or bad one raises DlqHeaderError."""
+        found: dict[str, str] = {}
+        wanted = {h: f for f, h in _HEADERS.items()}
+        for key, value in headers or ():
+            field = wanted.get(key)
+            if field is None:
+                continue
+            if value is None:
+                raise DlqHeaderError(key, "has no value")
+            try:
+                text = bytes(value).decode("utf-8")
+            except UnicodeDecodeError:
+                raise DlqHeaderError(key, "is not valid UTF-8") from None
+            if field in found and found[field] != text:
+                raise DlqHeaderError(key, "appears more than once with different values")
+            found[field] = text
+        for field, header in _HEADERS.items():
+            if field not in found:
+                raise DlqHeaderError(header, "is missing")
+        try:
+            return cls.model_validate(found)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            field = str(err["loc"][0]) if err["loc"] else ""
+            header = _HEADERS.get(field, field)
+            raise DlqHeaderError(header, f"invalid value {found.get(field)!r}: {err['msg']}") from None
