@@ -1,0 +1,481 @@
+"""Pure aggregation math and the incremental metric-tree update (DESIGN §4). No I/O.
+
+A metric is a tree per data row: data row (level 0) → feature (level 1) → subclass (level 2).
+Each node holds two aggregates: one over the leaves reported *directly* at it and one over its
+children's values; its value is the direct aggregate if it has any leaf, else the children's.
+Per model run we also keep, for every (metric, confidence key, level, feature, subclass), the
+aggregate over the node values of all data rows: that is what the query API serves in O(1).
+
+Why exact sums: every aggregate keeps Σx, Σln x and Σ1/x as *exact* fixed-point integers
+(units of 2⁻¹⁰⁷⁴, the smallest float step). Adding and later subtracting the same float is then
+exact, so after millions of replacements the sums equal a from-scratch ``math.fsum`` of the
+current members — float drift and cancellation cannot creep in — and the result is the
+correctly rounded sum of what is there now.
+
+Confidence-keyed values are split per confidence key: key ``""`` is the plain value, ``"0.5"``
+the value at confidence 0.5; each key is an independent tree, so "explicit wins over roll-up"
+and every aggregation apply per key.
+
+The update works against :class:`StateAccess` (get/put of leaves, nodes, run aggregates, metric
+definitions and the annotation index); :class:`MemoryState` is the dict implementation used by
+unit tests, ``service.state_store`` provides the cached, durable one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, TypeAlias
+
+from service.errors import RunstreamError
+
+Aggregation = Literal["ARITHMETIC_MEAN", "GEOMETRIC_MEAN", "HARMONIC_MEAN", "SUM", "CONFUSION_MATRIX"]
+AGGREGATIONS: tuple[Aggregation, ...] = (
+    "ARITHMETIC_MEAN",
+    "GEOMETRIC_MEAN",
+    "HARMONIC_MEAN",
+    "SUM",
+    "CONFUSION_MATRIX",
+)
+CM: TypeAlias = tuple[int, int, int, int]  # [TP, FP, TN, FN]
+Value: TypeAlias = float | CM
+LeafValue: TypeAlias = dict[str, Value]  # confidence key ("" = plain) → value
+
+# (model run, metric, data row, level, feature, subclass, source); source "m" = metric row,
+# "u:<uuid>" = a customMetric of the prediction with that annotation uuid.
+LeafKey: TypeAlias = tuple[str, str, str, int, str, str, str]
+# (model run, metric, confidence key, data row, level, feature, subclass)
+NodeKey: TypeAlias = tuple[str, str, str, str, int, str, str]
+# (model run, metric, confidence key, level, feature, subclass)
+RunAggKey: TypeAlias = tuple[str, str, str, int, str, str]
+# where a customMetric leaf of an annotation lives: (metric, data row, level, feature, subclass)
+AnnotationLeaf: TypeAlias = tuple[str, str, int, str, str]
+
+LEVEL_DATA_ROW, LEVEL_FEATURE, LEVEL_SUBCLASS = 0, 1, 2
+
+_SCALE = 1074
+_ONE = 1 << _SCALE
+
+
+class AggregateError(RunstreamError):
+    """A message cannot be applied to the aggregates; it goes to the DLQ as a whole."""
+
+    error_class = "aggregate"
+
+
+class AggregateConflictError(AggregateError):
+    """A metric name arrived with an aggregation different from the one fixed for the run."""
+
+    error_class = "aggregate.conflict"
+
+
+class AggregateDomainError(AggregateError):
+    """A value the aggregation is undefined for (negative under GM/HM, wrong value type)."""
+
+    error_class = "aggregate.domain"
+
+
+# --------------------------------------------------------------------------------------------
+# exact fixed-point sums
+
+
+def to_fixed(x: float) -> int:
+    """``x`` as an exact integer count of 2⁻¹⁰⁷⁴ (every finite float is one)."""
+    num, den = x.as_integer_ratio()
+    return num << (_SCALE - (den.bit_length() - 1))
+
+
+def from_fixed(v: int) -> float:
+    """Correctly rounded float of an exact fixed-point sum (int/int division rounds once)."""
+    try:
+        return v / _ONE
+    except OverflowError:
+        return math.inf if v > 0 else -math.inf
+
+
+def encode_int(v: int) -> str:
+    """Compact text for a fixed-point int: hex mantissa and a count of stripped zero bits."""
+    if v == 0:
+        return "0"
+    tz = (v & -v).bit_length() - 1
+    m = v >> tz
+    return f"{m:x}p{tz}" if tz else f"{m:x}"
+
+
+def decode_int(s: str) -> int:
+    m, _, tz = s.partition("p")
+    return int(m, 16) << int(tz) if tz else int(m, 16)
+
+
+# --------------------------------------------------------------------------------------------
+# aggregates
+
+
+@dataclass(slots=True)
+class Agg:
+    """Running aggregate over a multiset of values of one aggregation.
+
+    Only the sums the aggregation needs are maintained (Σx for AM/SUM, Σln x for GM, Σ1/x
+    for HM, element sums for confusion matrices), so an update costs one or two big-int adds.
+    """
+
+    n: int = 0
+    zeros: int = 0
+    s: int = 0  # exact Σx / Σln x / Σ1/x depending on the aggregation
+    cm: tuple[int, int, int, int] = (0, 0, 0, 0)
+
+    def add(self, value: Value, sign: int, aggregation: Aggregation) -> None:
+        self.n += sign
+        if aggregation == "CONFUSION_MATRIX":
+            assert isinstance(value, tuple)
+            a = self.cm
+            self.cm = (
+                a[0] + sign * value[0],
+                a[1] + sign * value[1],
+                a[2] + sign * value[2],
+                a[3] + sign * value[3],
+            )
+            return
+        assert isinstance(value, float)
+        if aggregation == "ARITHMETIC_MEAN" or aggregation == "SUM":
+            self.s += sign * to_fixed(value)
+        elif value == 0.0:
+            self.zeros += sign
+        elif aggregation == "GEOMETRIC_MEAN":
+            self.s += sign * to_fixed(math.log(value))
+        else:
+            self.s += sign * to_fixed(1.0 / value)
+
+    def result(self, aggregation: Aggregation) -> Value | None:
+        """The aggregate's value, or None when it has no members."""
+        if self.n <= 0:
+            return None
+        if aggregation == "CONFUSION_MATRIX":
+            return self.cm
+        if aggregation == "ARITHMETIC_MEAN":
+            return from_fixed(self.s) / self.n
+        if aggregation == "SUM":
+            return from_fixed(self.s)
+        if self.zeros > 0:
+            return 0.0
+        if aggregation == "GEOMETRIC_MEAN":
+            return math.exp(from_fixed(self.s) / self.n)
+        return self.n / from_fixed(self.s)
+
+    def copy(self) -> Agg:
+        return Agg(self.n, self.zeros, self.s, self.cm)
+
+    def encode(self) -> str:
+        return f"{self.n},{self.zeros},{encode_int(self.s)},{self.cm[0]},{self.cm[1]},{self.cm[2]},{self.cm[3]}"
+
+    @staticmethod
+    def decode(text: str) -> Agg:
+        n, z, s, a, b, c, d = text.split(",")
+        return Agg(int(n), int(z), decode_int(s), (int(a), int(b), int(c), int(d)))
+
+
+def aggregate(values: Iterable[Value], aggregation: Aggregation) -> Value | None:
+    """From-scratch aggregate of ``values`` (used for slices, where rows are listed anyway)."""
+    agg = Agg()
+    for v in values:
+        agg.add(v, 1, aggregation)
+    return agg.result(aggregation)
+
+
+def cm_ratios(cm: CM) -> dict[str, float | None]:
+    """Precision, recall and F1 of [TP, FP, TN, FN]; None where the denominator is zero."""
+    tp, fp, _tn, fn = cm
+    precision = tp / (tp + fp) if tp + fp else None
+    recall = tp / (tp + fn) if tp + fn else None
+    f1 = 2 * tp / (2 * tp + fp + fn) if 2 * tp + fp + fn else None
+    return {"precision": precision, "recall": recall, "f1": f1}
+
+
+def numeric_value(value: Value) -> float | None:
+    """The number a filter compares: the scalar itself, or F1 for a confusion matrix."""
+    if isinstance(value, tuple):
+        return cm_ratios(value)["f1"]
+    return value
+
+
+@dataclass(slots=True)
+class NodeState:
+    """One node of a data row's metric tree (one confidence key)."""
+
+    direct: Agg = field(default_factory=Agg)
+    children: Agg = field(default_factory=Agg)
+    value: Value | None = None
+
+    def compute(self, aggregation: Aggregation) -> Value | None:
+        if self.direct.n > 0:
+            return self.direct.result(aggregation)
+        return self.children.result(aggregation)
+
+
+# --------------------------------------------------------------------------------------------
+# state access
+
+
+class StateAccess(Protocol):
+    """What the tree update reads and writes; ``None`` as a put value deletes."""
+
+    def get_leaf(self, key: LeafKey) -> LeafValue | None: ...
+    def put_leaf(self, key: LeafKey, value: LeafValue | None) -> None: ...
+    def get_node(self, key: NodeKey) -> NodeState | None: ...
+    def put_node(self, key: NodeKey, node: NodeState | None) -> None: ...
+    def get_run_agg(self, key: RunAggKey) -> Agg | None: ...
+    def put_run_agg(self, key: RunAggKey, agg: Agg | None) -> None: ...
+    def get_metric_def(self, run: str, metric: str) -> Aggregation | None: ...
+    def put_metric_def(self, run: str, metric: str, aggregation: Aggregation) -> None: ...
+    def get_annotation(self, run: str, uuid: str) -> tuple[AnnotationLeaf, ...] | None: ...
+    def put_annotation(self, run: str, uuid: str, leaves: tuple[AnnotationLeaf, ...] | None) -> None: ...
+    def touch_run(self, run: str) -> None: ...
+
+
+class MemoryState:
+    """Plain-dict :class:`StateAccess` (unit tests, and the shape the durable cache follows)."""
+
+    def __init__(self) -> None:
+        self.leaves: dict[LeafKey, LeafValue] = {}
+        self.nodes: dict[NodeKey, NodeState] = {}
+        self.run_aggs: dict[RunAggKey, Agg] = {}
+        self.metric_defs: dict[tuple[str, str], Aggregation] = {}
+        self.annotations: dict[tuple[str, str], tuple[AnnotationLeaf, ...]] = {}
+        self.runs: set[str] = set()
+
+    def get_leaf(self, key: LeafKey) -> LeafValue | None:
+        return self.leaves.get(key)
+
+    def put_leaf(self, key: LeafKey, value: LeafValue | None) -> None:
+        if value is None:
+            self.leaves.pop(key, None)
+        else:
+            self.leaves[key] = value
+
+    def get_node(self, key: NodeKey) -> NodeState | None:
+        return self.nodes.get(key)
+
+    def put_node(self, key: NodeKey, node: NodeState | None) -> None:
+        if node is None:
+            self.nodes.pop(key, None)
+        else:
+            self.nodes[key] = node
+
+    def get_run_agg(self, key: RunAggKey) -> Agg | None:
+        return self.run_aggs.get(key)
+
+    def put_run_agg(self, key: RunAggKey, agg: Agg | None) -> None:
+        if agg is None:
+            self.run_aggs.pop(key, None)
+        else:
+            self.run_aggs[key] = agg
+
+    def get_metric_def(self, run: str, metric: str) -> Aggregation | None:
+        return self.metric_defs.get((run, metric))
+
+    def put_metric_def(self, run: str, metric: str, aggregation: Aggregation) -> None:
+        self.metric_defs[(run, metric)] = aggregation
+
+    def get_annotation(self, run: str, uuid: str) -> tuple[AnnotationLeaf, ...] | None:
+        return self.annotations.get((run, uuid))
+
+    def put_annotation(self, run: str, uuid: str, leaves: tuple[AnnotationLeaf, ...] | None) -> None:
+        if leaves is None:
+            self.annotations.pop((run, uuid), None)
+        else:
+            self.annotations[(run, uuid)] = leaves
+
+    def touch_run(self, run: str) -> None:
+        self.runs.add(run)
+
+
+# --------------------------------------------------------------------------------------------
+# message operations
+
+
+@dataclass(frozen=True, slots=True)
+class MetricLeaf:
+    """One leaf value to set: a metric row, or one customMetric of an annotation."""
+
+    metric: str
+    aggregation: Aggregation
+    data_row: str
+    feature: str | None
+    subclass: str | None
+    value: LeafValue
+
+    @property
+    def level(self) -> int:
+        if self.feature is None and self.subclass is None:
+            return LEVEL_DATA_ROW
+        return LEVEL_SUBCLASS if self.subclass is not None else LEVEL_FEATURE
+
+
+@dataclass(frozen=True, slots=True)
+class AnnotationUpdate:
+    """A prediction row: replaces, as a whole, every earlier leaf of the same annotation uuid."""
+
+    uuid: str
+    leaves: tuple[MetricLeaf, ...]
+
+
+@dataclass(slots=True)
+class MessageOps:
+    """Everything one Kafka message asks of the aggregates, applied all-or-nothing."""
+
+    run: str
+    metric_rows: list[MetricLeaf] = field(default_factory=list)
+    annotations: list[AnnotationUpdate] = field(default_factory=list)
+
+
+def normalize_value(value: object) -> LeafValue:
+    """Metric value (scalar, [TP,FP,TN,FN], or confidence-keyed dict of those) → per-key dict."""
+    if isinstance(value, Mapping):
+        return {confidence_key(k): _one_value(v) for k, v in value.items()}
+    return {"": _one_value(value)}
+
+
+def confidence_key(k: object) -> str:
+    """Canonical text of a confidence key, so "0.50" and 0.5 are the same key."""
+    return repr(float(k))  # type: ignore[arg-type]
+
+
+def _one_value(v: object) -> Value:
+    if isinstance(v, list | tuple):
+        a, b, c, d = (int(x) for x in v)
+        return (a, b, c, d)
+    return float(v)  # type: ignore[arg-type]
+
+
+def _check_leaf(leaf: MetricLeaf, pending: dict[str, Aggregation], state: StateAccess, run: str) -> None:
+    fixed = pending.get(leaf.metric) or state.get_metric_def(run, leaf.metric)
+    if fixed is not None and fixed != leaf.aggregation:
+        raise AggregateConflictError(
+            f"metric {leaf.metric!r} of model run {run!r} is aggregated with {fixed}; "
+            f"this message uses {leaf.aggregation}"
+        )
+    pending[leaf.metric] = leaf.aggregation
+    is_cm = leaf.aggregation == "CONFUSION_MATRIX"
+    for ck, v in leaf.value.items():
+        where = f"metric {leaf.metric!r}" + (f" at confidence {ck}" if ck else "")
+        if isinstance(v, tuple) != is_cm:
+            raise AggregateDomainError(f"{where}: value type does not match aggregation {leaf.aggregation}")
+        if isinstance(v, float):
+            if not math.isfinite(v):
+                raise AggregateDomainError(f"{where}: value {v} is not finite")
+            if leaf.aggregation in ("GEOMETRIC_MEAN", "HARMONIC_MEAN"):
+                if v < 0:
+                    raise AggregateDomainError(f"{where}: negative value {v} is undefined under {leaf.aggregation}")
+                if leaf.aggregation == "HARMONIC_MEAN" and v != 0 and math.isinf(1.0 / v):
+                    raise AggregateDomainError(f"{where}: value {v} is too small for HARMONIC_MEAN")
+
+
+def validate_message(state: StateAccess, ops: MessageOps) -> dict[str, Aggregation]:
+    """Raise the message's first rejection before anything is changed; return new metric defs."""
+    pending: dict[str, Aggregation] = {}
+    for leaf in ops.metric_rows:
+        _check_leaf(leaf, pending, state, ops.run)
+    for ann in ops.annotations:
+        for leaf in ann.leaves:
+            _check_leaf(leaf, pending, state, ops.run)
+    return pending
+
+
+def apply_message(state: StateAccess, ops: MessageOps) -> None:
+    """Validate, then apply every leaf change of one message with delta propagation.
+
+    Raises AggregateConflictError / AggregateDomainError without changing anything.
+    """
+    defs = validate_message(state, ops)
+    run = ops.run
+    state.touch_run(run)
+    for metric, aggregation in defs.items():
+        if state.get_metric_def(run, metric) is None:
+            state.put_metric_def(run, metric, aggregation)
+    for leaf in ops.metric_rows:
+        key: LeafKey = (
+            run,
+            leaf.metric,
+            leaf.data_row,
+            leaf.level,
+            leaf.feature or "",
+            leaf.subclass or "",
+            "m",
+        )
+        set_leaf(state, key, leaf.aggregation, leaf.value)
+    for ann in ops.annotations:
+        _replace_annotation(state, run, ann)
+
+
+def _replace_annotation(state: StateAccess, run: str, ann: AnnotationUpdate) -> None:
+    src = "u:" + ann.uuid
+    new: dict[LeafKey, tuple[Aggregation, LeafValue]] = {}
+    for leaf in ann.leaves:
+        key: LeafKey = (run, leaf.metric, leaf.data_row, leaf.level, leaf.feature or "", leaf.subclass or "", src)
+        new[key] = (leaf.aggregation, leaf.value)  # same (uuid, name, node) twice: last wins
+    old = state.get_annotation(run, ann.uuid) or ()
+    for metric, dr, level, f, s in old:
+        key = (run, metric, dr, level, f, s, src)
+        if key not in new:
+            aggregation = state.get_metric_def(run, metric)
+            assert aggregation is not None
+            set_leaf(state, key, aggregation, None)
+    for key, (aggregation, value) in new.items():
+        set_leaf(state, key, aggregation, value)
+    index = tuple((k[1], k[2], k[3], k[4], k[5]) for k in new)
+    state.put_annotation(run, ann.uuid, index or None)
+
+
+def set_leaf(state: StateAccess, key: LeafKey, aggregation: Aggregation, new: LeafValue | None) -> None:
+    """Set (or with None remove) one leaf and propagate the change of every affected node."""
+    old = state.get_leaf(key)
+    if old == new:
+        return
+    state.put_leaf(key, new)
+    run, metric, dr, level, f, s, _src = key
+    for ck in (old or {}).keys() | (new or {}).keys():
+        ov = old.get(ck) if old else None
+        nv = new.get(ck) if new else None
+        if ov == nv:
+            continue
+        nkey: NodeKey = (run, metric, ck, dr, level, f, s)
+        node = state.get_node(nkey) or NodeState()
+        if ov is not None:
+            node.direct.add(ov, -1, aggregation)
+        if nv is not None:
+            node.direct.add(nv, 1, aggregation)
+        _refresh(state, nkey, node, aggregation)
+
+
+def _refresh(state: StateAccess, nkey: NodeKey, node: NodeState, aggregation: Aggregation) -> None:
+    """Recompute a node's value; push old→new deltas to the run aggregate and the parent."""
+    while True:
+        old_value = node.value
+        new_value = node.compute(aggregation)
+        node.value = new_value
+        empty = node.direct.n == 0 and node.children.n == 0
+        state.put_node(nkey, None if empty else node)
+        if old_value == new_value:
+            return
+        run, metric, ck, dr, level, f, s = nkey
+        rkey: RunAggKey = (run, metric, ck, level, f, s)
+        ragg = state.get_run_agg(rkey) or Agg()
+        if old_value is not None:
+            ragg.add(old_value, -1, aggregation)
+        if new_value is not None:
+            ragg.add(new_value, 1, aggregation)
+        state.put_run_agg(rkey, ragg if ragg.n > 0 else None)
+        if level == LEVEL_DATA_ROW:
+            return
+        pkey: NodeKey = (
+            (run, metric, ck, dr, LEVEL_FEATURE, f, "")
+            if level == LEVEL_SUBCLASS
+            else (run, metric, ck, dr, LEVEL_DATA_ROW, "", "")
+        )
+        parent = state.get_node(pkey) or NodeState()
+        if old_value is not None:
+            parent.children.add(old_value, -1, aggregation)
+        if new_value is not None:
+            parent.children.add(new_value, 1, aggregation)
+        nkey, node = pkey, parent
