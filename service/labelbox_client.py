@@ -1,0 +1,669 @@
+# ruff: noqa: E501  (GraphQL operations are kept verbatim, as the SDK sends them)
+"""Async Labelbox GraphQL client for the uploader (aiohttp).
+
+Speaks exactly the operations the official SDK sends for ``ModelRun.upsert_labels``,
+``ModelRun.upsert_data_rows`` and ``ModelRun.add_predictions`` (reference §§1-3, 5): the
+same query strings, variables, headers and multipart layout, so it works against Labelbox
+and against the local Labelbox-compatible API. Differences from the SDK are deliberate:
+every error is mapped to a specific exception type (reference §5b) that the pure retry
+policy classifies, rate limits are detected by status code and message, ``Retry-After``
+is kept, and ``contentLength`` is the exact byte count.
+
+The API key is only ever placed in the ``Authorization`` header; it is never part of an
+exception, a log event or a metric label.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import platform
+import sys
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+
+from service.errors import RunstreamError
+
+SDK_VERSION = "7.17.0"
+NDJSON_MIME_TYPE = "application/x-ndjson"
+
+# ---------------------------------------------------------------------------------------
+# Errors (reference §5b), grouped by what the retry policy does with them.
+
+
+class LabelboxError(RunstreamError):
+    """Base of every Labelbox API failure; ``status`` is the HTTP status when known."""
+
+    def __init__(self, message: str, *, status: int | None = None, operation: str | None = None) -> None:
+        self.message = message
+        self.status = status
+        self.operation = operation
+        super().__init__(message if operation is None else f"{operation}: {message}")
+
+
+class LabelboxTransientError(LabelboxError):
+    """Worth retrying: the same request may succeed later."""
+
+    retry_after: float | None = None
+    max_attempts: int | None = None  # a cap of its own (None: the global policy decides)
+
+
+class InternalServerError(LabelboxTransientError):
+    """HTTP 5xx, or a GraphQL INTERNAL_SERVER_ERROR that is not a client mistake."""
+
+
+class SuspectServerError(InternalServerError):
+    """A server error that may be caused by the payload (GraphQL 500): retried a few times, then bisected."""
+
+    max_attempts = 4
+
+
+class RateLimitError(LabelboxTransientError):
+    """HTTP 429 or the "You have exceeded ..." message (SDK: ApiLimitError)."""
+
+    def __init__(self, message: str, *, status: int | None = None, retry_after: float | None = None,
+                 operation: str | None = None) -> None:
+        super().__init__(message, status=status, operation=operation)
+        self.retry_after = retry_after
+
+
+class NetworkError(LabelboxTransientError):
+    """Connection refused/reset, DNS failure, or a request timeout."""
+
+
+class TaskTimeoutError(LabelboxTransientError):
+    """A registration task or an import did not reach a final state within its deadline."""
+
+
+class ImportFailedError(LabelboxTransientError):
+    """A prediction import ended in state FAILED; re-importing usually works, a few times at most."""
+
+    max_attempts = 4
+
+
+class LabelboxFatalError(LabelboxError):
+    """The pipeline cannot work at all (credentials): stop, commit nothing, DLQ nothing."""
+
+
+class AuthenticationError(LabelboxFatalError):
+    """AUTHENTICATION_ERROR or HTTP 401: the API key is missing, wrong or revoked."""
+
+
+class AuthorizationError(LabelboxFatalError):
+    """AUTHORIZATION_ERROR or HTTP 403: the key may not do this."""
+
+
+class LabelboxPermanentError(LabelboxError):
+    """The request itself is wrong; retrying the same payload cannot help."""
+
+
+class InvalidQueryError(LabelboxPermanentError):
+    """GRAPHQL_VALIDATION_FAILED / GRAPHQL_PARSE_FAILED / INTERNAL_SERVER_ERROR with status 400."""
+
+
+class ValidationFailedError(LabelboxPermanentError):
+    """GRAPHQL_VALIDATION_FAILED with "Query complexity limit exceeded"."""
+
+
+class UnprocessableEntityError(LabelboxPermanentError):
+    """INTERNAL_SERVER_ERROR with status 422."""
+
+
+class OperationNotAllowedError(LabelboxPermanentError):
+    """OPERATION_NOT_ALLOWED, or INTERNAL_SERVER_ERROR with status 426 (e.g. LBU limit)."""
+
+
+class ResourceNotFoundError(LabelboxPermanentError):
+    """RESOURCE_NOT_FOUND (the SDK returns None here; we name it)."""
+
+
+class ResourceConflictError(LabelboxPermanentError):
+    """RESOURCE_CONFLICT."""
+
+
+class MalformedRequestError(LabelboxPermanentError):
+    """MALFORMED_REQUEST."""
+
+
+class TaskFailedError(LabelboxPermanentError):
+    """A label or data-row registration task ended FAILED (errorMessage kept)."""
+
+
+class UnexpectedResponseError(LabelboxPermanentError):
+    """Non-JSON body, unknown error code, or a 4xx without GraphQL errors."""
+
+
+# ---------------------------------------------------------------------------------------
+# Operations, verbatim from the SDK (reference §§1-3).
+
+IMPORT_FIELDS = "errorFileUrl inputFileUrl modelRunId name progress state statusFileUrl id"
+
+Q_LABEL_IDS = """mutation createMEAModelRunLabelRegistrationTaskPyApi($modelRunId: ID!, $labelIds : [ID!]!) {
+        createMEAModelRunLabelRegistrationTask(where : { id : $modelRunId}, data : {labelIds: $labelIds})}
+        """
+Q_PROJECT = """mutation createMEAModelRunProjectLabelRegistrationTaskPyApi($modelRunId: ID!, $projectId : ID!) {
+        createMEAModelRunProjectLabelRegistrationTask(where : { modelRunId : $modelRunId, projectId: $projectId})}
+        """
+Q_LABEL_STATUS = """query MEALabelRegistrationTaskStatusPyApi($where: WhereUniqueIdInput!){
+            MEALabelRegistrationTaskStatus(where: $where) {status errorMessage}
+        }
+        """
+Q_DATA_ROWS = """mutation createMEAModelRunDataRowRegistrationTaskPyApi($modelRunId: ID!, $dataRowIds: [ID!], $globalKeys: [ID!]) {
+          createMEAModelRunDataRowRegistrationTask(where : { id : $modelRunId}, data : {dataRowIds: $dataRowIds, globalKeys: $globalKeys})}
+          """
+Q_DATA_ROW_STATUS = """query MEADataRowRegistrationTaskStatusPyApi($where: WhereUniqueIdInput!){
+            MEADataRowRegistrationTaskStatus(where: $where) {status errorMessage}
+        }
+        """
+Q_CREATE_IMPORT = f"""mutation createMEAPredictionImportByFilePyApi($modelRunId : ID!, $name: String!, $file: Upload!, $contentLength: Int!) {{
+            createModelErrorAnalysisPredictionImport(data: {{
+                modelRunId: $modelRunId name: $name filePayload: {{ file: $file, contentLength: $contentLength}}
+        }}) {{{IMPORT_FIELDS}}}
+        }}"""
+Q_GET_IMPORT = f"""query getModelErrorAnalysisPredictionImportPyApi($modelRunId : ID!, $name: String!) {{
+            modelErrorAnalysisPredictionImport(
+                where: {{modelRunId: $modelRunId, name: $name}}){{
+                    {IMPORT_FIELDS}
+                }}}}"""
+
+
+# ---------------------------------------------------------------------------------------
+# Pure helpers.
+
+
+@dataclass(frozen=True)
+class ImportState:
+    """The eight fields of an MEAPredictionImport (reference §2d)."""
+
+    id: str
+    name: str
+    model_run_id: str
+    state: str  # RUNNING | FINISHED | FAILED
+    progress: str | None
+    input_file_url: str | None
+    error_file_url: str | None
+    status_file_url: str | None
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> ImportState:
+        return cls(
+            id=str(obj["id"]),
+            name=str(obj["name"]),
+            model_run_id=str(obj["modelRunId"]),
+            state=str(obj["state"]),
+            progress=obj.get("progress"),
+            input_file_url=obj.get("inputFileUrl"),
+            error_file_url=obj.get("errorFileUrl"),
+            status_file_url=obj.get("statusFileUrl"),
+        )
+
+
+@dataclass(frozen=True)
+class RowStatus:
+    """One line of an import's status file."""
+
+    uuid: str
+    status: str  # SUCCESS | FAILURE
+    data_row: Mapping[str, Any]
+    errors: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TaskStatus:
+    status: str
+    error_message: str | None
+
+
+def file_name(model_run_id: str, name: str) -> str:
+    """The multipart field name and filename the SDK uses."""
+    return f"{model_run_id}__{name}.ndjson"
+
+
+def ndjson_bytes(rows: list[bytes]) -> bytes:
+    """Join already-serialised rows with newlines, no trailing newline (as the SDK does)."""
+    return b"\n".join(rows)
+
+
+def multipart_parts(model_run_id: str, name: str, payload: bytes) -> list[tuple[str, str | None, str, bytes]]:
+    """The three multipart parts in SDK order: (field name, filename, content type, body)."""
+    fname = file_name(model_run_id, name)
+    operations = {
+        "variables": {"file": None, "contentLength": len(payload), "modelRunId": model_run_id, "name": name},
+        "query": Q_CREATE_IMPORT,
+    }
+    return [
+        ("operations", None, "application/json", orjson.dumps(operations)),
+        ("map", None, "application/json", orjson.dumps({fname: ["variables.file"]})),
+        (fname, fname, NDJSON_MIME_TYPE, payload),
+    ]
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def parse_status_file(body: bytes) -> list[RowStatus]:
+    """Parse an NDJSON status (or error) file; blank lines are skipped."""
+    out: list[RowStatus] = []
+    for line in body.splitlines():
+        if not line.strip():
+            continue
+        obj = orjson.loads(line)
+        errors = tuple(
+            str(e.get("message") or e.get("name") or e) if isinstance(e, dict) else str(e)
+            for e in (obj.get("errors") or [])
+        )
+        out.append(
+            RowStatus(
+                uuid=str(obj.get("uuid")),
+                status=str(obj.get("status", "")),
+                data_row=obj.get("dataRow") or {},
+                errors=errors,
+            )
+        )
+    return out
+
+
+def _error_code(err: Any) -> str | None:
+    if isinstance(err, dict):
+        ext = err.get("extensions")
+        if isinstance(ext, dict):
+            code = ext.get("code")
+            return str(code) if code is not None else None
+    return None
+
+
+def map_response(
+    status: int,
+    body: bytes,
+    headers: Mapping[str, str] | None = None,
+    *,
+    operation: str | None = None,
+) -> Any:
+    """Turn an HTTP response into ``data`` or raise the exception of reference §5b.
+
+    Checked in the SDK's order; additionally 429/408 are transient and 401/403 fatal
+    whatever the body says, because that is what those statuses mean.
+    """
+    headers = headers or {}
+    retry_after = parse_retry_after(headers.get("Retry-After") or headers.get("retry-after"))
+    text = body[:500].decode("utf-8", "replace")
+    if 500 <= status <= 599:
+        if "upstream connect error or disconnect/reset before headers" in text:
+            raise InternalServerError("Connection reset", status=status, operation=operation)
+        if status == 502:
+            raise InternalServerError("502 Bad Gateway", status=status, operation=operation)
+        err = InternalServerError(f"Internal server http error {status}", status=status, operation=operation)
+        err.retry_after = retry_after
+        raise err
+    try:
+        r_json = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        r_json = None
+    if not isinstance(r_json, dict):
+        if status == 429:
+            raise RateLimitError(f"429 {text}".strip(), status=status, retry_after=retry_after, operation=operation)
+        if status == 401:
+            raise AuthenticationError("401 Unauthorized", status=status, operation=operation)
+        if status == 403:
+            raise AuthorizationError("403 Forbidden", status=status, operation=operation)
+        if status == 408:
+            raise NetworkError("408 Request Timeout", status=status, operation=operation)
+        raise UnexpectedResponseError(f"Failed to parse response as JSON: {text}", status=status,
+                                      operation=operation)
+    errors = r_json.get("errors") or []
+    if not isinstance(errors, list):
+        errors = [errors]
+
+    def first(code: str) -> dict[str, Any] | None:
+        for e in errors:
+            if _error_code(e) == code:
+                return e if isinstance(e, dict) else None
+        return None
+
+    def msg(e: dict[str, Any] | None) -> str:
+        return str((e or {}).get("message", ""))
+
+    if first("AUTHENTICATION_ERROR") is not None:
+        raise AuthenticationError("Invalid API key", status=status, operation=operation)
+    if (e := first("AUTHORIZATION_ERROR")) is not None:
+        raise AuthorizationError(msg(e), status=status, operation=operation)
+    if (e := first("GRAPHQL_VALIDATION_FAILED")) is not None:
+        if msg(e) == "Query complexity limit exceeded":
+            raise ValidationFailedError(msg(e), status=status, operation=operation)
+        raise InvalidQueryError(msg(e), status=status, operation=operation)
+    if (e := first("GRAPHQL_PARSE_FAILED")) is not None:
+        raise InvalidQueryError(msg(e), status=status, operation=operation)
+    top_message = r_json.get("message")
+    if isinstance(top_message, str) and top_message.startswith("You have exceeded"):
+        raise RateLimitError(top_message, status=status, retry_after=retry_after, operation=operation)
+    if (e := first("RESOURCE_NOT_FOUND")) is not None:
+        raise ResourceNotFoundError(msg(e) or "resource not found", status=status, operation=operation)
+    if (e := first("RESOURCE_CONFLICT")) is not None:
+        raise ResourceConflictError(msg(e), status=status, operation=operation)
+    if (e := first("MALFORMED_REQUEST")) is not None:
+        raise MalformedRequestError(msg(e), status=status, operation=operation)
+    if (e := first("INTERNAL_SERVER_ERROR")) is not None:
+        exc_info = (e.get("extensions") or {}).get("exception") or {}
+        inner = exc_info.get("status") if isinstance(exc_info, dict) else None
+        inner = 500 if inner is None else inner
+        if inner == 400:
+            raise InvalidQueryError(msg(e), status=status, operation=operation)
+        if inner == 422:
+            raise UnprocessableEntityError(msg(e), status=status, operation=operation)
+        if inner == 426:
+            raise OperationNotAllowedError(msg(e), status=status, operation=operation)
+        if inner == 500:
+            raise SuspectServerError(msg(e), status=status, operation=operation)
+        raise InternalServerError(msg(e), status=status, operation=operation)
+    if (e := first("OPERATION_NOT_ALLOWED")) is not None:
+        raise OperationNotAllowedError(msg(e), status=status, operation=operation)
+    if errors:
+        summary = [{"message": msg(x if isinstance(x, dict) else None), "code": _error_code(x)} for x in errors]
+        raise UnexpectedResponseError(f"Unknown error: {summary}", status=status, operation=operation)
+    if status == 429:
+        raise RateLimitError(f"429 {top_message or 'Too Many Requests'}", status=status,
+                             retry_after=retry_after, operation=operation)
+    if status == 408:
+        raise NetworkError("408 Request Timeout", status=status, operation=operation)
+    if status == 401:
+        raise AuthenticationError(f"401 {top_message or 'Unauthorized'}", status=status, operation=operation)
+    if status == 403:
+        raise AuthorizationError(f"403 {top_message or 'Forbidden'}", status=status, operation=operation)
+    if status != 200:
+        raise UnexpectedResponseError(f"{status} {top_message or ''}".strip(), status=status,
+                                      operation=operation)
+    return r_json.get("data")
+
+
+# ---------------------------------------------------------------------------------------
+# The client.
+
+
+@dataclass(frozen=True)
+class PollPolicy:
+    """Backoff for task and import polling: start, multiply, cap, overall deadline."""
+
+    initial_s: float = 0.1
+    multiplier: float = 1.6
+    max_s: float = 5.0
+    deadline_s: float = 900.0
+
+
+RequestHook = Callable[[str, int | None, float], None]  # (operation, status or None on network error, seconds)
+
+
+class LabelboxClient:
+    """One aiohttp session against one GraphQL endpoint; safe for concurrent use."""
+
+    def __init__(
+        self,
+        url: str,
+        api_key: str,
+        *,
+        request_timeout_s: float = 60.0,
+        poll: PollPolicy | None = None,
+        on_request: RequestHook | None = None,
+        connector_limit: int = 32,
+    ) -> None:
+        self._url = url
+        self._api_key = api_key
+        self._timeout = aiohttp.ClientTimeout(total=request_timeout_s)
+        self._poll = poll or PollPolicy()
+        self._on_request = on_request
+        self._connector_limit = connector_limit
+        self._session: aiohttp.ClientSession | None = None
+        vi = sys.version_info
+        self._base_headers = {
+            "X-User-Agent": f"python-sdk {SDK_VERSION}",
+            "X-Python-Version": f"{vi.major}.{vi.minor}.{vi.micro}-{vi.releaselevel}",
+            "User-Agent": f"runstream/0.1.0 ({platform.system()})",
+        }
+
+    def __repr__(self) -> str:  # never show the key
+        return f"LabelboxClient(url={self._url!r})"
+
+    @property
+    def url(self) -> str:
+        return self._url
+
+    async def __aenter__(self) -> LabelboxClient:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=self._timeout, connector=aiohttp.TCPConnector(limit=self._connector_limit)
+            )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _headers(self, sdk_method: str, *, json_body: bool) -> dict[str, str]:
+        h = dict(self._base_headers)
+        h["Authorization"] = f"Bearer {self._api_key}"
+        h["X-SDK-Method"] = sdk_method
+        if json_body:
+            h["Accept"] = "application/json"
+            h["Content-Type"] = "application/json"
+        return h
+
+    def _sess(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("LabelboxClient used before start()")
+        return self._session
+
+    async def _post(self, operation: str, sdk_method: str, make_body: Callable[[], Any], json_body: bool) -> Any:
+        started = time.monotonic()
+        status: int | None = None
+        try:
+            async with self._sess().post(
+                self._url, data=make_body(), headers=self._headers(sdk_method, json_body=json_body)
+            ) as resp:
+                status = resp.status
+                body = await resp.read()
+                resp_headers = {k: v for k, v in resp.headers.items() if k.lower() == "retry-after"}
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            # Re-raised without chaining: aiohttp exceptions can carry request headers.
+            raise NetworkError(f"{type(exc).__name__}: {_safe(str(exc), self._api_key)}",
+                               operation=operation) from None
+        finally:
+            if self._on_request is not None:
+                self._on_request(operation, status, time.monotonic() - started)
+        return map_response(status, body, resp_headers, operation=operation)
+
+    async def execute(self, query: str, variables: Mapping[str, Any] | None, *, operation: str,
+                      sdk_method: str) -> Any:
+        """POST one GraphQL JSON request; returns ``data`` or raises a LabelboxError."""
+        payload = orjson.dumps({"query": query, "variables": variables})
+        return await self._post(operation, sdk_method, lambda: payload, json_body=True)
+
+    # --- registrations (reference §§1, 3) ---
+
+    async def create_label_registration(self, model_run_id: str, label_ids: list[str]) -> str:
+        data = await self.execute(Q_LABEL_IDS, {"modelRunId": model_run_id, "labelIds": label_ids},
+                                  operation="createMEAModelRunLabelRegistrationTask",
+                                  sdk_method="ModelRun:upsert_labels")
+        return _task_id(data, "createMEAModelRunLabelRegistrationTask")
+
+    async def create_project_label_registration(self, model_run_id: str, project_id: str) -> str:
+        data = await self.execute(Q_PROJECT, {"modelRunId": model_run_id, "projectId": project_id},
+                                  operation="createMEAModelRunProjectLabelRegistrationTask",
+                                  sdk_method="ModelRun:upsert_labels")
+        return _task_id(data, "createMEAModelRunProjectLabelRegistrationTask")
+
+    async def create_data_row_registration(self, model_run_id: str, data_row_ids: list[str] | None,
+                                           global_keys: list[str] | None) -> str:
+        data = await self.execute(
+            Q_DATA_ROWS,
+            {"modelRunId": model_run_id, "dataRowIds": data_row_ids, "globalKeys": global_keys},
+            operation="createMEAModelRunDataRowRegistrationTask", sdk_method="ModelRun:upsert_data_rows",
+        )
+        return _task_id(data, "createMEAModelRunDataRowRegistrationTask")
+
+    async def label_task_status(self, task_id: str) -> TaskStatus:
+        data = await self.execute(Q_LABEL_STATUS, {"where": {"id": task_id}},
+                                  operation="MEALabelRegistrationTaskStatus", sdk_method="ModelRun:upsert_labels")
+        return _task_status(data, "MEALabelRegistrationTaskStatus")
+
+    async def data_row_task_status(self, task_id: str) -> TaskStatus:
+        data = await self.execute(Q_DATA_ROW_STATUS, {"where": {"id": task_id}},
+                                  operation="MEADataRowRegistrationTaskStatus",
+                                  sdk_method="ModelRun:upsert_data_rows")
+        return _task_status(data, "MEADataRowRegistrationTaskStatus")
+
+    async def wait_task(self, status_fn: Callable[[], Awaitable[TaskStatus]], what: str) -> None:
+        """Poll immediately, then with backoff, until COMPLETE; FAILED raises TaskFailedError."""
+        async def once() -> bool:
+            st = await status_fn()
+            if st.status == "COMPLETE":
+                return True
+            if st.status == "FAILED":
+                raise TaskFailedError(f"{what} failed: {st.error_message or 'Job failed.'}", operation=what)
+            return False
+
+        await self._poll_until(once, what)
+
+    async def _poll_until(self, once: Callable[[], Awaitable[bool]], what: str) -> None:
+        deadline = time.monotonic() + self._poll.deadline_s
+        delay = self._poll.initial_s
+        while True:
+            if await once():
+                return
+            if time.monotonic() + delay > deadline:
+                raise TaskTimeoutError(f"{what} not finished within {self._poll.deadline_s:g} s", operation=what)
+            await asyncio.sleep(delay)
+            delay = min(self._poll.max_s, delay * self._poll.multiplier)
+
+    async def register_labels(self, model_run_id: str, label_ids: list[str]) -> None:
+        task = await self.create_label_registration(model_run_id, label_ids)
+        await self.wait_task(lambda: self.label_task_status(task), "label registration")
+
+    async def register_project_labels(self, model_run_id: str, project_id: str) -> None:
+        task = await self.create_project_label_registration(model_run_id, project_id)
+        await self.wait_task(lambda: self.label_task_status(task), "project label registration")
+
+    async def register_data_rows(self, model_run_id: str, data_row_ids: list[str] | None,
+                                 global_keys: list[str] | None) -> None:
+        task = await self.create_data_row_registration(model_run_id, data_row_ids, global_keys)
+        await self.wait_task(lambda: self.data_row_task_status(task), "data row registration")
+
+    # --- prediction import (reference §2) ---
+
+    async def create_prediction_import(self, model_run_id: str, name: str, payload: bytes) -> ImportState:
+        """The multipart upload of ``createMEAPredictionImportByFilePyApi``."""
+        if not payload:
+            raise UnexpectedResponseError("annotations cannot be empty", operation="createPredictionImport")
+        parts = multipart_parts(model_run_id, name, payload)
+
+        def body() -> aiohttp.MultipartWriter:
+            writer = aiohttp.MultipartWriter("form-data")
+            for field, filename, ctype, data in parts:
+                part = writer.append(data, {"Content-Type": ctype})
+                if filename:
+                    part.set_content_disposition("form-data", name=field, filename=filename)
+                else:
+                    part.set_content_disposition("form-data", name=field)
+            return writer
+
+        data = await self._post("createModelErrorAnalysisPredictionImport", ":create_from_objects", body,
+                                json_body=False)
+        obj = (data or {}).get("createModelErrorAnalysisPredictionImport")
+        if not isinstance(obj, dict):
+            raise UnexpectedResponseError("import creation returned no import", operation="createPredictionImport")
+        return ImportState.from_json(obj)
+
+    async def get_prediction_import(self, model_run_id: str, name: str) -> ImportState:
+        data = await self.execute(Q_GET_IMPORT, {"modelRunId": model_run_id, "name": name},
+                                  operation="modelErrorAnalysisPredictionImport",
+                                  sdk_method="MEAPredictionImport:refresh")
+        obj = (data or {}).get("modelErrorAnalysisPredictionImport")
+        if not isinstance(obj, dict):
+            raise ResourceNotFoundError(f"prediction import {name!r} not found",
+                                        operation="modelErrorAnalysisPredictionImport")
+        return ImportState.from_json(obj)
+
+    async def wait_import(self, model_run_id: str, name: str, *, first: ImportState | None = None) -> ImportState:
+        """Poll by (model run, name) with backoff until FINISHED; FAILED raises ImportFailedError."""
+        result: list[ImportState] = [first] if first is not None and first.state != "RUNNING" else []
+
+        async def once() -> bool:
+            st = result.pop() if result else await self.get_prediction_import(model_run_id, name)
+            result.append(st)
+            if st.state == "FINISHED":
+                return True
+            if st.state == "FAILED":
+                raise ImportFailedError(f"prediction import {name!r} ended FAILED", operation="import")
+            result.clear()
+            return False
+
+        await self._poll_until(once, f"prediction import {name!r}")
+        return result[-1]
+
+    async def fetch_file(self, url: str) -> bytes:
+        """Status and error files are signed URLs: fetched without the Authorization header."""
+        started = time.monotonic()
+        status: int | None = None
+        try:
+            async with self._sess().get(url) as resp:
+                status = resp.status
+                body = await resp.read()
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise NetworkError(f"{type(exc).__name__} fetching status file", operation="fetchFile") from None
+        finally:
+            if self._on_request is not None:
+                self._on_request("fetchFile", status, time.monotonic() - started)
+        if status >= 500 or status in (408, 429):
+            raise InternalServerError(f"status file fetch: HTTP {status}", status=status, operation="fetchFile")
+        if status >= 400:
+            raise UnexpectedResponseError(f"status file fetch: HTTP {status}", status=status,
+                                          operation="fetchFile")
+        return body
+
+    async def import_statuses(self, state: ImportState) -> list[RowStatus]:
+        if not state.status_file_url:
+            return []
+        return parse_status_file(await self.fetch_file(state.status_file_url))
+
+
+def _safe(text: str, secret: str) -> str:
+    return text.replace(secret, "***") if secret else text
+
+
+def _task_id(data: Any, field: str) -> str:
+    if not isinstance(data, dict) or not data.get(field):
+        raise ResourceNotFoundError(f"{field} returned no task id (model run not found?)", operation=field)
+    return str(data[field])
+
+
+def _task_status(data: Any, field: str) -> TaskStatus:
+    obj = data.get(field) if isinstance(data, dict) else None
+    if not isinstance(obj, dict):
+        raise ResourceNotFoundError(f"{field}: task not found", operation=field)
+    return TaskStatus(status=str(obj.get("status")), error_message=obj.get("errorMessage"))
+
+
+__all__ = [name for name in dir() if not name.startswith("_")]
