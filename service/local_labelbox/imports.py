@@ -1,0 +1,201 @@
+"""Turn one uploaded NDJSON prediction import into rows to persist and per-row statuses.
+
+Pure (no I/O): ``plan_import`` takes the bytes, the model run's membership (data row ids
+and their global keys) and the row parser, and returns what the store must upsert plus the
+status file rows. Row validation itself is ``service.events.parse_ndjson_row`` (the same
+rules the uploader applies), so the local API and the producer side never drift apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Set
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from service.errors import EventValidationError
+
+# Labelbox's ANNOTATION_PER_LABEL_LIMIT: annotations per data row per annotation name.
+ANNOTATION_PER_DATA_ROW_LIMIT = 5000
+
+ParseRow = Callable[..., Any]
+
+# (uuid, data_row_id, name, body)
+PredictionRecord = tuple[str, str, str | None, bytes]
+# (data_row_id, metric_name, feature_name, subclass_name, uuid, metric_value, aggregation, body)
+MetricRecord = tuple[str, str, str, str, str, bytes, str | None, bytes]
+
+
+@dataclass
+class ImportPlan:
+    predictions: list[PredictionRecord] = field(default_factory=list)
+    metrics: list[MetricRecord] = field(default_factory=list)
+    statuses: list[dict[str, Any]] = field(default_factory=list)
+    failures: int = 0
+
+    @property
+    def total(self) -> int:
+        return len(self.statuses)
+
+    def status_ndjson(self) -> bytes:
+        return b"\n".join(orjson.dumps(s) for s in self.statuses)
+
+    def error_ndjson(self) -> bytes:
+        return b"\n".join(orjson.dumps(s) for s in self.statuses if s["status"] == "FAILURE")
+
+
+def failure(uuid: Any, data_row: Any, name: str, message: str) -> dict[str, Any]:
+    """A FAILURE status row, shaped like Labelbox's (reference §2f)."""
+    return {
+        "uuid": uuid if isinstance(uuid, str) else None,
+        "dataRow": data_row if isinstance(data_row, dict) else None,
+        "status": "FAILURE",
+        "errors": [{"name": name, "message": message}],
+    }
+
+
+def _enum_str(value: Any) -> str | None:
+    if value is None:
+        return None
+    inner = getattr(value, "value", value)
+    return str(inner)
+
+
+def plan_import(
+    payload: bytes,
+    *,
+    model_run_id: str,
+    run_data_row_ids: Set[str],
+    run_global_keys: Mapping[str, str],
+    parse_row: ParseRow,
+) -> ImportPlan:
+    """Validate every line and decide SUCCESS/FAILURE per row.
+
+    A row fails when: its line is not a JSON object; ``parse_row`` rejects it; its data row
+    (by id or global key) is not in the model run; it puts ``customMetrics`` on a raster
+    mask; or its (data row, annotation name) group has more than 5,000 rows in this import
+    (every row of such a group fails, as Labelbox rejects the whole group).
+    """
+    # Pass 1: parse. Each entry: (status_if_failed | None, kind, data_row_id, parsed, line, raw)
+    entries: list[tuple[dict[str, Any] | None, str, str, Any, bytes, dict[str, Any] | None]] = []
+    group_counts: dict[tuple[str, str], int] = {}
+    loads = orjson.loads
+    for line in payload.split(b"\n"):
+        if not line or line.isspace():
+            continue
+        try:
+            raw = loads(line)
+        except orjson.JSONDecodeError as exc:
+            entries.append(
+                (failure(None, None, "InvalidJson", f"line is not valid JSON: {exc}"), "", "", None, line, None)
+            )
+            continue
+        if not isinstance(raw, dict):
+            entries.append(
+                (failure(None, None, "InvalidJson", "line is not a JSON object"), "", "", None, line, None)
+            )
+            continue
+        try:
+            parsed = parse_row(raw, model_run_id=model_run_id)
+        except EventValidationError as exc:
+            entries.append(
+                (failure(raw.get("uuid"), raw.get("dataRow"), "ValidationError", str(exc)), "", "", None, line, raw)
+            )
+            continue
+        ref = parsed.data_row
+        if ref.id is not None:
+            dr_id: str | None = ref.id if ref.id in run_data_row_ids else None
+            shown: dict[str, Any] = {"id": ref.id}
+            what = f"Data row {ref.id}"
+        else:
+            dr_id = run_global_keys.get(ref.global_key) if ref.global_key is not None else None
+            shown = {"id": dr_id} if dr_id is not None else {"globalKey": ref.global_key}
+            what = f"Data row with global key {ref.global_key}"
+        if dr_id is None:
+            entries.append(
+                (
+                    failure(
+                        parsed.uuid,
+                        shown,
+                        "DataRowNotInModelRun",
+                        f"{what} is not in model run {model_run_id}; register it first",
+                    ),
+                    "",
+                    "",
+                    None,
+                    line,
+                    raw,
+                )
+            )
+            continue
+        if "metricValue" in raw:
+            entries.append((None, "metric", dr_id, parsed, line, raw))
+            continue
+        if parsed.is_mask and parsed.custom_metric_leaves():
+            entries.append(
+                (
+                    failure(
+                        parsed.uuid,
+                        shown,
+                        "CustomMetricsNotSupported",
+                        "customMetrics are not supported on raster segmentation (mask) annotations",
+                    ),
+                    "",
+                    "",
+                    None,
+                    line,
+                    raw,
+                )
+            )
+            continue
+        name = raw.get("name")
+        if isinstance(name, str) and name:
+            key = (dr_id, name)
+            group_counts[key] = group_counts.get(key, 0) + 1
+        entries.append((None, "prediction", dr_id, parsed, line, raw))
+
+    over = {k for k, n in group_counts.items() if n > ANNOTATION_PER_DATA_ROW_LIMIT}
+
+    # Pass 2: records and statuses, in input order.
+    plan = ImportPlan()
+    statuses = plan.statuses
+    preds = plan.predictions
+    metrics = plan.metrics
+    dumps = orjson.dumps
+    for failed, kind, dr_id, parsed, line, raw in entries:
+        if failed is not None:
+            statuses.append(failed)
+            plan.failures += 1
+            continue
+        assert raw is not None
+        if kind == "prediction":
+            name = raw.get("name")
+            if over and isinstance(name, str) and (dr_id, name) in over:
+                statuses.append(
+                    failure(
+                        parsed.uuid,
+                        {"id": dr_id},
+                        "AnnotationLimitExceeded",
+                        f"Data row {dr_id} has {group_counts[(dr_id, name)]} annotations named {name!r} "
+                        f"in this import; the limit is {ANNOTATION_PER_DATA_ROW_LIMIT} per data row per name",
+                    )
+                )
+                plan.failures += 1
+                continue
+            preds.append((parsed.uuid, dr_id, name if isinstance(name, str) else raw.get("schemaId"), line))
+        else:
+            metrics.append(
+                (
+                    dr_id,
+                    parsed.metric_name or "",
+                    parsed.feature_name or "",
+                    parsed.subclass_name or "",
+                    parsed.uuid,
+                    dumps(raw["metricValue"]),
+                    _enum_str(parsed.aggregation),
+                    line,
+                )
+            )
+        statuses.append({"uuid": parsed.uuid, "dataRow": {"id": dr_id}, "status": "SUCCESS"})
+    return plan
