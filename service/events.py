@@ -370,8 +370,7 @@ def _normalize_answer(answer: Any, path: str) -> Any:
         return [_normalize_answer_node(a, f"{path}[{i}]") for i, a in enumerate(answer)]
     raise _fail(
         path,
-        "must be a string (free text), an object (radio) or a list of objects (checklist), "
-        f"got {_type_name(answer)}",
+        f"must be a string (free text), an object (radio) or a list of objects (checklist), got {_type_name(answer)}",
     )
 
 
@@ -579,8 +578,7 @@ def _confidence_dict(value: dict[Any, Any], path: str) -> list[tuple[float, Any,
     if not MIN_CONFIDENCE_SCORES <= n <= MAX_CONFIDENCE_SCORES:
         raise _fail(
             path,
-            f"a confidence-keyed value needs between {MIN_CONFIDENCE_SCORES} and {MAX_CONFIDENCE_SCORES} "
-            f"keys, got {n}",
+            f"a confidence-keyed value needs between {MIN_CONFIDENCE_SCORES} and {MAX_CONFIDENCE_SCORES} keys, got {n}",
         )
     out: list[tuple[float, Any, str]] = []
     seen: set[float] = set()
@@ -629,18 +627,24 @@ def _parse_metric(row: Any, model_run_id: str, path: str, *, trusted: bool) -> M
     if not row.keys() <= _METRIC_KEYS:
         raise _unknown_keys(path, row.keys() - _METRIC_KEYS, _METRIC_KEYS, "metric")
     get = row.get
-    # Fast path: a row in one spelling only; _pick catches a field given in both spellings.
-    dr, dr_key = _pick(row, "dataRow", "data_row", path)
+    # A missing field is named in the spelling the rest of the row uses.
+    camel = "metricValue" in row or "dataRow" in row
+
+    def pick(c: str, s: str) -> tuple[Any, str]:
+        value, key = _pick(row, c, s, path)
+        return value, (key if value is not _MISSING else c if camel else s)
+
+    dr, dr_key = pick("dataRow", "data_row")
     if dr is _MISSING or dr is None:
-        raise _fail(f"{path}.dataRow", "is required")
+        raise _fail(f"{path}.{dr_key}", "is required")
     ref = _parse_data_row(dr, f"{path}.{dr_key}")
-    name, name_key = _pick(row, "metricName", "metric_name", path)
+    name, name_key = pick("metricName", "metric_name")
     metric_name = _optional_str(name, f"{path}.{name_key}")
-    feature, feature_key = _pick(row, "featureName", "feature_name", path)
+    feature, feature_key = pick("featureName", "feature_name")
     feature_name = _optional_str(feature, f"{path}.{feature_key}")
-    sub, sub_key = _pick(row, "subclassName", "subclass_name", path)
+    sub, sub_key = pick("subclassName", "subclass_name")
     subclass_name = _optional_str(sub, f"{path}.{sub_key}")
-    value, value_key = _pick(row, "metricValue", "value", path)
+    value, value_key = pick("metricValue", "value")
     vpath = f"{path}.{value_key}"
     if value is _MISSING or value is None:
         raise _fail(vpath, "is required")
