@@ -17,9 +17,9 @@ from typing import Any
 
 import aiohttp
 import labelbox
-from lbox import exceptions as lbx
 import pytest
 from labelbox.schema.annotation_import import MEAPredictionImport
+from lbox import exceptions as lbx
 
 from service.local_labelbox import LocalLabelbox
 
