@@ -1,0 +1,74 @@
+"""DLQ producer shared by the uploader and the aggregator.
+
+A dead-lettered message keeps its original key and value bytes; the reason and the
+source coordinates travel in headers (service.dlq_headers). ``send`` returns only after
+the broker acknowledged the write (acks=all, idempotent producer), because the caller
+commits the source offset right after: a DLQ write must be durable before the offset
+moves (the ErrantRecordReporter guarantee of Kafka Connect, peers.md §1.1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from service.dlq_headers import DlqHeaders
+
+
+class DlqWriter:
+    """start() / send() / stop(); transient broker errors are retried with backoff until sent."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        *,
+        client_options: dict[str, Any] | None = None,
+        max_request_size: int = 8 * 1_048_576,
+        retry_max_s: float = 10.0,
+    ) -> None:
+        self.topic = topic
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=5,
+            max_request_size=max_request_size,
+            **(client_options or {}),
+        )
+        self._retry_max_s = retry_max_s
+        self._started = False
+
+    async def start(self) -> None:
+        await self._producer.start()
+        self._started = True
+
+    async def stop(self) -> None:
+        if self._started:
+            self._started = False
+            await self._producer.stop()
+
+    async def __aenter__(self) -> DlqWriter:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def send(self, key: bytes | None, value: bytes | None, headers: DlqHeaders) -> None:
+        """Write one message and wait for the broker's ack; retried until it succeeds."""
+        delay = 0.1
+        while True:
+            try:
+                await self._producer.send_and_wait(self.topic, value=value, key=key, headers=headers.to_kafka())
+                return
+            except KafkaError as exc:
+                if not getattr(exc, "retriable", False) and not isinstance(exc, asyncio.TimeoutError):
+                    # Non-retriable (e.g. record too large): surface it, the caller cannot commit.
+                    raise
+            await asyncio.sleep(random.uniform(0, delay))
+            delay = min(self._retry_max_s, delay * 2)

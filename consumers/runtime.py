@@ -1,0 +1,454 @@
+"""Reusable Kafka consumer runtime: batching, concurrent batches, ordered commits, DLQ,
+rebalances, backpressure and graceful shutdown. The imperative shell around pure parts
+(service.batching, service.offsets).
+
+A ``BatchHandler`` supplies two things: ``intake`` (sync, per record: accept into a
+batch keyed e.g. by model run, or reject to the DLQ) and ``process`` (async, per flushed
+batch: do the work, return the records that must be dead-lettered). The runtime owns
+everything Kafka: it commits an offset only when its record and every earlier fetched
+record of the partition is done (processed, or DLQ'd with the broker's ack).
+
+Why not aiokafka's autocommit: it commits what was fetched, not what was delivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
+
+import structlog
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+
+from consumers.dlq import DlqWriter
+from service.batching import Batch, Batcher, BatchLimits
+from service.dlq_headers import DlqHeaders
+from service.errors import RunstreamError
+from service.metrics import ConsumerMetrics
+from service.offsets import OffsetTracker
+
+W = TypeVar("W")
+W_co = TypeVar("W_co", covariant=True)
+
+
+class FatalPipelineError(RunstreamError):
+    """The pipeline cannot go on (e.g. bad credentials): stop, commit nothing more, DLQ nothing."""
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """What the runtime keeps of a ConsumerRecord: coordinates and the original bytes."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted(Generic[W_co]):
+    """``intake`` result: put ``item`` into the batch ``key``; ``size`` counts toward memory limits."""
+
+    key: str
+    item: W_co
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A record that goes to the DLQ with a stable error class and a message naming the problem."""
+
+    record: Record
+    error_class: str
+    message: str
+
+
+Work = tuple[Record, W]
+
+
+class BatchHandler(Protocol[W]):
+    def intake(self, record: Record) -> Accepted[W] | Rejection: ...
+
+    async def process(self, key: str, items: list[tuple[Record, W]]) -> list[Rejection]:
+        """Deliver a batch; raise FatalPipelineError to stop the pipeline."""
+        ...
+
+
+@dataclass
+class RuntimeStatus:
+    """Shared with health endpoints: liveness from loop progress, readiness from assignment."""
+
+    started: bool = False
+    assigned: tuple[tuple[str, int], ...] = ()
+    fatal: str | None = None
+    stopping: bool = False
+    rebalancing: bool = False
+    last_progress: float = field(default_factory=time.monotonic)
+
+    @property
+    def ready(self) -> bool:
+        return self.started and self.fatal is None and not self.stopping and not self.rebalancing
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    bootstrap: str
+    group_id: str
+    topics: tuple[str, ...]
+    limits: BatchLimits
+    max_in_flight_batches: int = 4
+    max_buffered_bytes: int = 64 * 1_048_576
+    shutdown_grace_s: float = 30.0
+    rebalance_grace_s: float = 30.0
+    client_options: dict[str, Any] = field(default_factory=dict)
+    max_poll_records: int = 2_000
+    max_partition_fetch_bytes: int = 1_048_576
+    fetch_max_bytes: int = 16 * 1_048_576
+    lag_interval_s: float = 5.0
+    auto_offset_reset: str = "earliest"
+
+
+class ConsumerRuntime(Generic[W]):
+    """Runs one consumer group member until ``stop`` is set (or a fatal error)."""
+
+    def __init__(
+        self,
+        config: RuntimeConfig,
+        handler: BatchHandler[W],
+        dlq: DlqWriter,
+        metrics: ConsumerMetrics,
+        status: RuntimeStatus | None = None,
+        log: Any = None,
+    ) -> None:
+        self.config = config
+        self.handler = handler
+        self.dlq = dlq
+        self.metrics = metrics
+        self.status = status or RuntimeStatus()
+        self.log = log if log is not None else structlog.get_logger("runstream.runtime")
+        self.tracker = OffsetTracker()
+        self.batcher: Batcher[Work[W]] = Batcher(config.limits)
+        self._sem = asyncio.Semaphore(config.max_in_flight_batches)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._inflight_bytes = 0
+        self._commit_lock = asyncio.Lock()
+        self._commit_wakeup = asyncio.Event()
+        self._want_pause = False
+        self._consumer: AIOKafkaConsumer | None = None
+        self._fatal_event = asyncio.Event()
+        self._g = config.group_id
+
+    # ---------------------------------------------------------------- public
+
+    @property
+    def buffered_bytes(self) -> int:
+        return self.batcher.buffered_bytes + self._inflight_bytes
+
+    async def run(self, stop: asyncio.Event) -> None:
+        cfg = self.config
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=cfg.bootstrap,
+            group_id=cfg.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset=cfg.auto_offset_reset,
+            max_partition_fetch_bytes=cfg.max_partition_fetch_bytes,
+            fetch_max_bytes=cfg.fetch_max_bytes,
+            max_poll_records=cfg.max_poll_records,
+            **cfg.client_options,
+        )
+        self._consumer = consumer
+        consumer.subscribe(list(cfg.topics), listener=_Listener(self))
+        await consumer.start()
+        self.status.started = True
+        committer = asyncio.create_task(self._committer())
+        lag_task = asyncio.create_task(self._lag_reporter())
+        try:
+            await self._loop(consumer, stop)
+        finally:
+            self.status.stopping = True
+            self.metrics.ready.labels(self._g).set(0)
+            if self.status.fatal is None:
+                await self._finish_in_flight(cfg.shutdown_grace_s, "shutdown")
+                await self._commit()
+            else:
+                await self._abandon_all()
+            committer.cancel()
+            lag_task.cancel()
+            await asyncio.gather(committer, lag_task, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await consumer.stop()  # leaves the group
+            self._consumer = None
+            self.log.info("consumer stopped", group=cfg.group_id, fatal=self.status.fatal)
+        if self.status.fatal is not None:
+            # Stay up but unready (no commits, no DLQ writes) until told to stop.
+            await stop.wait()
+            raise FatalPipelineError(self.status.fatal)
+
+    # ---------------------------------------------------------------- loop
+
+    async def _loop(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
+        stop_wait = asyncio.ensure_future(stop.wait())
+        fatal_wait = asyncio.ensure_future(self._fatal_event.wait())
+        try:
+            while not stop.is_set() and self.status.fatal is None:
+                self.status.last_progress = time.monotonic()
+                self._apply_backpressure(consumer)
+                deadline = self.batcher.next_deadline()
+                timeout_ms = 200
+                if deadline is not None:
+                    timeout_ms = max(0, min(timeout_ms, int((deadline - time.monotonic()) * 1000)))
+                fetch = asyncio.ensure_future(consumer.getmany(timeout_ms=timeout_ms))
+                done, _ = await asyncio.wait({fetch, stop_wait, fatal_wait}, return_when=asyncio.FIRST_COMPLETED)
+                if fetch not in done:
+                    fetch.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await fetch
+                    break
+                try:
+                    data = fetch.result()
+                except KafkaError as exc:
+                    self.log.warning("fetch failed", error=str(exc))
+                    await asyncio.sleep(0.5)
+                    continue
+                now = time.monotonic()
+                for recs in data.values():
+                    for cr in recs:
+                        self._intake(cr, now)
+                for batch in self.batcher.due(now):
+                    self._launch(batch)
+        finally:
+            stop_wait.cancel()
+            fatal_wait.cancel()
+
+    def _intake(self, cr: Any, now: float) -> None:
+        rec = Record(cr.topic, cr.partition, cr.offset, cr.key, cr.value, cr.timestamp)
+        try:
+            self.tracker.track(rec.topic, rec.partition, rec.offset)
+        except ValueError:
+            return  # re-fetched after a seek: already in flight or done in this generation
+        res = self.handler.intake(rec)
+        if isinstance(res, Rejection):
+            size = len(rec.value or b"") + len(rec.key or b"")
+            self._inflight_bytes += size
+            self._spawn(self._reject_one(res, size))
+            return
+        for batch in self.batcher.add(res.key, (rec, res.item), res.size, now):
+            self._launch(batch)
+
+    def _spawn(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _launch(self, batch: Batch[Work[W]]) -> None:
+        self._inflight_bytes += batch.size_bytes
+        self._spawn(self._run_batch(batch))
+
+    async def _reject_one(self, rej: Rejection, size: int) -> None:
+        try:
+            if await self._dead_letter([rej]):
+                self._done(rej.record)
+        finally:
+            self._inflight_bytes -= size
+            self._commit_wakeup.set()
+
+    async def _run_batch(self, batch: Batch[Work[W]]) -> None:
+        try:
+            async with self._sem:
+                if self.status.fatal is not None:
+                    return
+                self.metrics.in_flight_batches.labels(self._g).inc()
+                started = time.monotonic()
+                try:
+                    rejections = await self.handler.process(batch.key, batch.items)
+                except FatalPipelineError as exc:
+                    self._set_fatal(str(exc))
+                    return
+                finally:
+                    self.metrics.in_flight_batches.labels(self._g).dec()
+                if not await self._dead_letter(rejections):
+                    return
+                rejected = {(r.record.topic, r.record.partition, r.record.offset) for r in rejections}
+                for rec, _ in batch.items:
+                    self._done(rec)
+                    if (rec.topic, rec.partition, rec.offset) not in rejected:
+                        self.metrics.events.labels(self._g, rec.topic, "delivered").inc()
+                self.metrics.batch_events.labels(self._g).observe(batch.events)
+                self.metrics.batch_seconds.labels(self._g).observe(time.monotonic() - started)
+        finally:
+            self._inflight_bytes -= batch.size_bytes
+            self._commit_wakeup.set()
+
+    async def _dead_letter(self, rejections: Sequence[Rejection]) -> bool:
+        """Write rejections to the DLQ and wait for every ack; False when nothing may be marked done."""
+        if not rejections:
+            return True
+        if self.status.fatal is not None:
+            return False
+        try:
+            await asyncio.gather(*(self._dlq_one(r) for r in rejections))
+        except KafkaError as exc:
+            self._set_fatal(f"DLQ write failed: {exc}")
+            return False
+        return True
+
+    async def _dlq_one(self, r: Rejection) -> None:
+        headers = DlqHeaders(
+            error_class=r.error_class,
+            error_message=r.message,
+            source_topic=r.record.topic,
+            source_partition=r.record.partition,
+            source_offset=r.record.offset,
+            consumer_group=self.config.group_id,
+        )
+        await self.dlq.send(r.record.key, r.record.value, headers)
+        self.metrics.dlq_messages.labels(self._g, r.error_class).inc()
+        self.metrics.events.labels(self._g, r.record.topic, "dlq").inc()
+        self.log.info("dead-lettered", error_class=r.error_class, error=r.message, topic=r.record.topic,
+                      partition=r.record.partition, offset=r.record.offset)
+
+    def _done(self, rec: Record) -> None:
+        self.tracker.mark_done(rec.topic, rec.partition, rec.offset)
+
+    def _set_fatal(self, reason: str) -> None:
+        if self.status.fatal is None:
+            self.status.fatal = reason
+            self.metrics.ready.labels(self._g).set(0)
+            self.log.error("pipeline stopped: fatal error; nothing more is committed or dead-lettered",
+                           reason=reason)
+            self._fatal_event.set()
+
+    # ---------------------------------------------------------------- backpressure
+
+    def _apply_backpressure(self, consumer: AIOKafkaConsumer) -> None:
+        buffered = self.buffered_bytes
+        limit = self.config.max_buffered_bytes
+        if not self._want_pause and buffered >= limit:
+            self._want_pause = True
+            self.log.info("pausing fetch (backpressure)", buffered_bytes=buffered, limit=limit)
+        elif self._want_pause and buffered < limit // 2:
+            self._want_pause = False
+            self.log.info("resuming fetch", buffered_bytes=buffered)
+        self.metrics.buffered_bytes.labels(self._g).set(buffered)
+        self.metrics.paused.labels(self._g).set(1 if self._want_pause else 0)
+        self._sync_pause(consumer)
+
+    def _sync_pause(self, consumer: AIOKafkaConsumer) -> None:
+        """Make the paused set match the decision; re-applies pauses after a rebalance."""
+        assigned = consumer.assignment()
+        paused = consumer.paused()
+        if self._want_pause:
+            missing = assigned - paused
+            if missing:
+                consumer.pause(*missing)
+        elif paused:
+            consumer.resume(*paused)
+
+    # ---------------------------------------------------------------- commits
+
+    async def _committer(self) -> None:
+        while True:
+            await self._commit_wakeup.wait()
+            self._commit_wakeup.clear()
+            await self._commit()
+            await asyncio.sleep(0.02)  # coalesce bursts of completions
+
+    async def _commit(self) -> None:
+        consumer = self._consumer
+        if consumer is None or self.status.fatal is not None:
+            return
+        async with self._commit_lock:
+            offsets = self.tracker.committable()
+            assigned = consumer.assignment()
+            offsets = {tp: o for tp, o in offsets.items() if TopicPartition(*tp) in assigned}
+            if not offsets:
+                return
+            try:
+                await consumer.commit({TopicPartition(t, p): o for (t, p), o in offsets.items()})
+            except KafkaError as exc:
+                self.log.warning("commit failed; will retry after the next completion", error=repr(exc))
+                return
+            self.tracker.committed(offsets)
+            self.metrics.commits.labels(self._g).inc()
+
+    async def _lag_reporter(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.lag_interval_s)
+            consumer = self._consumer
+            if consumer is None:
+                continue
+            for tp in consumer.assignment():
+                hw = consumer.highwater(tp)
+                if hw is None:
+                    continue
+                processed = self.tracker.processed_position(tp.topic, tp.partition)
+                with contextlib.suppress(Exception):
+                    committed = await consumer.committed(tp)
+                    if committed is not None:
+                        self.metrics.consumer_lag.labels(self._g, tp.topic, str(tp.partition)).set(
+                            max(0, hw - committed))
+                if processed is not None:
+                    self.metrics.consumer_lag_stored.labels(self._g, tp.topic, str(tp.partition)).set(
+                        max(0, hw - processed))
+
+    # ---------------------------------------------------------------- rebalance / shutdown
+
+    async def _finish_in_flight(self, grace_s: float, why: str) -> None:
+        """Flush open batches, wait for all in-flight work up to ``grace_s``, then abandon the rest."""
+        for batch in self.batcher.drain():
+            self._launch(batch)
+        tasks = set(self._tasks)
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=grace_s)
+            if pending:
+                self.log.warning("abandoning in-flight work after grace period", why=why,
+                                 tasks=len(pending), grace_s=grace_s)
+                for t in pending:
+                    t.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _abandon_all(self) -> None:
+        self.batcher.drain()  # never processed: re-fetched by whoever owns the partitions next
+        tasks = set(self._tasks)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def on_revoked(self, revoked: set[TopicPartition]) -> None:
+        self.status.rebalancing = True
+        self.metrics.rebalances.labels(self._g).inc()
+        started = time.monotonic()
+        if self.status.fatal is None:
+            await self._finish_in_flight(self.config.rebalance_grace_s, "rebalance")
+            await self._commit()
+        else:
+            await self._abandon_all()
+        self.tracker.forget()
+        self.log.info("partitions revoked", partitions=len(revoked),
+                      seconds=round(time.monotonic() - started, 3))
+
+    async def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        self.status.assigned = tuple(sorted((tp.topic, tp.partition) for tp in assigned))
+        self.status.rebalancing = False
+        if self._consumer is not None:
+            self._sync_pause(self._consumer)
+        if self.status.fatal is None:
+            self.metrics.ready.labels(self._g).set(1)
+        self.log.info("partitions assigned", partitions=len(assigned))
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, runtime: ConsumerRuntime[Any]) -> None:
+        self._rt = runtime
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._rt.on_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self._rt.on_assigned(assigned)

@@ -1,0 +1,378 @@
+"""The uploader consumer (DESIGN §3): Kafka → validated batches per model run → Labelbox.
+
+Per message (sync, in ``intake``): size check, parse, validate; a bad message is a
+Rejection (DLQ) and never blocks its partition. The valid ones are kept compactly (the
+NDJSON bytes of their rows, not the parsed models) so memory accounting is honest.
+
+Per flushed batch (``process``): coalesced label registrations, data-row registration for
+rows not yet known to be in the run (bounded cache), one NDJSON prediction import, wait,
+status file → FAILURE rows dead-lettered per source message. Transient errors are retried
+(service.retry_policy); a permanent error bisects the batch until the offending messages
+are isolated; an auth error stops the pipeline (FatalPipelineError).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import signal
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import orjson
+import structlog
+from prometheus_client import CollectorRegistry
+
+from consumers.dlq import DlqWriter
+from consumers.runtime import (
+    Accepted,
+    ConsumerRuntime,
+    FatalPipelineError,
+    Record,
+    Rejection,
+    RuntimeConfig,
+    RuntimeStatus,
+)
+from service.batching import BatchLimits
+from service.config import Settings
+from service.errors import ConfigError, EventValidationError
+from service.events import EventKind, LabelEvent, MetricEvent, PredictionEvent, parse_event
+from service.labelbox_client import (
+    ImportFailedError,
+    LabelboxClient,
+    LabelboxFatalError,
+    ResourceConflictError,
+    ResourceNotFoundError,
+    TaskFailedError,
+)
+from service.metrics import ConsumerMetrics
+from service.retry_policy import Classification, Outcome, classify, retrying
+
+T = TypeVar("T")
+DEFAULT_LOCAL_LABELBOX_URL = "http://127.0.0.1:8181/graphql"
+_ITEM_OVERHEAD = 200  # bytes per kept message beyond its payloads (objects, tuples)
+IMPORT_FAILED_MAX_ATTEMPTS = 4
+
+
+@dataclass(slots=True)
+class Item:
+    """A validated message, reduced to what delivery needs."""
+
+    model_run_id: str
+    rows: list[tuple[str, str, bytes]]  # (uuid, data row key, NDJSON bytes)
+    label: LabelEvent | None = None
+
+
+class LruSet:
+    """Bounded set of recently registered (model run, data row key) pairs."""
+
+    def __init__(self, capacity: int) -> None:
+        self._cap = capacity
+        self._d: OrderedDict[tuple[str, str], None] = OrderedDict()
+
+    def __contains__(self, key: tuple[str, str]) -> bool:
+        if key in self._d:
+            self._d.move_to_end(key)
+            return True
+        return False
+
+    def add(self, key: tuple[str, str]) -> None:
+        self._d[key] = None
+        self._d.move_to_end(key)
+        while len(self._d) > self._cap:
+            self._d.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+
+def import_name(model_run_id: str, items: list[tuple[Record, Item]], attempt: int) -> str:
+    """Deterministic: the same source messages give the same name, so a retry after a lost
+    response finds the earlier import instead of creating a second one."""
+    h = hashlib.sha256(model_run_id.encode())
+    for rec, _ in items:
+        h.update(f"{rec.topic}\0{rec.partition}\0{rec.offset}\n".encode())
+    base = f"runstream-{h.hexdigest()[:24]}"
+    return base if attempt == 0 else f"{base}-r{attempt}"
+
+
+def _split_keys(keys: list[str]) -> tuple[list[str] | None, list[str] | None]:
+    ids = [k[3:] for k in keys if k.startswith("id:")]
+    gks = [k[3:] for k in keys if k.startswith("gk:")]
+    return ids or None, gks or None
+
+
+class UploaderHandler:
+    """BatchHandler of the uploader; the only I/O is through ``client``."""
+
+    def __init__(
+        self,
+        client: LabelboxClient,
+        settings: Settings,
+        metrics: ConsumerMetrics,
+        topic_kinds: dict[str, EventKind],
+        *,
+        log: Any = None,
+        cache_size: int = 200_000,
+    ) -> None:
+        self.client = client
+        self.settings = settings
+        self.metrics = metrics
+        self.topic_kinds = topic_kinds
+        self.log = log if log is not None else structlog.get_logger("runstream.uploader")
+        self.known_rows = LruSet(cache_size)
+
+    # ------------------------------------------------------------------ intake (sync)
+
+    def intake(self, record: Record) -> Accepted[Item] | Rejection:
+        kind = self.topic_kinds.get(record.topic)
+        if kind is None:
+            return Rejection(record, "schema", f"topic {record.topic!r} is not an uploader input topic")
+        try:
+            ev = parse_event(kind, record.value, max_bytes=self.settings.max_message_bytes)
+        except EventValidationError as exc:
+            return Rejection(record, exc.error_class, str(exc))
+        size = len(record.value or b"") + len(record.key or b"") + _ITEM_OVERHEAD
+        if isinstance(ev, LabelEvent):
+            return Accepted(ev.model_run_id, Item(ev.model_run_id, [], ev), size)
+        rows: list[tuple[str, str, bytes]] = []
+        if isinstance(ev, PredictionEvent):
+            for p in ev.predictions:
+                rows.append((p.uuid, p.data_row.key(), orjson.dumps(p.to_ndjson())))
+        elif isinstance(ev, MetricEvent):
+            for m in ev.metrics:
+                rows.append((m.uuid, m.data_row.key(), orjson.dumps(m.to_ndjson())))
+        size += sum(len(r[2]) + len(r[0]) + len(r[1]) + 64 for r in rows)
+        return Accepted(ev.model_run_id, Item(ev.model_run_id, rows), size)
+
+    # ------------------------------------------------------------------ process (async)
+
+    async def process(self, key: str, items: list[tuple[Record, Item]]) -> list[Rejection]:
+        return await self._bisect(key, items)
+
+    async def _bisect(self, mr: str, items: list[tuple[Record, Item]]) -> list[Rejection]:
+        try:
+            return await self._deliver(mr, items)
+        except (asyncio.CancelledError, FatalPipelineError):
+            raise
+        except Exception as exc:
+            c = classify(exc)
+            if c.outcome is Outcome.FATAL:
+                raise FatalPipelineError(f"Labelbox refused the credentials: {exc}") from None
+            if c.outcome is Outcome.TRANSIENT:  # retries exhausted (retry_max_attempts)
+                msg = f"gave up after retries: {exc}"
+                return [Rejection(rec, "labelbox.rejected", msg) for rec, _ in items]
+            if len(items) == 1:
+                self.log.info("message rejected by Labelbox", error=str(exc), offset=items[0][0].offset)
+                return [Rejection(items[0][0], "labelbox.rejected", f"Labelbox rejected the message: {exc}")]
+            mid = len(items) // 2
+            self.log.info("bisecting batch after a permanent error", error=str(exc), size=len(items))
+            return await self._bisect(mr, items[:mid]) + await self._bisect(mr, items[mid:])
+
+    async def _call(self, fn: Callable[[], Awaitable[T]]) -> T:
+        s = self.settings
+
+        def on_retry(c: Classification, attempt: int, delay: float, exc: BaseException) -> None:
+            self.metrics.labelbox_retries.labels(c.reason).inc()
+            self.log.warning("retrying Labelbox call", reason=c.reason, attempt=attempt,
+                             delay_s=round(delay, 3), error=str(exc))
+
+        r = retrying(initial_s=s.retry_initial_s, max_s=s.retry_max_s, max_attempts=s.retry_max_attempts,
+                     on_retry=on_retry)
+        try:
+            return await r(fn)
+        except LabelboxFatalError as exc:
+            raise FatalPipelineError(f"Labelbox refused the credentials: {exc}") from None
+
+    async def _deliver(self, mr: str, items: list[tuple[Record, Item]]) -> list[Rejection]:
+        await self._register_labels(mr, [it.label for _, it in items if it.label is not None])
+        if self.settings.register_data_rows:
+            wanted: dict[str, None] = {}
+            for _, it in items:
+                for _, drk, _ in it.rows:
+                    if (mr, drk) not in self.known_rows:
+                        wanted[drk] = None
+            if wanted:
+                await self._register_rows(mr, list(wanted))
+        return await self._import(mr, items)
+
+    async def _register_labels(self, mr: str, labels: list[LabelEvent]) -> None:
+        if not labels:
+            return
+        label_ids: dict[str, None] = {}
+        projects: dict[str, None] = {}
+        keys: dict[str, None] = {}
+        for ev in labels:
+            label_ids.update(dict.fromkeys(ev.label_ids or ()))
+            if ev.project_id:
+                projects[ev.project_id] = None
+            keys.update(dict.fromkeys(f"id:{i}" for i in ev.data_row_ids or ()))
+            keys.update(dict.fromkeys(f"gk:{g}" for g in ev.global_keys or ()))
+        if label_ids:
+            ids = list(label_ids)
+            await self._call(lambda: self.client.register_labels(mr, ids))
+        for pid in projects:
+            await self._call(lambda pid=pid: self.client.register_project_labels(mr, pid))  # type: ignore[misc]
+        if keys:
+            ids_, gks = _split_keys(list(keys))
+            await self._call(lambda: self.client.register_data_rows(mr, ids_, gks))
+            for k in keys:
+                self.known_rows.add((mr, k))
+
+    async def _register_rows(self, mr: str, keys: list[str]) -> None:
+        """Register data rows; a failed task is bisected so unknown rows do not block known ones.
+        Rows that cannot be registered are left to the import, which reports them per row."""
+        ids, gks = _split_keys(keys)
+        try:
+            await self._call(lambda: self.client.register_data_rows(mr, ids, gks))
+        except TaskFailedError as exc:
+            if len(keys) == 1:
+                self.log.info("data row could not be registered", model_run=mr, data_row=keys[0], error=str(exc))
+                return
+            mid = len(keys) // 2
+            await self._register_rows(mr, keys[:mid])
+            await self._register_rows(mr, keys[mid:])
+            return
+        for k in keys:
+            self.known_rows.add((mr, k))
+
+    async def _import(self, mr: str, items: list[tuple[Record, Item]]) -> list[Rejection]:
+        rows = [row for _, it in items for row in it.rows]
+        if not rows:
+            return []
+        payload = b"\n".join(r[2] for r in rows)
+        by_uuid: dict[str, list[int]] = {}
+        for idx, (_, it) in enumerate(items):
+            for uuid, _, _ in it.rows:
+                by_uuid.setdefault(uuid, []).append(idx)
+        attempt = 0
+        while True:
+            name = import_name(mr, items, attempt)
+            try:
+                state = await self._call(lambda: self._create_or_find(mr, name, payload))
+                state = await self._call(lambda: self.client.wait_import(mr, name, first=state))
+                break
+            except ImportFailedError:
+                attempt += 1
+                self.metrics.labelbox_retries.labels("import_failed").inc()
+                self.log.warning("prediction import ended FAILED; re-importing under a new name",
+                                 model_run=mr, name=name, attempt=attempt)
+                if attempt >= IMPORT_FAILED_MAX_ATTEMPTS:
+                    raise
+        statuses = await self._call(lambda: self.client.import_statuses(state))
+        failed: dict[int, list[str]] = {}
+        for st in statuses:
+            if st.status == "FAILURE":
+                for idx in by_uuid.get(st.uuid, []):
+                    text = "; ".join(st.errors) or "row failed"
+                    failed.setdefault(idx, []).append(f"row {st.uuid}: {text}")
+        return [
+            Rejection(items[idx][0], "labelbox.row_failed",
+                      f"Labelbox import {name} rejected {len(msgs)} row(s): " + " | ".join(msgs))
+            for idx, msgs in sorted(failed.items())
+        ]
+
+    async def _create_or_find(self, mr: str, name: str, payload: bytes) -> Any:
+        try:
+            return await self.client.create_prediction_import(mr, name, payload)
+        except ResourceConflictError:
+            # Created by an earlier attempt whose response was lost (or by a previous process).
+            return await self.client.get_prediction_import(mr, name)
+
+
+# ---------------------------------------------------------------------- entry point
+
+
+def topic_kinds(settings: Settings) -> dict[str, EventKind]:
+    return {
+        settings.topic_predictions: "prediction",
+        settings.topic_metrics: "metric",
+        settings.topic_labels: "label",
+    }
+
+
+async def check_credentials(client: LabelboxClient) -> None:
+    """One cheap authenticated query before consuming, so bad credentials never touch data."""
+    try:
+        await client.get_prediction_import("runstream-credential-check", "runstream-credential-check")
+    except ResourceNotFoundError:
+        return
+
+
+async def run_uploader(
+    settings: Settings,
+    stop: asyncio.Event,
+    *,
+    registry: CollectorRegistry | None = None,
+    status: RuntimeStatus | None = None,
+) -> None:
+    """Run the uploader until ``stop`` is set; raises FatalPipelineError after stop if it had to halt."""
+    log = structlog.get_logger("runstream.uploader")
+    if not settings.kafka_bootstrap:
+        raise ConfigError("RUNSTREAM_KAFKA_BOOTSTRAP is not set")
+    if settings.labelbox_api_key is None:
+        raise ConfigError("RUNSTREAM_LABELBOX_API_KEY is not set")
+    metrics = ConsumerMetrics.create(registry)
+    status = status if status is not None else RuntimeStatus()
+    url = settings.labelbox_url or DEFAULT_LOCAL_LABELBOX_URL
+    client = LabelboxClient(url, settings.labelbox_api_key.get_secret_value(),
+                            on_request=metrics.observe_labelbox,
+                            connector_limit=max(8, settings.max_in_flight_batches * 4))
+    dlq = DlqWriter(settings.kafka_bootstrap, settings.topic_dlq, client_options=settings.kafka_client_options())
+    config = RuntimeConfig(
+        bootstrap=settings.kafka_bootstrap,
+        group_id=settings.uploader_group,
+        topics=(settings.topic_predictions, settings.topic_metrics, settings.topic_labels),
+        limits=BatchLimits.from_ms(settings.batch_max_events, settings.batch_max_bytes, settings.batch_linger_ms),
+        max_in_flight_batches=settings.max_in_flight_batches,
+        max_buffered_bytes=settings.max_buffered_bytes,
+        shutdown_grace_s=settings.shutdown_grace_s,
+        rebalance_grace_s=settings.shutdown_grace_s,
+        client_options=settings.kafka_client_options(),
+        max_partition_fetch_bytes=max(1_048_576, settings.max_message_bytes + 1024),
+    )
+    await client.start()
+    try:
+        try:
+            await check_credentials(client)
+        except LabelboxFatalError as exc:
+            status.fatal = f"Labelbox refused the credentials: {exc}"
+            metrics.ready.labels(settings.uploader_group).set(0)
+            log.error("not consuming: Labelbox refused the credentials", url=url, error=str(exc))
+            await stop.wait()
+            raise FatalPipelineError(status.fatal) from None
+        except Exception as exc:  # transient: the batches will retry
+            log.warning("credential check inconclusive", error=str(exc))
+        await dlq.start()
+        try:
+            handler = UploaderHandler(client, settings, metrics, topic_kinds(settings), log=log)
+            runtime: ConsumerRuntime[Item] = ConsumerRuntime(config, handler, dlq, metrics, status, log=log)
+            await runtime.run(stop)
+        finally:
+            await dlq.stop()
+    finally:
+        await client.close()
+
+
+def main() -> int:
+    """``python -m consumers.uploader``: run with signal handling (SIGTERM/SIGINT → graceful stop)."""
+    settings = Settings()
+
+    async def amain() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await run_uploader(settings, stop)
+        except FatalPipelineError:
+            return 3
+        return 0
+
+    return asyncio.run(amain())
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
