@@ -1,0 +1,322 @@
+"""The aggregator consumer (group ``runstream-aggregator``): exactly-once running aggregates.
+
+Why its own loop rather than consumers.runtime: the uploader commits offsets to Kafka after
+Labelbox acknowledged; here the *state store* is the source of truth for offsets. Every
+``state_commit_interval_ms`` the aggregate changes and the next offsets are written in one
+store transaction; on assignment we seek to the stored offsets, so a crash or a rebalance
+replays exactly the messages whose effect was not stored. Offsets are also committed to
+Kafka afterwards, best effort, only so lag is visible to the usual tools (and KEDA).
+
+A message is the unit of rejection: it is validated as a whole before anything changes
+(service.aggregation.apply_message); an aggregate conflict or domain error sends it to the
+DLQ once. Messages that fail parsing are dead-lettered by the uploader group reading the same
+topics; the aggregator only counts and logs them (no duplicate DLQ entries per message).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+
+from consumers.dlq import DlqWriter
+from service.aggregation import (
+    AggregateError,
+    AnnotationUpdate,
+    MessageOps,
+    MetricLeaf,
+    apply_message,
+    normalize_value,
+)
+from service.config import Settings
+from service.dlq_headers import DlqHeaders
+from service.errors import ConfigError, EventValidationError
+from service.events import EventKind, MetricEvent, PredictionEvent, parse_event
+from service.state_store import CachedState, SqlStateBackend, StaleStateError, StateBackend, open_backend
+
+log = logging.getLogger("runstream.aggregator")
+
+TP = tuple[str, int]
+
+
+def ops_from_event(event: PredictionEvent | MetricEvent) -> MessageOps:
+    """Translate a parsed event into leaf operations (data rows keyed ``id:…`` / ``gk:…``)."""
+    ops = MessageOps(event.model_run_id)
+    if isinstance(event, MetricEvent):
+        for row in event.metrics:
+            ops.metric_rows.append(
+                MetricLeaf(
+                    metric=getattr(row, "metric_name", None) or "",
+                    aggregation=row.aggregation,
+                    data_row=row.data_row.key(),
+                    feature=row.feature_name,
+                    subclass=row.subclass_name,
+                    value=normalize_value(row.value),
+                )
+            )
+        return ops
+    for pred in event.predictions:
+        dr = pred.data_row.key()
+        leaves = tuple(
+            MetricLeaf(
+                metric=leaf.name,
+                aggregation="ARITHMETIC_MEAN",  # customMetrics carry none: Labelbox's default
+                data_row=dr,
+                feature=leaf.feature,
+                subclass=leaf.subclass,
+                value={"": float(leaf.value)},
+            )
+            for leaf in pred.custom_metric_leaves()
+        )
+        ops.annotations.append(AnnotationUpdate(pred.uuid, leaves))
+    return ops
+
+
+@dataclass
+class AggregatorStats:
+    """Counters the HTTP layer (health/metrics) can read."""
+
+    applied: int = 0
+    rejected: int = 0
+    invalid: int = 0
+    commits: int = 0
+    stale: int = 0
+    rebalances: int = 0
+    last_commit_at: float = 0.0
+    assigned: int = 0
+    recovering: bool = True
+
+
+class Aggregator:
+    """Consumes predictions + metrics into the state store; see the module docstring."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        backend: StateBackend,
+        *,
+        dlq: DlqWriter | None = None,
+        max_cached: int = 200_000,
+        on_commit: Callable[[], None] | None = None,
+    ) -> None:
+        if not settings.kafka_bootstrap:
+            raise ConfigError("the aggregator needs RUNSTREAM_KAFKA_BOOTSTRAP")
+        self.settings = settings
+        self.backend = backend
+        self.state = CachedState(backend, max_clean=max_cached)
+        self.group = settings.aggregator_group
+        self.topics = (settings.topic_predictions, settings.topic_metrics)
+        self.stats = AggregatorStats()
+        self._dlq = dlq
+        self._own_dlq = dlq is None
+        self._lock = asyncio.Lock()
+        self._assigned: set[TP] = set()
+        self._positions: dict[TP, int] = {}  # next offset to apply, per assigned partition
+        self._stored: dict[TP, int] = {}  # offset the store holds (fencing expectation)
+        self._consumer: AIOKafkaConsumer | None = None
+        self._on_commit = on_commit
+
+    @property
+    def ready(self) -> bool:
+        return self._consumer is not None and not self.stats.recovering
+
+    async def run(self, stop: asyncio.Event) -> None:
+        s = self.settings
+        assert s.kafka_bootstrap
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=s.kafka_bootstrap,
+            group_id=self.group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=max(1_048_576, s.max_message_bytes),
+            fetch_max_bytes=max(52_428_800, s.max_message_bytes),
+            **s.kafka_client_options(),
+        )
+        consumer.subscribe(list(self.topics), listener=_Listener(self))
+        if self._dlq is None:
+            self._dlq = DlqWriter(s.kafka_bootstrap, s.topic_dlq, client_options=s.kafka_client_options())
+        if self._own_dlq:
+            await self._dlq.start()
+        await consumer.start()
+        self._consumer = consumer
+        interval = s.state_commit_interval_ms / 1000.0
+        next_commit = time.monotonic() + interval
+        try:
+            while not stop.is_set():
+                batch = await consumer.getmany(timeout_ms=100, max_records=5000)
+                async with self._lock:
+                    for tp, records in batch.items():
+                        key = (tp.topic, tp.partition)
+                        if key not in self._assigned:
+                            continue  # fetched before a revoke
+                        for rec in records:
+                            pos = self._positions.get(key)
+                            if pos is not None and rec.offset < pos:
+                                continue  # fetched before a seek: already applied
+                            await self._handle(rec)
+                            self._positions[key] = rec.offset + 1
+                    committed = False
+                    if time.monotonic() >= next_commit:
+                        committed = await self._commit_locked()
+                        next_commit = time.monotonic() + interval
+                if committed:
+                    await self._kafka_commit()
+            async with self._lock:
+                await self._commit_locked()
+            await self._kafka_commit()
+        finally:
+            self._consumer = None
+            try:
+                await consumer.stop()
+            finally:
+                if self._own_dlq and self._dlq is not None:
+                    await self._dlq.stop()
+
+    # ---- per message
+
+    async def _handle(self, rec: Any) -> None:
+        kind: EventKind = "prediction" if rec.topic == self.settings.topic_predictions else "metric"
+        try:
+            event = parse_event(kind, rec.value, max_bytes=self.settings.max_message_bytes)
+        except EventValidationError as exc:
+            self.stats.invalid += 1
+            log.warning(
+                "skipping invalid message %s[%d]@%d (%s): %s; the uploader dead-letters it",
+                rec.topic,
+                rec.partition,
+                rec.offset,
+                exc.error_class,
+                exc,
+            )
+            return
+        assert isinstance(event, PredictionEvent | MetricEvent)
+        try:
+            apply_message(self.state, ops_from_event(event))
+        except AggregateError as exc:
+            self.stats.rejected += 1
+            assert self._dlq is not None
+            await self._dlq.send(
+                rec.key,
+                rec.value,
+                DlqHeaders(
+                    error_class=exc.error_class,
+                    error_message=str(exc),
+                    source_topic=rec.topic,
+                    source_partition=rec.partition,
+                    source_offset=rec.offset,
+                    consumer_group=self.group,
+                ),
+            )
+            return
+        self.stats.applied += 1
+
+    # ---- commits
+
+    async def _commit_locked(self) -> bool:
+        """State + offsets in one store transaction. Caller holds the lock."""
+        offsets = {tp: pos for tp, pos in self._positions.items() if pos != self._stored.get(tp)}
+        if not offsets and not len(self.state.changes):
+            return False
+        changes = self.state.take_changes()
+        expected = {tp: self._stored.get(tp) for tp in offsets}
+        try:
+            await asyncio.to_thread(self.backend.commit, self.group, changes, offsets, expected)
+        except StaleStateError as exc:
+            self.stats.stale += 1
+            log.warning("commit fenced off: %s; reloading state for the current assignment", exc)
+            self.state.reset()
+            await self._load_and_seek(self._assigned)
+            return False
+        self.state.committed(changes)
+        self._stored.update(offsets)
+        self.stats.commits += 1
+        self.stats.last_commit_at = time.time()
+        if self._on_commit is not None:
+            self._on_commit()
+        return True
+
+    async def _kafka_commit(self) -> None:
+        """Mirror stored offsets to Kafka for lag visibility only; failures do not matter."""
+        consumer = self._consumer
+        if consumer is None or not self._stored:
+            return
+        offsets = {TopicPartition(t, p): o for (t, p), o in self._stored.items() if (t, p) in self._assigned}
+        if not offsets:
+            return
+        try:
+            await consumer.commit(offsets)
+        except (KafkaError, AssertionError) as exc:
+            log.debug("kafka offset commit skipped: %r", exc)
+
+    async def _load_and_seek(self, partitions: set[TP]) -> None:
+        consumer = self._consumer
+        stored = await asyncio.to_thread(self.backend.load_offsets, self.group, sorted(partitions))
+        for tp in partitions:
+            self._stored.pop(tp, None)
+            self._positions.pop(tp, None)
+            if tp in stored:
+                self._stored[tp] = stored[tp]
+                self._positions[tp] = stored[tp]
+                if consumer is not None:
+                    consumer.seek(TopicPartition(*tp), stored[tp])
+            elif consumer is not None:
+                await consumer.seek_to_beginning(TopicPartition(*tp))
+
+    # ---- rebalance
+
+    async def on_revoked(self, revoked: set[TopicPartition]) -> None:
+        """Flush state + offsets while we still own the partitions, then forget cached state."""
+        async with self._lock:
+            self.stats.recovering = True
+            self.stats.rebalances += 1
+            try:
+                await self._commit_locked()
+            finally:
+                for tp in revoked:
+                    key = (tp.topic, tp.partition)
+                    self._assigned.discard(key)
+                    self._positions.pop(key, None)
+                    self._stored.pop(key, None)
+                self.state.reset()
+                self.stats.assigned = len(self._assigned)
+
+    async def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        """Seek every new partition to the offset the store holds (the beginning if none)."""
+        async with self._lock:
+            keys = {(tp.topic, tp.partition) for tp in assigned}
+            self.state.reset()
+            self._assigned |= keys
+            await self._load_and_seek(keys)
+            self.stats.assigned = len(self._assigned)
+            self.stats.recovering = False
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, agg: Aggregator) -> None:
+        self._agg = agg
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._agg.on_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self._agg.on_assigned(assigned)
+
+
+async def run_aggregator(
+    settings: Settings, stop: asyncio.Event, *, on_ready: Callable[[Aggregator], None] | None = None
+) -> None:
+    """Entry point of ``runstream run --role aggregator``: owns its store connection."""
+    backend: SqlStateBackend = open_backend(settings)
+    try:
+        agg = Aggregator(settings, backend)
+        if on_ready is not None:
+            on_ready(agg)
+        await agg.run(stop)
+    finally:
+        backend.close()

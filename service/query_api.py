@@ -1,0 +1,487 @@
+"""Query API over the aggregator's state (aiohttp): /v1/model-runs… and /openapi.json.
+
+Why it reads the store and not the aggregator's memory: any replica (or a separate API
+process) can answer for every model run, and it only ever shows committed — exactly-once —
+state. Run-level and per-feature values come from the maintained aggregates (one indexed
+read per run, independent of the number of leaves); slices and filters read node values of
+the selected data rows through the (run, data row) and (run, metric, …, value) indexes.
+
+Every bad request gets a 4xx JSON ``{"error": {"status", "message"}}``; store calls run in
+a worker thread so a slow query never stalls the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import math
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import orjson
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from service.aggregation import (
+    LEVEL_DATA_ROW,
+    LEVEL_FEATURE,
+    LEVEL_SUBCLASS,
+    Aggregation,
+    Value,
+    aggregate,
+    cm_ratios,
+    confidence_key,
+)
+from service.config import Settings
+from service.state_store import NodeRow, StateBackend
+
+MAX_BODY_BYTES = 1_048_576
+MAX_SLICE_ROWS = 10_000
+MAX_ID_CHARS = 1024
+
+STORE_KEY = web.AppKey("runstream_state_backend", object)
+
+
+class Filter(BaseModel):
+    """Data rows whose value of ``metric`` (at ``feature``/``subclass``, or the data row) is in range."""
+
+    model_config = ConfigDict(extra="forbid")
+    metric: str = Field(max_length=MAX_ID_CHARS)
+    feature: str | None = Field(default=None, max_length=MAX_ID_CHARS)
+    subclass: str | None = Field(default=None, max_length=MAX_ID_CHARS)
+    confidence: float | None = Field(default=None, ge=0, le=1)
+    min: float | None = Field(default=None, allow_inf_nan=False)
+    max: float | None = Field(default=None, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _check(self) -> Filter:
+        if self.subclass is not None and self.feature is None:
+            raise ValueError("filter.subclass needs filter.feature")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError("filter.min is greater than filter.max")
+        return self
+
+
+class QueryBody(BaseModel):
+    """Exactly one of a slice (``data_row_ids``) or a ``filter``."""
+
+    model_config = ConfigDict(extra="forbid")
+    data_row_ids: list[str] | None = Field(default=None, min_length=1, max_length=MAX_SLICE_ROWS)
+    filter: Filter | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> QueryBody:
+        if (self.data_row_ids is None) == (self.filter is None):
+            raise ValueError("give exactly one of data_row_ids or filter")
+        for i, d in enumerate(self.data_row_ids or ()):
+            if not d or len(d) > MAX_ID_CHARS:
+                raise ValueError(f"data_row_ids[{i}] must be 1..{MAX_ID_CHARS} characters")
+        return self
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+def _error(status: int, message: str) -> web.Response:
+    return _json({"error": {"status": status, "message": message}}, status)
+
+
+def row_keys(data_row: str) -> list[str]:
+    """A data row as the API user names it: ``id:X`` / ``gk:X`` exactly, or bare ``X`` for either."""
+    if data_row.startswith(("id:", "gk:")):
+        return [data_row]
+    return [f"id:{data_row}", f"gk:{data_row}"]
+
+
+def _fmt_value(value: Value | None) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, tuple):
+        tp, fp, tn, fn = value
+        return {"tp": tp, "fp": fp, "tn": tn, "fn": fn, **cm_ratios(value)}
+    return value if math.isfinite(value) else None
+
+
+Entry = tuple[str, str, int, str, str, Value | None, int]  # metric, ck, level, f, s, value, count
+
+
+def format_metrics(defs: dict[str, Aggregation], entries: Sequence[Entry]) -> list[dict[str, Any]]:
+    """Nest flat (metric, key, level, feature, subclass) results as metric → features → subclasses."""
+
+    def blank(**kw: Any) -> dict[str, Any]:
+        return {**kw, "value": None, "count": 0, "confidence": []}
+
+    metrics: dict[str, dict[str, Any]] = {}
+    for m, ck, level, f, s, value, count in entries:
+        md = metrics.get(m)
+        if md is None:
+            md = metrics[m] = blank(metric=m, aggregation=defs.get(m, "ARITHMETIC_MEAN")) | {"features": {}}
+        target = md
+        if level >= LEVEL_FEATURE:
+            target = md["features"].get(f)
+            if target is None:
+                target = md["features"][f] = blank(feature=f) | {"subclasses": {}}
+            if level == LEVEL_SUBCLASS:
+                sub = target["subclasses"].get(s)
+                if sub is None:
+                    sub = target["subclasses"][s] = blank(subclass=s)
+                target = sub
+        if ck == "":
+            target["value"] = _fmt_value(value)
+            target["count"] = count
+        else:
+            target["confidence"].append({"confidence": float(ck), "value": _fmt_value(value), "count": count})
+    out = []
+    for name in sorted(metrics):
+        md = metrics[name]
+        md["confidence"].sort(key=lambda c: c["confidence"])
+        feats = []
+        for fname in sorted(md["features"]):
+            fd = md["features"][fname]
+            fd["confidence"].sort(key=lambda c: c["confidence"])
+            subs = []
+            for sname in sorted(fd["subclasses"]):
+                sd = fd["subclasses"][sname]
+                sd["confidence"].sort(key=lambda c: c["confidence"])
+                subs.append(sd)
+            fd["subclasses"] = subs
+            feats.append(fd)
+        md["features"] = feats
+        out.append(md)
+    return out
+
+
+def slice_entries(defs: dict[str, Aggregation], nodes: Sequence[NodeRow]) -> list[Entry]:
+    """From-scratch aggregates over the given data rows' node values (a slice or a filter)."""
+    groups: dict[tuple[str, str, int, str, str], list[Value]] = defaultdict(list)
+    for n in nodes:
+        if n.value is not None:
+            groups[(n.metric, n.ck, n.level, n.feature, n.subclass)].append(n.value)
+    return [
+        (m, ck, lvl, f, s, aggregate(vals, defs.get(m, "ARITHMETIC_MEAN")), len(vals))
+        for (m, ck, lvl, f, s), vals in groups.items()
+    ]
+
+
+def build_query_app(store: StateBackend, settings: Settings) -> web.Application:
+    """The /v1 API and /openapi.json; other routes (health, metrics, dashboard) may be added to it."""
+    token = settings.api_token.get_secret_value() if settings.api_token else None
+
+    @web.middleware
+    async def errors_and_auth(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if token is not None and request.path.startswith("/v1/"):
+            given = request.headers.get("Authorization", "")
+            if not (given.startswith("Bearer ") and hmac.compare_digest(given[7:].encode(), token.encode())):
+                resp = _error(401, "missing or wrong bearer token (Authorization: Bearer <RUNSTREAM_API_TOKEN>)")
+                resp.headers["WWW-Authenticate"] = 'Bearer realm="runstream"'
+                return resp
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            return _error(exc.status, exc.reason if exc.text is None or exc.text.startswith("4") else exc.text)
+
+    async def call(fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.to_thread(fn, *args)
+
+    async def list_runs(request: web.Request) -> web.Response:
+        runs = await call(store.list_runs)
+        return _json({"model_runs": [{"id": r, "updated_at": t} for r, t in runs]})
+
+    async def _known_run(run: str) -> dict[str, Aggregation]:
+        if len(run) > MAX_ID_CHARS or not await call(store.run_exists, run):
+            raise web.HTTPNotFound(text=f"model run {run!r} has no aggregates")
+        defs: dict[str, Aggregation] = await call(store.metric_defs, run)
+        return defs
+
+    async def run_metrics(request: web.Request) -> web.Response:
+        run = request.match_info["run"]
+        defs = await _known_run(run)
+        rows = await call(store.run_aggs, run)
+        entries = [(m, ck, lvl, f, s, a.result(defs.get(m, "ARITHMETIC_MEAN")), a.n) for m, ck, lvl, f, s, a in rows]
+        return _json({"model_run_id": run, "metrics": format_metrics(defs, entries)})
+
+    async def data_row_metrics(request: web.Request) -> web.Response:
+        run = request.match_info["run"]
+        dr = request.match_info["dr"]
+        defs = await _known_run(run)
+        if len(dr) > MAX_ID_CHARS:
+            raise web.HTTPNotFound(text="data row id too long")
+        nodes: list[NodeRow] = await call(store.nodes_for_rows, run, row_keys(dr))
+        if not nodes:
+            raise web.HTTPNotFound(text=f"data row {dr!r} has no metrics in model run {run!r}")
+        rows = sorted({n.data_row for n in nodes})
+        return _json(
+            {
+                "model_run_id": run,
+                "data_row_id": dr,
+                "data_rows": rows,
+                "metrics": format_metrics(defs, slice_entries(defs, nodes)),
+            }
+        )
+
+    async def query(request: web.Request) -> web.Response:
+        run = request.match_info["run"]
+        if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+            raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY_BYTES, actual_size=request.content_length)
+        raw = await request.read()
+        try:
+            body = QueryBody.model_validate_json(raw)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            loc = ".".join(str(p) for p in err["loc"]) or "body"
+            return _error(400, f"{loc}: {err['msg']}")
+        defs = await _known_run(run)
+        if body.data_row_ids is not None:
+            keys = [k for d in body.data_row_ids for k in row_keys(d)]
+            rows: list[str] = await call(store.known_rows, run, keys)
+        else:
+            flt = body.filter
+            assert flt is not None
+            if flt.metric not in defs:
+                return _error(400, f"filter.metric: model run {run!r} has no metric {flt.metric!r}")
+            level = LEVEL_DATA_ROW if flt.feature is None else LEVEL_FEATURE if flt.subclass is None else LEVEL_SUBCLASS
+            ck = "" if flt.confidence is None else confidence_key(flt.confidence)
+            rows = await call(
+                store.rows_in_range, run, flt.metric, ck, level, flt.feature or "", flt.subclass or "", flt.min, flt.max
+            )
+        nodes = await call(store.nodes_for_rows, run, sorted(set(rows)))
+        return _json(
+            {
+                "model_run_id": run,
+                "data_row_count": len(set(rows)),
+                "metrics": format_metrics(defs, slice_entries(defs, nodes)),
+            }
+        )
+
+    async def openapi(request: web.Request) -> web.Response:
+        return _json(openapi_document())
+
+    app = web.Application(middlewares=[errors_and_auth], client_max_size=MAX_BODY_BYTES)
+    app[STORE_KEY] = store
+    app.router.add_get("/openapi.json", openapi)
+    app.router.add_get("/v1/model-runs", list_runs)
+    app.router.add_get("/v1/model-runs/{run}/metrics", run_metrics)
+    app.router.add_get("/v1/model-runs/{run}/data-rows/{dr}/metrics", data_row_metrics)
+    app.router.add_post("/v1/model-runs/{run}/metrics/query", query)
+    return app
+
+
+# --------------------------------------------------------------------------------------------
+# OpenAPI 3
+
+
+def openapi_document() -> dict[str, Any]:
+    """OpenAPI 3.0 description of /v1 (schemathesis tests the server against it)."""
+    nullable_num = {"type": "number", "nullable": True}
+    cm = {
+        "type": "object",
+        "required": ["tp", "fp", "tn", "fn", "precision", "recall", "f1"],
+        "properties": {
+            "tp": {"type": "integer"},
+            "fp": {"type": "integer"},
+            "tn": {"type": "integer"},
+            "fn": {"type": "integer"},
+            "precision": nullable_num,
+            "recall": nullable_num,
+            "f1": nullable_num,
+        },
+    }
+    value = {"nullable": True, "oneOf": [{"type": "number"}, cm]}
+    conf = {
+        "type": "array",
+        "items": {
+            "type": "object",
+            "required": ["confidence", "value", "count"],
+            "properties": {"confidence": {"type": "number"}, "value": value, "count": {"type": "integer"}},
+        },
+    }
+    base_props = {"value": value, "count": {"type": "integer", "minimum": 0}, "confidence": conf}
+    subclass = {
+        "type": "object",
+        "required": ["subclass", "value", "count", "confidence"],
+        "properties": {"subclass": {"type": "string"}, **base_props},
+    }
+    feature = {
+        "type": "object",
+        "required": ["feature", "value", "count", "confidence", "subclasses"],
+        "properties": {"feature": {"type": "string"}, **base_props, "subclasses": {"type": "array", "items": subclass}},
+    }
+    metric = {
+        "type": "object",
+        "required": ["metric", "aggregation", "value", "count", "confidence", "features"],
+        "properties": {
+            "metric": {"type": "string"},
+            "aggregation": {
+                "type": "string",
+                "enum": ["ARITHMETIC_MEAN", "GEOMETRIC_MEAN", "HARMONIC_MEAN", "SUM", "CONFUSION_MATRIX"],
+            },
+            **base_props,
+            "features": {"type": "array", "items": feature},
+        },
+    }
+    error = {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["status", "message"],
+                "properties": {"status": {"type": "integer"}, "message": {"type": "string"}},
+            }
+        },
+    }
+
+    def err(desc: str) -> dict[str, Any]:
+        return {
+            "description": desc,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+        }
+
+    def ok(schema: dict[str, Any]) -> dict[str, Any]:
+        return {"description": "OK", "content": {"application/json": {"schema": schema}}}
+
+    metrics_list = {"type": "array", "items": {"$ref": "#/components/schemas/Metric"}}
+    run_param = {
+        "name": "run",
+        "in": "path",
+        "required": True,
+        "description": "model run id",
+        "schema": {"type": "string", "minLength": 1, "maxLength": MAX_ID_CHARS},
+    }
+    auth_errors = {"401": err("missing or wrong bearer token"), "404": err("unknown model run or data row")}
+    filter_schema = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["metric"],
+        "properties": {
+            "metric": {"type": "string", "maxLength": MAX_ID_CHARS},
+            "feature": {"type": "string", "nullable": True, "maxLength": MAX_ID_CHARS},
+            "subclass": {"type": "string", "nullable": True, "maxLength": MAX_ID_CHARS},
+            "confidence": {"type": "number", "nullable": True, "minimum": 0, "maximum": 1},
+            "min": nullable_num,
+            "max": nullable_num,
+        },
+    }
+    query_body = {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "data_row_ids": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": MAX_SLICE_ROWS,
+                "items": {"type": "string", "minLength": 1, "maxLength": MAX_ID_CHARS},
+            },
+            "filter": filter_schema,
+        },
+        "description": "exactly one of data_row_ids (a slice) or filter",
+    }
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "runstream aggregates", "version": "1"},
+        "components": {
+            "schemas": {"Metric": metric, "Error": error},
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"bearer": []}, {}],
+        "paths": {
+            "/v1/model-runs": {
+                "get": {
+                    "summary": "model runs with aggregates",
+                    "responses": {
+                        "200": ok(
+                            {
+                                "type": "object",
+                                "required": ["model_runs"],
+                                "properties": {
+                                    "model_runs": {
+                                        "type": "array",
+                                        "items": {
+                                            "type": "object",
+                                            "required": ["id", "updated_at"],
+                                            "properties": {"id": {"type": "string"}, "updated_at": {"type": "number"}},
+                                        },
+                                    }
+                                },
+                            }
+                        ),
+                        "401": auth_errors["401"],
+                    },
+                }
+            },
+            "/v1/model-runs/{run}/metrics": {
+                "get": {
+                    "summary": "run-level, per-feature and per-subclass aggregates of every metric",
+                    "parameters": [run_param],
+                    "responses": {
+                        "200": ok(
+                            {
+                                "type": "object",
+                                "required": ["model_run_id", "metrics"],
+                                "properties": {"model_run_id": {"type": "string"}, "metrics": metrics_list},
+                            }
+                        ),
+                        **auth_errors,
+                    },
+                }
+            },
+            "/v1/model-runs/{run}/data-rows/{dr}/metrics": {
+                "get": {
+                    "summary": "one data row's metric tree ('id:X', 'gk:X', or bare X for either)",
+                    "parameters": [
+                        run_param,
+                        {
+                            "name": "dr",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string", "minLength": 1, "maxLength": MAX_ID_CHARS},
+                        },
+                    ],
+                    "responses": {
+                        "200": ok(
+                            {
+                                "type": "object",
+                                "required": ["model_run_id", "data_row_id", "data_rows", "metrics"],
+                                "properties": {
+                                    "model_run_id": {"type": "string"},
+                                    "data_row_id": {"type": "string"},
+                                    "data_rows": {"type": "array", "items": {"type": "string"}},
+                                    "metrics": metrics_list,
+                                },
+                            }
+                        ),
+                        **auth_errors,
+                    },
+                }
+            },
+            "/v1/model-runs/{run}/metrics/query": {
+                "post": {
+                    "summary": "aggregates over a slice of data rows or the rows a filter selects",
+                    "parameters": [run_param],
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": query_body}}},
+                    "responses": {
+                        "200": ok(
+                            {
+                                "type": "object",
+                                "required": ["model_run_id", "data_row_count", "metrics"],
+                                "properties": {
+                                    "model_run_id": {"type": "string"},
+                                    "data_row_count": {"type": "integer"},
+                                    "metrics": metrics_list,
+                                },
+                            }
+                        ),
+                        "400": err("invalid query"),
+                        "413": err("request body too large"),
+                        **auth_errors,
+                    },
+                }
+            },
+        },
+    }
