@@ -118,6 +118,7 @@ class DevKafka:
     version: str = KAFKA_VERSION
     cache_dir: Path | None = None
     extra_properties: dict[str, str] = field(default_factory=dict)
+    format_args: list[str] = field(default_factory=list)  # e.g. --add-scram for SCRAM users
     start_timeout_s: float = 90.0
     pid: int | None = None
     _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
@@ -138,7 +139,7 @@ class DevKafka:
     def _format(self, lib: Path) -> None:
         props = self.data_dir / "server.properties"
         cmd = [*self._java(lib), "kafka.tools.StorageTool", "format", "--standalone",
-               "-t", new_cluster_id(), "-c", str(props)]  # fmt: skip
+               "-t", new_cluster_id(), "-c", str(props), *self.format_args]  # fmt: skip
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise DevKafkaError(f"formatting the KRaft data directory failed:\n{proc.stderr or proc.stdout}")

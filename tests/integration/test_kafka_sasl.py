@@ -1,0 +1,95 @@
+"""SASL settings reach aiokafka; a wrong password is a clear error that hides the password."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from service.config import Settings
+from service.devkafka import DevKafka, free_port
+from service.kafka_clients import KafkaAuthenticationError, make_consumer, make_producer, start_client
+
+USERS = {"alice": "alice-secret", "bob": "bob-secret"}
+
+
+@pytest.fixture(scope="module")
+def sasl_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DevKafka, int]]:
+    """A second broker with an extra SASL_PLAINTEXT listener (PLAIN and SCRAM-SHA-256)."""
+    data = tmp_path_factory.mktemp("kafka-sasl")
+    broker_port, controller_port, sasl_port = free_port(), free_port(), free_port()
+    plain_jaas = (
+        "org.apache.kafka.common.security.plain.PlainLoginModule required "
+        + " ".join(f'user_{u}="{p}"' for u, p in USERS.items())
+        + ";"
+    )
+    scram_jaas = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+    broker = DevKafka(
+        data_dir=data,
+        broker_port=broker_port,
+        controller_port=controller_port,
+        extra_properties={
+            "listeners": f"PLAINTEXT://127.0.0.1:{broker_port},CONTROLLER://127.0.0.1:{controller_port},"
+            f"SASL_PLAINTEXT://127.0.0.1:{sasl_port}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{broker_port},CONTROLLER://127.0.0.1:{controller_port},"
+            f"SASL_PLAINTEXT://127.0.0.1:{sasl_port}",
+            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT",
+            "sasl.enabled.mechanisms": "PLAIN,SCRAM-SHA-256",
+            "listener.name.sasl_plaintext.plain.sasl.jaas.config": plain_jaas,
+            "listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config": scram_jaas,
+        },
+        format_args=["--add-scram", "SCRAM-SHA-256=[name=alice,password=alice-secret]"],
+    )
+    broker.start()
+    try:
+        yield broker, sasl_port
+    finally:
+        broker.stop()
+
+
+def _settings(port: int, mechanism: str, user: str, password: str, topic: str) -> Settings:
+    return Settings(
+        _env_file=None,
+        kafka_bootstrap=f"127.0.0.1:{port}",
+        kafka_security_protocol="SASL_PLAINTEXT",
+        kafka_sasl_mechanism=mechanism,
+        kafka_sasl_username=user,
+        kafka_sasl_password=password,
+        topic_predictions=topic,
+    )
+
+
+@pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-256"])
+async def test_round_trip_over_sasl(sasl_broker: tuple[DevKafka, int], mechanism: str) -> None:
+    _, port = sasl_broker
+    topic = f"sasl-{mechanism.lower()}"
+    settings = _settings(port, mechanism, "alice", USERS["alice"], topic)
+    producer = make_producer(settings)
+    await start_client(producer, settings)
+    try:
+        await producer.send_and_wait(topic, b"hello", key=b"k")
+    finally:
+        await producer.stop()
+    consumer = make_consumer(settings, [topic], group_id=f"g-{mechanism}")
+    await start_client(consumer, settings)
+    try:
+        batch = await consumer.getmany(timeout_ms=10_000)
+        for _ in range(5):
+            if batch:
+                break
+            batch = await consumer.getmany(timeout_ms=2_000)
+    finally:
+        await consumer.stop()
+    assert [r.value for records in batch.values() for r in records] == [b"hello"]
+
+
+@pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-256"])
+async def test_wrong_password_is_a_clear_error(sasl_broker: tuple[DevKafka, int], mechanism: str) -> None:
+    _, port = sasl_broker
+    settings = _settings(port, mechanism, "alice", "not-the-password", "sasl-wrong")
+    producer = make_producer(settings)
+    with pytest.raises(KafkaAuthenticationError) as exc:
+        await start_client(producer, settings)
+    message = str(exc.value)
+    assert "rejected the credentials" in message and "alice" in message and mechanism in message
+    assert "not-the-password" not in message
