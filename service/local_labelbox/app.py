@@ -8,6 +8,7 @@ faults.py (fault plan) and store.py (SQLite). All store calls run on one DB thre
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -250,10 +251,18 @@ class LocalLabelbox:
         store.mark_started(rec.id)
         ids, gks = store.run_members(rec.model_run_id)
         parse_row = self._parse_row or _default_parse_row()
-        plan = plan_import(
-            payload, model_run_id=rec.model_run_id, run_data_row_ids=ids, run_global_keys=gks, parse_row=parse_row
-        )
-        store.finish_import(rec, plan)
+        # Tens of thousands of live row objects make the cyclic GC rescan them over and over
+        # (measured: more than half the import time); nothing here creates cycles.
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            plan = plan_import(
+                payload, model_run_id=rec.model_run_id, run_data_row_ids=ids, run_global_keys=gks, parse_row=parse_row
+            )
+            store.finish_import(rec, plan)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
 
     # ---- HTTP ------------------------------------------------------------------------
     async def handle_health(self, request: web.Request) -> web.Response:

@@ -77,114 +77,50 @@ def plan_import(
     mask; or its (data row, annotation name) group has more than 5,000 rows in this import
     (every row of such a group fails, as Labelbox rejects the whole group).
     """
-    # Pass 1: parse. Each entry: (status_if_failed | None, kind, data_row_id, parsed, line, raw)
-    entries: list[tuple[dict[str, Any] | None, str, str, Any, bytes, dict[str, Any] | None]] = []
-    group_counts: dict[tuple[str, str], int] = {}
+    plan = ImportPlan()
+    statuses = plan.statuses
+    preds = plan.predictions
+    metrics = plan.metrics
+    # (data row id, name) -> indices into ``statuses`` of its prediction rows, for the limit.
+    groups: dict[tuple[str, str], list[int]] = {}
     loads = orjson.loads
+    dumps = orjson.dumps
     for line in payload.split(b"\n"):
         if not line or line.isspace():
             continue
         try:
             raw = loads(line)
         except orjson.JSONDecodeError as exc:
-            entries.append(
-                (failure(None, None, "InvalidJson", f"line is not valid JSON: {exc}"), "", "", None, line, None)
-            )
+            statuses.append(failure(None, None, "InvalidJson", f"line is not valid JSON: {exc}"))
             continue
         if not isinstance(raw, dict):
-            entries.append(
-                (failure(None, None, "InvalidJson", "line is not a JSON object"), "", "", None, line, None)
-            )
+            statuses.append(failure(None, None, "InvalidJson", "line is not a JSON object"))
             continue
         try:
             parsed = parse_row(raw, model_run_id=model_run_id)
         except EventValidationError as exc:
-            entries.append(
-                (failure(raw.get("uuid"), raw.get("dataRow"), "ValidationError", str(exc)), "", "", None, line, raw)
-            )
+            statuses.append(failure(raw.get("uuid"), raw.get("dataRow"), "ValidationError", str(exc)))
             continue
         ref = parsed.data_row
         if ref.id is not None:
             dr_id: str | None = ref.id if ref.id in run_data_row_ids else None
-            shown: dict[str, Any] = {"id": ref.id}
-            what = f"Data row {ref.id}"
         else:
             dr_id = run_global_keys.get(ref.global_key) if ref.global_key is not None else None
-            shown = {"id": dr_id} if dr_id is not None else {"globalKey": ref.global_key}
-            what = f"Data row with global key {ref.global_key}"
         if dr_id is None:
-            entries.append(
-                (
-                    failure(
-                        parsed.uuid,
-                        shown,
-                        "DataRowNotInModelRun",
-                        f"{what} is not in model run {model_run_id}; register it first",
-                    ),
-                    "",
-                    "",
-                    None,
-                    line,
-                    raw,
+            if ref.id is not None:
+                shown: dict[str, Any] = {"id": ref.id}
+                what = f"Data row {ref.id}"
+            else:
+                shown = {"globalKey": ref.global_key}
+                what = f"Data row with global key {ref.global_key}"
+            statuses.append(
+                failure(
+                    parsed.uuid, shown, "DataRowNotInModelRun", f"{what} is not in model run {model_run_id}; "
+                    "register it first"
                 )
             )
             continue
         if "metricValue" in raw:
-            entries.append((None, "metric", dr_id, parsed, line, raw))
-            continue
-        if parsed.is_mask and parsed.custom_metric_leaves():
-            entries.append(
-                (
-                    failure(
-                        parsed.uuid,
-                        shown,
-                        "CustomMetricsNotSupported",
-                        "customMetrics are not supported on raster segmentation (mask) annotations",
-                    ),
-                    "",
-                    "",
-                    None,
-                    line,
-                    raw,
-                )
-            )
-            continue
-        name = raw.get("name")
-        if isinstance(name, str) and name:
-            key = (dr_id, name)
-            group_counts[key] = group_counts.get(key, 0) + 1
-        entries.append((None, "prediction", dr_id, parsed, line, raw))
-
-    over = {k for k, n in group_counts.items() if n > ANNOTATION_PER_DATA_ROW_LIMIT}
-
-    # Pass 2: records and statuses, in input order.
-    plan = ImportPlan()
-    statuses = plan.statuses
-    preds = plan.predictions
-    metrics = plan.metrics
-    dumps = orjson.dumps
-    for failed, kind, dr_id, parsed, line, raw in entries:
-        if failed is not None:
-            statuses.append(failed)
-            plan.failures += 1
-            continue
-        assert raw is not None
-        if kind == "prediction":
-            name = raw.get("name")
-            if over and isinstance(name, str) and (dr_id, name) in over:
-                statuses.append(
-                    failure(
-                        parsed.uuid,
-                        {"id": dr_id},
-                        "AnnotationLimitExceeded",
-                        f"Data row {dr_id} has {group_counts[(dr_id, name)]} annotations named {name!r} "
-                        f"in this import; the limit is {ANNOTATION_PER_DATA_ROW_LIMIT} per data row per name",
-                    )
-                )
-                plan.failures += 1
-                continue
-            preds.append((parsed.uuid, dr_id, name if isinstance(name, str) else raw.get("schemaId"), line))
-        else:
             metrics.append(
                 (
                     dr_id,
@@ -197,5 +133,39 @@ def plan_import(
                     line,
                 )
             )
+        else:
+            if parsed.is_mask and parsed.custom_metric_leaves():
+                statuses.append(
+                    failure(
+                        parsed.uuid,
+                        {"id": dr_id},
+                        "CustomMetricsNotSupported",
+                        "customMetrics are not supported on raster segmentation (mask) annotations",
+                    )
+                )
+                continue
+            name = raw.get("name")
+            if isinstance(name, str) and name:
+                key = (dr_id, name)
+                idx = groups.get(key)
+                if idx is None:
+                    groups[key] = [len(statuses)]
+                else:
+                    idx.append(len(statuses))
+            else:
+                name = raw.get("schemaId")
+            preds.append((parsed.uuid, dr_id, name, line))
         statuses.append({"uuid": parsed.uuid, "dataRow": {"id": dr_id}, "status": "SUCCESS"})
+
+    over = {k: v for k, v in groups.items() if len(v) > ANNOTATION_PER_DATA_ROW_LIMIT}
+    if over:
+        for (dr_id, name), indices in over.items():
+            message = (
+                f"Data row {dr_id} has {len(indices)} annotations named {name!r} in this import; "
+                f"the limit is {ANNOTATION_PER_DATA_ROW_LIMIT} per data row per name"
+            )
+            for i in indices:
+                statuses[i] = failure(statuses[i]["uuid"], {"id": dr_id}, "AnnotationLimitExceeded", message)
+        plan.predictions = [p for p in preds if (p[1], p[2]) not in over]
+    plan.failures = sum(1 for st in statuses if st["status"] == "FAILURE")
     return plan

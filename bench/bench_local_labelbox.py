@@ -1,0 +1,177 @@
+"""Benchmark: import rate of the local Labelbox API (target >= 100,000 rows/s for 50,000 rows).
+
+Starts the server on a temp SQLite file, seeds a model run with data rows, uploads a
+50,000-row NDJSON (predictions with customMetrics + scalar and confusion-matrix metric rows)
+as a GraphQL multipart request over a real socket, polls until FINISHED, and prints:
+- server-side processing rate (import record started_at -> finished_at: parse + validate + persist),
+- end-to-end rate (upload start -> FINISHED observed by polling),
+- the share spent in service.events.parse_ndjson_row (measured separately on the same rows).
+
+Run: .venv/bin/python bench/bench_local_labelbox.py [--rows 50000] [--data-rows 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+
+from service.events import parse_ndjson_row
+from service.local_labelbox import LocalLabelbox
+
+MUTATION = (
+    "mutation createMEAPredictionImportByFilePyApi($modelRunId : ID!, $name: String!, $file: Upload!, "
+    "$contentLength: Int!) { createModelErrorAnalysisPredictionImport(data: { modelRunId: $modelRunId "
+    "name: $name filePayload: { file: $file, contentLength: $contentLength} }) "
+    "{errorFileUrl inputFileUrl modelRunId name progress state statusFileUrl id} }"
+)
+POLL = (
+    "query q($modelRunId : ID!, $name: String!) { modelErrorAnalysisPredictionImport("
+    "where: {modelRunId: $modelRunId, name: $name}) {state statusFileUrl} }"
+)
+
+
+def make_rows(n: int, data_rows: list[str]) -> list[dict[str, Any]]:
+    """Half predictions with customMetrics, a quarter scalar metrics, a quarter confusion matrices."""
+    rows: list[dict[str, Any]] = []
+    for i in range(n):
+        dr = data_rows[i % len(data_rows)]
+        k = i % 4
+        if k in (0, 1):
+            rows.append(
+                {
+                    "uuid": f"pred-{i}",
+                    "name": f"class-{i % 7}",
+                    "dataRow": {"id": dr},
+                    "bbox": {"top": i % 100, "left": 3, "height": 10, "width": 12},
+                    "confidence": 0.5,
+                    "customMetrics": [{"name": "iou", "value": 0.61}, {"name": "area", "value": 120.0}],
+                }
+            )
+        elif k == 2:
+            rows.append(
+                {
+                    "dataRow": {"id": dr},
+                    "metricValue": 0.42,
+                    "metricName": f"custom_iou_{i % 13}",
+                    "featureName": f"class-{i % 7}",
+                    "aggregation": "ARITHMETIC_MEAN",
+                }
+            )
+        else:
+            rows.append(
+                {
+                    "dataRow": {"id": dr},
+                    "metricValue": [1, 2, 3, 4],
+                    "metricName": f"cm_{i % 11}",
+                    "featureName": f"class-{i % 5}",
+                    "subclassName": "s",
+                    "aggregation": "CONFUSION_MATRIX",
+                }
+            )
+    return rows
+
+
+async def run(n_rows: int, n_data_rows: int) -> dict[str, Any]:
+    tmp = tempfile.mkdtemp(prefix="bench-llb-")
+    admin_h = {"Authorization": "Bearer adm"}
+    async with (
+        LocalLabelbox(str(Path(tmp) / "b.sqlite3"), api_keys=["k"], admin_token="adm") as srv,
+        aiohttp.ClientSession() as http,
+    ):
+        dr_ids = [f"dr-{i:06d}" for i in range(n_data_rows)]
+        async with http.post(
+            srv.admin_url + "/data-rows", json={"dataRows": [{"id": d} for d in dr_ids]}, headers=admin_h
+        ) as r:
+            assert r.status == 200
+        async with http.post(
+            srv.admin_url + "/model-runs",
+            json={"modelRuns": [{"id": "bench-run", "name": "bench", "dataRowIds": dr_ids}]},
+            headers=admin_h,
+        ) as r:
+            assert r.status == 200
+        rows = make_rows(n_rows, dr_ids)
+        payload = "\n".join(json.dumps(r) for r in rows).encode()  # SDK-style json.dumps lines
+
+        name = "bench-import"
+        form = aiohttp.FormData()
+        form.add_field(
+            "operations",
+            json.dumps(
+                {
+                    "query": MUTATION,
+                    "variables": {"file": None, "contentLength": len(payload), "modelRunId": "bench-run", "name": name},
+                }
+            ),
+        )
+        form.add_field("map", json.dumps({"f.ndjson": ["variables.file"]}))
+        form.add_field("f.ndjson", payload, filename="f.ndjson", content_type="application/x-ndjson")
+        t0 = time.perf_counter()
+        async with http.post(srv.url, data=form, headers={"Authorization": "Bearer k"}) as r:
+            body = await r.json()
+        assert r.status == 200, body
+        import_id = body["data"]["createModelErrorAnalysisPredictionImport"]["id"]
+        while True:
+            async with http.post(
+                srv.url,
+                json={"query": POLL, "variables": {"modelRunId": "bench-run", "name": name}},
+                headers={"Authorization": "Bearer k"},
+            ) as r:
+                state = (await r.json())["data"]["modelErrorAnalysisPredictionImport"]["state"]
+            if state != "RUNNING":
+                break
+            await asyncio.sleep(0.01)
+        e2e = time.perf_counter() - t0
+        async with http.get(f"{srv.admin_url}/imports/{import_id}", headers=admin_h) as r:
+            rec = await r.json()
+        async with http.get(f"{srv.admin_url}/model-runs/bench-run/counts", headers=admin_h) as r:
+            counts = await r.json()
+
+    # Validation cost alone, on the same rows (what parse_ndjson_row contributes).
+    dicts = [orjson.loads(line) for line in payload.split(b"\n")]
+    t1 = time.perf_counter()
+    for d in dicts:
+        parse_ndjson_row(d, model_run_id="bench-run")
+    parse_s = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    for line in payload.split(b"\n"):
+        orjson.loads(line)
+    loads_s = time.perf_counter() - t2
+
+    server_s = rec["processingSeconds"]
+    return {
+        "rows": n_rows,
+        "state": state,
+        "failureRows": rec["failureRows"],
+        "stored": counts,
+        "payloadBytes": len(payload),
+        "serverProcessingSeconds": round(server_s, 4),
+        "serverRowsPerSecond": round(n_rows / server_s),
+        "endToEndSeconds": round(e2e, 4),
+        "endToEndRowsPerSecond": round(n_rows / e2e),
+        "parseNdjsonRowSeconds": round(parse_s, 4),
+        "parseNdjsonRowRowsPerSecond": round(n_rows / parse_s),
+        "orjsonLoadsSeconds": round(loads_s, 4),
+        "ownShareSeconds(server - parse_ndjson_row)": round(server_s - parse_s, 4),
+        "command": f".venv/bin/python bench/bench_local_labelbox.py --rows {n_rows} --data-rows {n_data_rows}",
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--rows", type=int, default=50_000)
+    ap.add_argument("--data-rows", type=int, default=1000)
+    args = ap.parse_args()
+    result = asyncio.run(run(args.rows, args.data_rows))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
