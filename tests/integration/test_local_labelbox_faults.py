@@ -51,7 +51,8 @@ async def admin(http: aiohttp.ClientSession, server: LocalLabelbox, method: str,
 
 async def seed(http: aiohttp.ClientSession, server: LocalLabelbox) -> str:
     ids = (await admin(http, server, "POST", "/data-rows", {"dataRows": [{"id": "d1", "globalKey": "g1"}]}))["ids"]
-    runs = await admin(http, server, "POST", "/model-runs", {"modelRuns": [{"id": "mr1", "name": "r", "dataRowIds": ids}]})
+    run = {"id": "mr1", "name": "r", "dataRowIds": ids}
+    runs = await admin(http, server, "POST", "/model-runs", {"modelRuns": [run]})
     return str(runs["ids"][0])
 
 

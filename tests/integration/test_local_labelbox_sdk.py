@@ -59,7 +59,11 @@ class Admin:
         labels = (
             await self.post(
                 "/labels",
-                {"labels": [{"id": f"l-{tag}-{i}", "projectId": project, "dataRowId": d} for i, d in enumerate(dr["ids"])]},
+                {
+                    "labels": [
+                        {"id": f"l-{tag}-{i}", "projectId": project, "dataRowId": d} for i, d in enumerate(dr["ids"])
+                    ]
+                },
             )
         )["ids"]
         (run,) = (await self.post("/model-runs", {"modelRuns": [{"name": f"run-{tag}", "modelId": "m1"}]}))["ids"]
