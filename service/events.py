@@ -87,10 +87,13 @@ _MISSING: Any = object()
 _SORT = orjson.OPT_SORT_KEYS
 
 
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
+
+
 def _uuid5(namespace: _uuid.UUID, name: bytes) -> str:
-    """uuid5 over bytes without the str round-trip ``uuid.uuid5`` needs (same result for UTF-8 names)."""
-    digest = hashlib.sha1(namespace.bytes + name, usedforsecurity=False).digest()
-    return str(_uuid.UUID(bytes=digest[:16], version=5))
+    """Same value as ``str(uuid.uuid5(namespace, name.decode()))``, at half the cost (hot path)."""
+    h = hashlib.sha1(namespace.bytes + name, usedforsecurity=False).hexdigest()
+    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
 
 
 def _type_name(value: Any) -> str:
@@ -206,6 +209,17 @@ _DATA_ROW_KEYS = frozenset({"id", "globalKey", "global_key"})
 
 
 def _parse_data_row(value: Any, path: str) -> DataRowRef:
+    if type(value) is dict and len(value) == 1:  # fast path: {"id": "..."} or {"globalKey": "..."}
+        v = value.get("id")
+        if type(v) is str and v.strip():
+            return DataRowRef(id=v)
+        v = value.get("globalKey")
+        if type(v) is str and v.strip():
+            return DataRowRef(global_key=v)
+    return _parse_data_row_slow(value, path)
+
+
+def _parse_data_row_slow(value: Any, path: str) -> DataRowRef:
     if not isinstance(value, dict):
         raise _fail(path, f"must be an object with exactly one of id or globalKey, got {_type_name(value)}")
     if not value.keys() <= _DATA_ROW_KEYS:
@@ -289,8 +303,13 @@ _PRED_ALIASES = {"data_row": "dataRow", "schema_id": "schemaId", "custom_metrics
 _CUSTOM_METRIC_KEYS = frozenset({"name", "value"})
 
 
+_PRED_ALIAS_KEYS = frozenset(_PRED_ALIASES)
+
+
 def _normalize_keys(obj: dict[str, Any], path: str) -> dict[str, Any]:
     """Copy with snake_case aliases mapped to Labelbox names; both spellings at once is an error."""
+    if obj.keys().isdisjoint(_PRED_ALIAS_KEYS):
+        return dict(obj)  # non-str keys (only possible from Python dicts) are caught by the JSON dump
     out: dict[str, Any] = {}
     for k, v in obj.items():
         if not isinstance(k, str):
@@ -319,7 +338,10 @@ def _parse_custom_metrics(value: Any, path: str) -> list[dict[str, Any]]:
             raise _fail(f"{p}.name", f"must be a string, got {_type_name(name)}")
         if "value" not in cm:
             raise _fail(f"{p}.value", "is required")
-        out.append({"name": name, "value": _finite_number(cm["value"], f"{p}.value")})
+        v = cm["value"]
+        out.append(
+            {"name": name, "value": v if type(v) is float and math.isfinite(v) else _finite_number(v, p + ".value")}
+        )
     return out
 
 
@@ -554,6 +576,10 @@ _METRIC_FIELDS = (
     ("metricValue", "value"),
 )
 _METRIC_KEYS = frozenset({k for pair in _METRIC_FIELDS for k in pair} | {"aggregation", "uuid"})
+_METRIC_CAMEL = ("dataRow", "metricName", "featureName", "subclassName", "metricValue")
+_METRIC_SNAKE = ("data_row", "metric_name", "feature_name", "subclass_name", "value")
+_CAMEL_METRIC_KEYS = frozenset({*_METRIC_CAMEL, "aggregation", "uuid"})
+_SNAKE_METRIC_KEYS = frozenset({*_METRIC_SNAKE, "aggregation", "uuid"})
 
 
 def _confidence_key(key: Any, path: str) -> float:
@@ -620,45 +646,60 @@ def _is_cm_value(value: Any) -> bool:
     return False
 
 
+def _metric_names(row: dict[str, Any], path: str) -> tuple[str, str, str, str, str]:
+    """Which spelling each field uses; a row in one style (the common case) costs two set tests."""
+    keys = row.keys()
+    if keys <= _CAMEL_METRIC_KEYS:
+        return _METRIC_CAMEL
+    if keys <= _SNAKE_METRIC_KEYS:
+        return _METRIC_SNAKE
+    if not keys <= _METRIC_KEYS:
+        raise _unknown_keys(path, keys - _METRIC_KEYS, _METRIC_KEYS, "metric")
+    # Mixed spellings; a missing field is named in the spelling the rest of the row uses.
+    camel = "metricValue" in row or "dataRow" in row
+    names: list[str] = []
+    for c, sn in _METRIC_FIELDS:
+        value, key = _pick(row, c, sn, path)
+        names.append(key if value is not _MISSING else c if camel else sn)
+    return (names[0], names[1], names[2], names[3], names[4])
+
+
 def _parse_metric(row: Any, model_run_id: str, path: str, *, trusted: bool) -> MetricRow:
     del trusted  # every metric field is checked explicitly, so untrusted input needs no extra scan
     if not isinstance(row, dict):
         raise _fail(path, f"must be an object (a ScalarMetric or ConfusionMatrixMetric), got {_type_name(row)}")
-    if not row.keys() <= _METRIC_KEYS:
-        raise _unknown_keys(path, row.keys() - _METRIC_KEYS, _METRIC_KEYS, "metric")
+    dr_key, name_key, feature_key, sub_key, value_key = _metric_names(row, path)
     get = row.get
-    # A missing field is named in the spelling the rest of the row uses.
-    camel = "metricValue" in row or "dataRow" in row
-
-    def pick(c: str, s: str) -> tuple[Any, str]:
-        value, key = _pick(row, c, s, path)
-        return value, (key if value is not _MISSING else c if camel else s)
-
-    dr, dr_key = pick("dataRow", "data_row")
-    if dr is _MISSING or dr is None:
+    dr = get(dr_key)
+    if dr is None:
         raise _fail(f"{path}.{dr_key}", "is required")
-    ref = _parse_data_row(dr, f"{path}.{dr_key}")
-    name, name_key = pick("metricName", "metric_name")
-    metric_name = _optional_str(name, f"{path}.{name_key}")
-    feature, feature_key = pick("featureName", "feature_name")
-    feature_name = _optional_str(feature, f"{path}.{feature_key}")
-    sub, sub_key = pick("subclassName", "subclass_name")
-    subclass_name = _optional_str(sub, f"{path}.{sub_key}")
-    value, value_key = pick("metricValue", "value")
-    vpath = f"{path}.{value_key}"
-    if value is _MISSING or value is None:
+    ref = _parse_data_row(dr, path + "." + dr_key)
+    metric_name = get(name_key)
+    if metric_name is not None and type(metric_name) is not str:
+        _optional_str(metric_name, f"{path}.{name_key}")
+    feature_name = get(feature_key)
+    if feature_name is not None and type(feature_name) is not str:
+        _optional_str(feature_name, f"{path}.{feature_key}")
+    subclass_name = get(sub_key)
+    if subclass_name is not None and type(subclass_name) is not str:
+        _optional_str(subclass_name, f"{path}.{sub_key}")
+    value = get(value_key)
+    vpath = path + "." + value_key
+    if value is None:
         raise _fail(vpath, "is required")
     aggregation = get("aggregation")
-    apath = f"{path}.aggregation"
     if aggregation is not None and not isinstance(aggregation, str):
-        raise _fail(apath, f"must be a string, got {_type_name(aggregation)}")
+        raise _fail(f"{path}.aggregation", f"must be a string, got {_type_name(aggregation)}")
     given_uuid = get("uuid")
     row_uuid = _non_empty_str(given_uuid, f"{path}.uuid") if given_uuid is not None else None
+    apath = "aggregation"
 
     metric: MetricRow
     if aggregation == CONFUSION_MATRIX_AGGREGATION or _is_cm_value(value):
         if aggregation is not None and aggregation != CONFUSION_MATRIX_AGGREGATION:
-            raise _fail(apath, f"a confusion matrix metric only accepts CONFUSION_MATRIX, got {aggregation!r}")
+            raise _fail(
+                f"{path}.{apath}", f"a confusion matrix metric only accepts CONFUSION_MATRIX, got {aggregation!r}"
+            )
         if metric_name is None:
             raise _fail(f"{path}.{name_key}", "is required for a confusion matrix metric")
         cm_value: ConfusionMatrixValue | dict[float, ConfusionMatrixValue]
@@ -686,7 +727,7 @@ def _parse_metric(row: Any, model_run_id: str, path: str, *, trusted: bool) -> M
         aggregation = "ARITHMETIC_MEAN"
     elif aggregation not in SCALAR_AGGREGATIONS:
         raise _fail(
-            apath,
+            f"{path}.{apath}",
             f"must be one of ARITHMETIC_MEAN, GEOMETRIC_MEAN, HARMONIC_MEAN, SUM, got {aggregation!r}",
         )
     if metric_name is not None:
@@ -701,6 +742,8 @@ def _parse_metric(row: Any, model_run_id: str, path: str, *, trusted: bool) -> M
     if isinstance(value, dict):
         scalar = {k: _finite_number(v, p) for k, v, p in _confidence_dict(value, vpath)}
         ndjson_value = {str(k): v for k, v in scalar.items()}
+    elif type(value) is float and math.isfinite(value):
+        scalar = ndjson_value = value
     else:
         scalar = ndjson_value = _finite_number(value, vpath)
     if row_uuid is None:

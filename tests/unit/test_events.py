@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import uuid
 from typing import Any
 
 import orjson
@@ -10,6 +11,8 @@ import pytest
 
 from service.errors import EventValidationError, MalformedJsonError, MessageTooLargeError
 from service.events import (
+    METRIC_UUID_NAMESPACE,
+    PREDICTION_UUID_NAMESPACE,
     ConfusionMatrixMetricRow,
     CustomMetricLeaf,
     LabelEvent,
@@ -737,3 +740,14 @@ def test_event_to_json_round_trip() -> None:
     ):
         ev = parse_event(kind, raw, max_bytes=MAX)  # type: ignore[arg-type]
         assert parse_event(kind, ev.to_json(), max_bytes=MAX) == ev  # type: ignore[arg-type]
+
+
+def test_uuid_formulas_match_the_documented_uuid5() -> None:
+    """Other tools (backfill, the local API) may recompute these; the module docstring is the contract."""
+    row = ok_pred(bbox()).predictions[0]
+    content = {k: v for k, v in row.to_ndjson().items() if k != "uuid"}
+    name = MR + "\n" + orjson.dumps(content, option=orjson.OPT_SORT_KEYS).decode()
+    assert row.uuid == str(uuid.uuid5(PREDICTION_UUID_NAMESPACE, name))
+    m = ok_metric(scalar(feature_name="f")).metrics[0]
+    name = orjson.dumps([MR, "id:dr-1", "acc", "f", None, 0.5]).decode()
+    assert m.uuid == str(uuid.uuid5(METRIC_UUID_NAMESPACE, name))
