@@ -51,7 +51,9 @@ class DlqHeaders(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    error_class: DlqErrorClass
+    # Any stable dotted code is accepted, not only ERROR_CLASSES: refusing an unforeseen code would
+    # fail the DLQ write itself, and a message must never be lost because its reason is new.
+    error_class: str = Field(pattern=r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$", max_length=64)
     error_message: str
     source_topic: str = Field(min_length=1)
     source_partition: int = Field(ge=0)
