@@ -173,23 +173,31 @@ def plan_events(
     if max_rows < 1:
         raise ConfigError("rows per event must be at least 1")
     st = stats if stats is not None else BackfillStats()
-    group: list[bytes] = []
-    group_kind: EventKind = "prediction"
-    group_line = 0
-    group_bytes = 0
+    # One open group per kind: predictions and metrics go to different topics, so interleaved rows
+    # need not cut each other's events short. Row order within a kind (one topic) is kept.
+    groups: dict[EventKind, list[bytes]] = {"prediction": [], "metric": []}
+    group_line: dict[EventKind, int] = {"prediction": 0, "metric": 0}
+    group_bytes: dict[EventKind, int] = {"prediction": 0, "metric": 0}
     prefixes: dict[EventKind, bytes] = {}
     if model_run is not None:
         prefixes = {k: _row_event_prefix(k, model_run) for k in ("prediction", "metric")}
     # an event of rows is prefix + rows joined by "," + "]}"
     overhead = max((len(p) for p in prefixes.values()), default=0) + 2
 
-    def flush() -> OutEvent:
+    def flush(kind: EventKind) -> OutEvent:
         assert model_run is not None
-        value = prefixes[group_kind] + b",".join(group) + b"]}"
-        ev = OutEvent(group_kind, model_run, value, len(group), file, group_line)
+        group = groups[kind]
+        value = prefixes[kind] + b",".join(group) + b"]}"
+        ev = OutEvent(kind, model_run, value, len(group), file, group_line[kind])
         st.rows += len(group)
         group.clear()
+        group_bytes[kind] = 0
         return ev
+
+    def flush_all() -> list[OutEvent]:
+        """Both open groups, the one that started first first."""
+        kinds = sorted((k for k in groups if groups[k]), key=group_line.__getitem__)
+        return [flush(k) for k in kinds]
 
     lineno = first_line - 1
     for raw_line in lines:
@@ -210,8 +218,8 @@ def plan_events(
             continue
 
         if "model_run_id" in obj or "modelRunId" in obj:
-            if group:
-                yield flush()
+            if groups["prediction"] or groups["metric"]:
+                yield from flush_all()
             kind = _event_kind(obj)
             if kind is None:
                 st.bad_lines += 1
@@ -267,14 +275,14 @@ def plan_events(
             )
             continue
         kind = "metric" if "metricValue" in obj else "prediction"
-        if group and (kind != group_kind or len(group) >= max_rows or group_bytes + size + overhead > max_bytes):
-            yield flush()
+        group = groups[kind]
+        if group and (len(group) >= max_rows or group_bytes[kind] + size + overhead > max_bytes):
+            yield flush(kind)
         if not group:
-            group_kind, group_line, group_bytes = kind, lineno, 0
+            group_line[kind] = lineno
         group.append(line)
-        group_bytes += size
-    if group:
-        yield flush()
+        group_bytes[kind] += size
+    yield from flush_all()
 
 
 # --------------------------------------------------------------------------------------------------
