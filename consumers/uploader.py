@@ -160,7 +160,8 @@ class UploaderHandler:
         except Exception as exc:
             c = classify(exc)
             if c.outcome is Outcome.FATAL:
-                raise FatalPipelineError(f"Labelbox refused the credentials: {exc}") from None
+                self.log.exception("stopping the pipeline", reason=c.reason)
+                raise FatalPipelineError(f"{c.reason}: {type(exc).__name__}: {exc}") from None
             if c.outcome is Outcome.TRANSIENT:  # retries exhausted (retry_max_attempts)
                 msg = f"gave up after retries: {exc}"
                 return [Rejection(rec, "labelbox.rejected", msg) for rec, _ in items]
@@ -181,8 +182,11 @@ class UploaderHandler:
 
         r = retrying(initial_s=s.retry_initial_s, max_s=s.retry_max_s, max_attempts=s.retry_max_attempts,
                      on_retry=on_retry)
+        async def attempt() -> T:
+            return await fn()
+
         try:
-            return await r(fn)
+            return await r(attempt)
         except LabelboxFatalError as exc:
             raise FatalPipelineError(f"Labelbox refused the credentials: {exc}") from None
 

@@ -69,9 +69,9 @@ def classify(exc: BaseException) -> Classification:
         if exc.status >= 500 or exc.status in (408, 429):
             return Classification(Outcome.TRANSIENT, "server_error")
         return Classification(Outcome.PERMANENT, "rejected")
-    # Anything else is a bug in our code or a payload we cannot serialise: treat as the
-    # payload's fault so bisection isolates it instead of retrying forever.
-    return Classification(Outcome.PERMANENT, "unexpected")
+    # Anything else is a bug on our side. Dead-lettering on a bug would empty the topics
+    # into the DLQ, and retrying would spin: stop instead (nothing committed, nothing lost).
+    return Classification(Outcome.FATAL, "unexpected")
 
 
 def backoff_delay(attempt: int, *, initial: float, maximum: float, rnd: Callable[[], float],

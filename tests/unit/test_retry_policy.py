@@ -25,7 +25,7 @@ from service.retry_policy import Outcome, backoff_delay, classify, retrying, sho
         (lb.UnprocessableEntityError("bad"), Outcome.PERMANENT, "rejected"),
         (lb.TaskFailedError("Job failed."), Outcome.PERMANENT, "rejected"),
         (lb.UnexpectedResponseError("400"), Outcome.PERMANENT, "rejected"),
-        (ValueError("our bug"), Outcome.PERMANENT, "unexpected"),
+        (ValueError("our bug"), Outcome.FATAL, "unexpected"),
     ],
 )
 def test_classify(exc: BaseException, outcome: Outcome, reason: str) -> None:
