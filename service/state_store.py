@@ -208,7 +208,9 @@ class SqlStateBackend:
         with self._lock:
             cur = self._conn.cursor()
             cur.execute(self._sql(sql), params)
-            row = cur.fetchone()
+            rows = cur.fetchall()  # exhaust and close: an open statement would pin an old snapshot
+            cur.close()
+            row = rows[0] if rows else None
             if self.kind == "postgres":
                 self._conn.commit()  # end the read transaction: no long-lived snapshot
             return row
@@ -218,6 +220,7 @@ class SqlStateBackend:
             cur = self._conn.cursor()
             cur.execute(self._sql(sql), params)
             rows = list(cur.fetchall())
+            cur.close()
             if self.kind == "postgres":
                 self._conn.commit()
             return rows
