@@ -329,11 +329,11 @@ def open_store(store: str) -> SqlStateBackend:
     return SqlStateBackend.sqlite(store)
 
 
-async def wait_caught_up(bootstrap: str, topics: list[str], group: str, store: str, timeout: float = 90) -> None:
+async def wait_caught_up(bootstrap: str, topics: list[str], group: str, store: str, limit_s: float = 90) -> None:
     """Until the store's offsets reach the topics' end offsets (all committed, exactly-once)."""
     ends = {k: v for k, v in (await end_offsets(bootstrap, topics)).items() if v > 0}
     backend = open_store(store)
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + limit_s
     try:
         while True:
             stored = await asyncio.to_thread(backend.load_offsets, group, list(ends))
@@ -376,8 +376,8 @@ class AggProcess:
                 stderr=subprocess.STDOUT,
             )
 
-    async def wait_http(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
+    async def wait_http(self, limit_s: float = 60) -> None:
+        deadline = time.monotonic() + limit_s
         async with aiohttp.ClientSession() as s:
             while True:
                 assert self.proc is not None and self.proc.poll() is None, self.log.read_text()[-3000:]
