@@ -942,6 +942,40 @@ def _parse_label_event(obj: dict[str, Any]) -> LabelEvent:
     return LabelEvent.model_validate({"model_run_id": mrid, field: _string_list(value, key)})
 
 
+class _NonFinite:
+    """Stands in for a NaN/Infinity literal so the slow path can say where it was."""
+
+
+def _non_finite_literal_path(raw: bytes) -> str | None:
+    """Producers using Python's json emit NaN/Infinity; name the field instead of 'invalid JSON'.
+
+    Only runs after orjson rejected the message, so the hot path pays nothing.
+    """
+    import json
+
+    try:
+        obj = json.loads(raw, parse_constant=lambda _: _NonFinite())
+    except (ValueError, RecursionError):
+        return None
+    return _find_sentinel(obj, "") if isinstance(obj, dict) else None
+
+
+def _find_sentinel(value: Any, path: str) -> str | None:
+    if isinstance(value, _NonFinite):
+        return path or "value"
+    if isinstance(value, dict):
+        for k, v in value.items():
+            found = _find_sentinel(v, f"{path}.{k}" if path else str(k))
+            if found:
+                return found
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            found = _find_sentinel(v, f"{path}[{i}]")
+            if found:
+                return found
+    return None
+
+
 def _decode(raw: bytes | None, max_bytes: int) -> dict[str, Any]:
     if raw is None:
         raise MalformedJsonError("value", "message has no value (a tombstone); expected a JSON object")
@@ -957,6 +991,9 @@ def _decode(raw: bytes | None, max_bytes: int) -> dict[str, Any]:
                 raise MalformedJsonError(
                     "value", f"not valid UTF-8 (byte 0x{bytes(raw)[ude.start]:02x} at position {ude.start})"
                 ) from None
+        non_finite = _non_finite_literal_path(bytes(raw))
+        if non_finite is not None:
+            raise _fail(non_finite, "must be a finite number (NaN and Infinity are not valid JSON)") from None
         raise MalformedJsonError("value", f"not valid JSON: {exc}") from None
     except TypeError as exc:
         raise MalformedJsonError("value", f"expected bytes, got {type(raw).__name__}: {exc}") from None

@@ -751,3 +751,25 @@ def test_uuid_formulas_match_the_documented_uuid5() -> None:
     m = ok_metric(scalar(feature_name="f")).metrics[0]
     name = orjson.dumps([MR, "id:dr-1", "acc", "f", None, 0.5]).decode()
     assert m.uuid == str(uuid.uuid5(METRIC_UUID_NAMESPACE, name))
+
+
+def test_nan_and_infinity_literals_name_the_field() -> None:
+    """Python's json.dumps writes NaN/Infinity; the error must point at the field, not just 'invalid JSON'."""
+    import pytest as _pytest
+
+    from service.errors import EventValidationError as _EVE
+    from service.events import parse_event as _parse
+
+    raw = b'{"model_run_id":"m","metrics":[{"data_row":{"id":"d"},"metric_name":"x","value":NaN}]}'
+    with _pytest.raises(_EVE) as exc:
+        _parse("metric", raw, max_bytes=10_000)
+    assert exc.value.error_class == "schema"
+    assert exc.value.field == "metrics[0].value"
+    assert "finite" in str(exc.value)
+    raw = (
+        b'{"model_run_id":"m","predictions":[{"dataRow":{"id":"d"},"name":"x",'
+        b'"customMetrics":[{"name":"a","value":-Infinity}]}]}'
+    )
+    with _pytest.raises(_EVE) as exc:
+        _parse("prediction", raw, max_bytes=10_000)
+    assert exc.value.field == "predictions[0].customMetrics[0].value"
