@@ -41,6 +41,7 @@ from service.errors import ConfigError, EventValidationError
 from service.events import EventKind, LabelEvent, MetricEvent, PredictionEvent, parse_event
 from service.labelbox_client import (
     ImportFailedError,
+    ImportState,
     LabelboxClient,
     LabelboxFatalError,
     ResourceConflictError,
@@ -51,6 +52,7 @@ from service.metrics import ConsumerMetrics
 from service.retry_policy import Classification, Outcome, classify, retrying
 
 T = TypeVar("T")
+Step = Callable[[str, list[tuple[Record, "Item"]]], Awaitable[list[Rejection]]]
 DEFAULT_LOCAL_LABELBOX_URL = "http://127.0.0.1:8181/graphql"
 _ITEM_OVERHEAD = 200  # bytes per kept message beyond its payloads (objects, tuples)
 IMPORT_FAILED_MAX_ATTEMPTS = 4
@@ -63,6 +65,14 @@ class Item:
     model_run_id: str
     rows: list[tuple[str, str, bytes]]  # (uuid, data row key, NDJSON bytes)
     label: LabelEvent | None = None
+
+
+class _NoRetry(Exception):
+    """Carries an exception through tenacity without retrying it."""
+
+    def __init__(self, inner: BaseException) -> None:
+        super().__init__(str(inner))
+        self.inner = inner
 
 
 class LruSet:
@@ -150,11 +160,18 @@ class UploaderHandler:
     # ------------------------------------------------------------------ process (async)
 
     async def process(self, key: str, items: list[tuple[Record, Item]]) -> list[Rejection]:
-        return await self._bisect(key, items)
+        """Labels first (they add data rows to the run), then one import of all rows.
+        Each step bisects only its own messages when Labelbox rejects them."""
+        labels = [x for x in items if x[1].label is not None]
+        rows = [x for x in items if x[1].label is None]
+        rejected = await self._bisect(key, labels, self._deliver_labels) if labels else []
+        if rows:
+            rejected += await self._bisect(key, rows, self._deliver_rows)
+        return rejected
 
-    async def _bisect(self, mr: str, items: list[tuple[Record, Item]]) -> list[Rejection]:
+    async def _bisect(self, mr: str, items: list[tuple[Record, Item]], step: Step) -> list[Rejection]:
         try:
-            return await self._deliver(mr, items)
+            return await step(mr, items)
         except (asyncio.CancelledError, FatalPipelineError):
             raise
         except Exception as exc:
@@ -170,9 +187,9 @@ class UploaderHandler:
                 return [Rejection(items[0][0], "labelbox.rejected", f"Labelbox rejected the message: {exc}")]
             mid = len(items) // 2
             self.log.info("bisecting batch after a permanent error", error=str(exc), size=len(items))
-            return await self._bisect(mr, items[:mid]) + await self._bisect(mr, items[mid:])
+            return await self._bisect(mr, items[:mid], step) + await self._bisect(mr, items[mid:], step)
 
-    async def _call(self, fn: Callable[[], Awaitable[T]]) -> T:
+    async def _call(self, fn: Callable[[], Awaitable[T]], no_retry: tuple[type[BaseException], ...] = ()) -> T:
         s = self.settings
 
         def on_retry(c: Classification, attempt: int, delay: float, exc: BaseException) -> None:
@@ -183,15 +200,23 @@ class UploaderHandler:
         r = retrying(initial_s=s.retry_initial_s, max_s=s.retry_max_s, max_attempts=s.retry_max_attempts,
                      on_retry=on_retry)
         async def attempt() -> T:
-            return await fn()
+            try:
+                return await fn()
+            except no_retry as exc:
+                raise _NoRetry(exc) from exc
 
         try:
             return await r(attempt)
+        except _NoRetry as wrapped:
+            raise wrapped.inner from None
         except LabelboxFatalError as exc:
             raise FatalPipelineError(f"Labelbox refused the credentials: {exc}") from None
 
-    async def _deliver(self, mr: str, items: list[tuple[Record, Item]]) -> list[Rejection]:
+    async def _deliver_labels(self, mr: str, items: list[tuple[Record, Item]]) -> list[Rejection]:
         await self._register_labels(mr, [it.label for _, it in items if it.label is not None])
+        return []
+
+    async def _deliver_rows(self, mr: str, items: list[tuple[Record, Item]]) -> list[Rejection]:
         if self.settings.register_data_rows:
             wanted: dict[str, None] = {}
             for _, it in items:
@@ -255,8 +280,7 @@ class UploaderHandler:
         while True:
             name = import_name(mr, items, attempt)
             try:
-                state = await self._call(lambda: self._create_or_find(mr, name, payload))
-                state = await self._call(lambda: self.client.wait_import(mr, name, first=state))
+                state = await self._create_and_wait(mr, name, payload)
                 break
             except ImportFailedError:
                 attempt += 1
@@ -278,7 +302,13 @@ class UploaderHandler:
             for idx, msgs in sorted(failed.items())
         ]
 
-    async def _create_or_find(self, mr: str, name: str, payload: bytes) -> Any:
+    async def _create_and_wait(self, mr: str, name: str, payload: bytes) -> ImportState:
+        created = await self._call(lambda: self._create_or_find(mr, name, payload))
+        # A FAILED import is not re-polled: the caller re-imports under a new name.
+        return await self._call(lambda: self.client.wait_import(mr, name, first=created),
+                                no_retry=(ImportFailedError,))
+
+    async def _create_or_find(self, mr: str, name: str, payload: bytes) -> ImportState:
         try:
             return await self.client.create_prediction_import(mr, name, payload)
         except ResourceConflictError:
