@@ -5,7 +5,7 @@ and every metric it selects must exist: the names come from ``service/metrics.py
 dataclass's ``create()`` on a fresh registry), plus ``PENDING`` (metrics the deploy files use that are not
 registered there yet). ``promtool check rules`` also runs when a ``promtool`` binary is on PATH; it is not
 installed by the project (no PyPI package ships it; it builds from the Go module proxy with
-``go install github.com/prometheus/prometheus/cmd/promtool@v0.316.0``, ~15 min on 2 cores), so it is optional.
+``go install github.com/prometheus/prometheus/cmd/promtool@v0.316.0``, ~40 min on 2 cores), so it is optional.
 """
 
 from __future__ import annotations
