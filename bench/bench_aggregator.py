@@ -30,12 +30,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from consumers.aggregator import Aggregator  # noqa: E402
-from service.aggregation import MessageOps, MetricLeaf, apply_message  # noqa: E402
-from service.config import Settings  # noqa: E402
-from service.kafka_admin import create_topics  # noqa: E402
-from service.query_api import build_query_app  # noqa: E402
-from service.state_store import CachedState, SqlStateBackend  # noqa: E402
+from consumers.aggregator import Aggregator
+from service.aggregation import MessageOps, MetricLeaf, apply_message
+from service.config import Settings
+from service.kafka_admin import create_topics
+from service.query_api import build_query_app
+from service.state_store import CachedState, SqlStateBackend
 
 
 def rss_mb() -> float:
@@ -86,7 +86,10 @@ async def end_total(bootstrap: str, topic: str) -> dict[TopicPartition, int]:
 
 async def raw_drain(bootstrap: str, topic: str, total: int) -> float:
     c = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, group_id=f"drain-{time.time()}", auto_offset_reset="earliest",
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=f"drain-{time.time()}",
+        auto_offset_reset="earliest",
         enable_auto_commit=False,
     )
     await c.start()
@@ -157,11 +160,18 @@ async def query_bench(tmp: Path, leaves: int) -> dict[str, float]:
         ops = MessageOps(run)
         for i in range(start, min(leaves, start + chunk)):
             f = ("cat", "dog", "bird", "fish")[i % 4]
-            ops.metric_rows.append(MetricLeaf("box_iou", "ARITHMETIC_MEAN", f"id:dr{i}", f, None, {"": (i % 997) / 997}))
+            ops.metric_rows.append(
+                MetricLeaf("box_iou", "ARITHMETIC_MEAN", f"id:dr{i}", f, None, {"": (i % 997) / 997})
+            )
         apply_message(state, ops)
         if (start // chunk) % 50 == 49 or start + chunk >= leaves:
             ch = state.take_changes()
-            backend.commit("bench", ch, {("bench", 0): start + chunk}, {("bench", 0): None if start < 50 * chunk else start + chunk - 50 * chunk})
+            backend.commit(
+                "bench",
+                ch,
+                {("bench", 0): start + chunk},
+                {("bench", 0): None if start < 50 * chunk else start + chunk - 50 * chunk},
+            )
             state.committed(ch)
         if start + chunk == 10_000:
             out["rss_mb_at_10k_rows"] = rss_mb()
