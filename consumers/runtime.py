@@ -176,6 +176,8 @@ class ConsumerRuntime(Generic[W]):
             if self.status.fatal is None:
                 await self._finish_in_flight(cfg.shutdown_grace_s, "shutdown")
                 await self._commit()
+                self.log.info("final commit done", in_flight=self.tracker.in_flight(),
+                              buffered_bytes=self.buffered_bytes)
             else:
                 await self._abandon_all()
             committer.cancel()

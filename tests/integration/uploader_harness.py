@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client import CollectorRegistry
 
 from consumers.runtime import RuntimeStatus
@@ -129,25 +130,33 @@ async def read_dlq(bootstrap: str, topic: str, expect: int, timeout: float = 30)
 
 
 async def committed(bootstrap: str, group: str, topics: list[str]) -> dict[tuple[str, int], int | None]:
-    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
-    await c.start()
+    """The group's committed offsets per partition of ``topics`` (None: nothing committed)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
     try:
-        await c.topics()  # load metadata
-        out: dict[tuple[str, int], int | None] = {}
-        for t in topics:
-            for p in sorted(c.partitions_for_topic(t) or ()):
-                out[(t, p)] = await c.committed(TopicPartition(t, p))
-        return out
+        got = await admin.list_consumer_group_offsets(group)
     finally:
-        await c.stop()
+        await admin.close()
+    ends = await end_offsets(bootstrap, topics)
+    out: dict[tuple[str, int], int | None] = dict.fromkeys(ends)
+    for tp, meta in got.items():
+        if (tp.topic, tp.partition) in out and meta.offset >= 0:
+            out[(tp.topic, tp.partition)] = meta.offset
+    return out
 
 
 async def end_offsets(bootstrap: str, topics: list[str]) -> dict[tuple[str, int], int]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        described = await admin.describe_topics(topics)
+    finally:
+        await admin.close()
+    tps = [TopicPartition(d["topic"], p["partition"]) for d in described for p in d["partitions"]]
+    assert {tp.topic for tp in tps} == set(topics), described
     c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await c.start()
     try:
-        await c.topics()
-        tps = [TopicPartition(t, p) for t in topics for p in sorted(c.partitions_for_topic(t) or ())]
         ends = await c.end_offsets(tps)
         return {(tp.topic, tp.partition): o for tp, o in ends.items()}
     finally:
