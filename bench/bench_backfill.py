@@ -9,7 +9,9 @@ RUNSTREAM_KAFKA_BOOTSTRAP), and measures on the same messages, side by side:
              Python ceiling for "just produce these bytes";
 - backfill:  ``service.backfill.run_backfill`` end to end: read the file, classify, validate with
              ``service.events.parse_event``, send keyed through the batch sender;
+- workers:   the same with ``--workers N`` validation processes (sending stays in the main process);
 - dry run:   the same without Kafka (read + validate only), to show what validation costs;
+- parse_event alone over the same lines (the validation floor of one process);
 - NDJSON:    a Labelbox NDJSON row file (rows spliced into events of 500), rows/s.
 
 Run: .venv/bin/python bench/bench_backfill.py [--events 500000] [--partitions 6]
@@ -31,6 +33,7 @@ from aiokafka import AIOKafkaProducer
 from service.backfill import run_backfill
 from service.config import Settings
 from service.devkafka import DevKafka
+from service.events import parse_event
 from service.kafka_admin import create_topics
 
 
@@ -112,6 +115,7 @@ async def main() -> None:
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--partitions", type=int, default=6)
     ap.add_argument("--ndjson-rows", type=int, default=500_000)
+    ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-backfill-"))
@@ -138,7 +142,7 @@ async def main() -> None:
             )
 
         results: dict[str, float] = {}
-        for tag in ("raw", "backfill", "rows"):
+        for tag in ("raw", "backfill", "workers", "rows"):
             s = settings_for(tag)
             await create_topics(
                 bootstrap, [s.topic_predictions, s.topic_metrics, s.topic_labels], partitions=args.partitions
@@ -153,9 +157,24 @@ async def main() -> None:
         results["backfill"] = stats.events_per_s
         print(f"runstream backfill:         {stats.events_per_s:>10,.0f} events/s  ({stats.elapsed_s:.2f} s)")
 
+        wk = await run_backfill([events_file], settings_for("workers"), workers=args.workers)
+        assert wk.events == args.events and wk.bad_lines == 0, wk
+        results["workers"] = wk.events_per_s
+        print(
+            f"  with --workers {args.workers}:       {wk.events_per_s:>10,.0f} events/s  ({wk.elapsed_s:.2f} s)"
+        )
+
         dry = await run_backfill([events_file], settings_for("backfill"), dry_run=True)
         results["dry"] = dry.events_per_s
         print(f"  read + validate only:     {dry.events_per_s:>10,.0f} events/s  ({dry.elapsed_s:.2f} s)")
+
+        kinds = {"p": "prediction", "m": "metric"}
+        t = time.perf_counter()
+        for kind, _, value in msgs:
+            parse_event(kinds[kind], value, max_bytes=1 << 20)  # type: ignore[arg-type]
+        pe = args.events / (time.perf_counter() - t)
+        results["parse_event"] = pe
+        print(f"  parse_event alone:        {pe:>10,.0f} events/s  ({1e6 / pe:.1f} µs/event)")
 
         rows = await run_backfill([rows_file], settings_for("rows"), model_run="mr-rows")
         rows_per_s = rows.rows / rows.elapsed_s
@@ -163,7 +182,11 @@ async def main() -> None:
             f"NDJSON rows (500/event):    {rows_per_s:>10,.0f} rows/s    ({rows.elapsed_s:.2f} s, "
             f"{rows.events:,} events)"
         )
-        print(f"ratio backfill / raw: {results['backfill'] / results['raw']:.2f}")
+        print(
+            f"ratio backfill / raw: {results['backfill'] / results['raw']:.2f}; "
+            f"with workers / raw: {results['workers'] / results['raw']:.2f}  "
+            f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)"
+        )
     finally:
         if broker is not None:
             broker.stop()

@@ -40,6 +40,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=DEFAULT_ROWS_PER_EVENT,
         help="NDJSON rows grouped per event (default %(default)s)",
     )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="validate in this many extra processes (default %(default)s: in this one; validation is the CPU cost)",
+    )
     p.add_argument("--compression", choices=["gzip", "snappy", "lz4", "zstd"], help="Kafka compression codec")
     p.add_argument("--report", type=Path, help="also write every bad line as JSON lines to this file")
     p.set_defaults(func=_run)
@@ -98,6 +104,7 @@ def _run(args: argparse.Namespace) -> int:
                     rate=args.rate,
                     dry_run=args.dry_run,
                     max_rows=args.rows_per_event,
+                    workers=args.workers,
                     on_bad=on_bad,
                     on_progress=on_progress,
                     compression_type=args.compression,

@@ -180,3 +180,20 @@ async def test_cli_exits_2_when_kafka_is_unreachable(tmp_path: Path) -> None:
     settings = Settings(kafka_bootstrap="127.0.0.1:1")
     proc = await asyncio.to_thread(run_cli, [str(good), "--model-run", "m"], settings)
     assert proc.returncode == 2 and "cannot connect to Kafka" in proc.stderr
+
+
+async def test_worker_processes_give_the_same_result(
+    kafka_bootstrap: str, new_topic: Callable[..., Awaitable[str]], tmp_path: Path
+) -> None:
+    settings = await topics_settings(kafka_bootstrap, new_topic)
+    files = write_inputs(tmp_path)
+    stats = await run_backfill(files, settings, model_run="mr-A", workers=2)
+    assert [(b.file, b.line) for b in stats.bad] == [(str(files[0]), 3), (str(files[0]), 5), (str(files[1]), 2)]
+    assert (stats.lines_read, stats.rows, stats.events, stats.bad_lines) == (10, 7, 5, 3)
+    preds = await drain(kafka_bootstrap, settings.topic_predictions)
+    got = sorted(
+        (key, r.data_row.global_key)
+        for key, value in preds
+        for r in parse_event("prediction", value, max_bytes=1 << 20).predictions  # type: ignore[union-attr]
+    )
+    assert got == [(b"mr-A", "a1"), (b"mr-A", "a2"), (b"mr-B", "b1"), (b"mr-B", "b2")]

@@ -172,3 +172,39 @@ def test_every_good_row_lands_in_exactly_one_valid_event(objs: list[Any], max_ro
         ev = parse_event(e.kind, e.value, max_bytes=1 << 20)
         assert e.rows == len(ev.predictions if isinstance(ev, PredictionEvent) else ev.metrics)  # type: ignore[union-attr]
         assert e.rows <= max_rows
+
+
+def test_blocks_keep_line_numbers_exact(tmp_path: Path) -> None:
+    import io
+
+    from service.backfill import _blocks, plan_block
+
+    body = b"".join(lines(*[pred(i) for i in range(300)])) + b"{bad\n" + orjson.dumps(metric(1))  # no final newline
+    blocks = list(_blocks(io.BytesIO(body), size=1000))
+    assert len(blocks) > 5
+    assert b"".join(b for b, _ in blocks) == body
+    items: list[Any] = []
+    total_lines = 0
+    for block, before in blocks:
+        got, n_lines, _, _ = plan_block("f", block, before + 1, MR, 500, 1 << 20)
+        items += got
+        total_lines += n_lines
+    assert total_lines == 302
+    bad = [i for i in items if isinstance(i, BadLine)]
+    assert [(b.line, b.error_class) for b in bad] == [(301, "json")]
+    events = [i for i in items if isinstance(i, OutEvent)]
+    assert sum(e.rows for e in events) == 301
+    assert [e.line for e in events if e.kind == "metric"] == [302]
+
+
+def test_event_kind_is_right_even_when_values_look_like_other_kinds() -> None:
+    tricky_pred = {"model_run_id": "m", "predictions": [pred(1, customMetrics=[{"name": "metrics", "value": 1}])]}
+    tricky_metric = {"modelRunId": "m", "metrics": [{"data_row": {"id": "d"}, "metric_name": "predictions", "value": 1}]}
+    tricky_label = {"model_run_id": "m", "global_keys": ['"metrics"', "prediction"]}
+    events, bad, _ = plan(lines(tricky_pred, tricky_metric, tricky_label))
+    assert not bad
+    assert [e.kind for e in events] == ["prediction", "metric", "label"]
+    # a row whose text mentions model_run_id is still a row
+    row = pred(2, name='"model_run_id"')
+    events, bad, _ = plan(lines(row))
+    assert not bad and [(e.kind, e.model_run_id) for e in events] == [("prediction", MR)]
