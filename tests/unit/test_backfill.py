@@ -199,7 +199,10 @@ def test_blocks_keep_line_numbers_exact(tmp_path: Path) -> None:
 
 def test_event_kind_is_right_even_when_values_look_like_other_kinds() -> None:
     tricky_pred = {"model_run_id": "m", "predictions": [pred(1, customMetrics=[{"name": "metrics", "value": 1}])]}
-    tricky_metric = {"modelRunId": "m", "metrics": [{"data_row": {"id": "d"}, "metric_name": "predictions", "value": 1}]}
+    tricky_metric = {
+        "modelRunId": "m",
+        "metrics": [{"data_row": {"id": "d"}, "metric_name": "predictions", "value": 1}],
+    }
     tricky_label = {"model_run_id": "m", "global_keys": ['"metrics"', "prediction"]}
     events, bad, _ = plan(lines(tricky_pred, tricky_metric, tricky_label))
     assert not bad
