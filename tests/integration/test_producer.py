@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -12,6 +17,9 @@ from service.config import Settings
 from service.errors import EventValidationError
 from service.events import LabelEvent, MetricEvent, PredictionEvent, parse_event
 from service.producer import ProducerError, RunstreamProducer
+
+REPO = Path(__file__).resolve().parents[2]
+DOC = REPO / "docs" / "PRODUCER.md"
 
 
 async def end_offsets(bootstrap: str, topic: str) -> int:
@@ -81,3 +89,30 @@ async def test_using_a_producer_that_is_not_started_is_an_error(kafka_bootstrap:
     p = RunstreamProducer(Settings(kafka_bootstrap=kafka_bootstrap))
     with pytest.raises(ProducerError):
         await p.upsert_labels("mr", label_ids=["l"])
+
+
+async def test_the_documented_example_runs(
+    kafka_bootstrap: str, new_topic: Callable[..., Awaitable[str]], tmp_path: Path
+) -> None:
+    """docs/PRODUCER.md's example, run as written against the broker: it must stay true."""
+    settings = await topics_settings(kafka_bootstrap, new_topic)
+    doc = DOC.read_text(encoding="utf-8")
+    example = doc.split("```python", 1)[1].split("```", 1)[0]
+    script = tmp_path / "example.py"
+    script.write_text(example, encoding="utf-8")
+    env = {
+        **os.environ,
+        "RUNSTREAM_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "RUNSTREAM_TOPIC_PREDICTIONS": settings.topic_predictions,
+        "RUNSTREAM_TOPIC_METRICS": settings.topic_metrics,
+        "RUNSTREAM_TOPIC_LABELS": settings.topic_labels,
+        "PYTHONPATH": str(REPO),
+    }
+    proc = await asyncio.to_thread(
+        subprocess.run, [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("schema metrics[0].metric_name 'f1' is a reserved metric name")
+    assert len(await drain(kafka_bootstrap, settings.topic_predictions)) == 1
+    assert len(await drain(kafka_bootstrap, settings.topic_metrics)) == 1
+    assert len(await drain(kafka_bootstrap, settings.topic_labels)) == 2
