@@ -33,6 +33,7 @@ from typing import Any, BinaryIO, NamedTuple
 
 import orjson
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 
 from service.config import Settings
@@ -352,7 +353,10 @@ class KeyedBatchSender:
         self.messages = 0
 
     async def _tp(self, topic: str, key: bytes) -> tuple[str, int]:
-        parts = await self._producer.partitions_for(topic)
+        try:
+            parts = await self._producer.partitions_for(topic)
+        except KafkaError as exc:
+            raise BackfillError(f"topic {topic} is not available: {exc!r}") from exc
         if not parts:
             raise BackfillError(f"topic {topic} has no partitions (does it exist?)")
         ordered = sorted(parts)
@@ -593,6 +597,8 @@ async def run_backfill(
                 raw.close()
         if sender is not None:
             await sender.flush()
+    except KafkaError as exc:
+        raise BackfillError(f"Kafka did not take the backfill: {exc!r}") from exc
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
