@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 import math
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
@@ -41,6 +42,9 @@ MAX_SLICE_ROWS = 10_000
 MAX_ID_CHARS = 1024
 
 STORE_KEY = web.AppKey("runstream_state_backend", object)
+JSON_TYPES = frozenset({"application/json"})
+
+log = logging.getLogger("runstream.query_api")
 
 
 class Filter(BaseModel):
@@ -168,6 +172,8 @@ def slice_entries(defs: dict[str, Aggregation], nodes: Sequence[NodeRow]) -> lis
 def build_query_app(store: StateBackend, settings: Settings) -> web.Application:
     """The /v1 API and /openapi.json; other routes (health, metrics, dashboard) may be added to it."""
     token = settings.api_token.get_secret_value() if settings.api_token else None
+    # /openapi.json stays public on purpose: it holds no data, and clients (and readiness
+    # probes, test harnesses) need it to learn that /v1/* wants a bearer token at all.
 
     @web.middleware
     async def errors_and_auth(
@@ -175,7 +181,11 @@ def build_query_app(store: StateBackend, settings: Settings) -> web.Application:
     ) -> web.StreamResponse:
         if token is not None and request.path.startswith("/v1/"):
             given = request.headers.get("Authorization", "")
-            if not (given.startswith("Bearer ") and hmac.compare_digest(given[7:].encode(), token.encode())):
+            # Header bytes that are not UTF-8 arrive surrogate-escaped: encode them back, never raise.
+            if not (
+                given.startswith("Bearer ")
+                and hmac.compare_digest(given[7:].encode("utf-8", "surrogateescape"), token.encode())
+            ):
                 resp = _error(401, "missing or wrong bearer token (Authorization: Bearer <RUNSTREAM_API_TOKEN>)")
                 resp.headers["WWW-Authenticate"] = 'Bearer realm="runstream"'
                 return resp
@@ -185,6 +195,9 @@ def build_query_app(store: StateBackend, settings: Settings) -> web.Application:
             if exc.status < 400:
                 raise
             return _error(exc.status, exc.reason if exc.text is None or exc.text.startswith("4") else exc.text)
+        except Exception:
+            log.exception("query API: unexpected error on %s %s", request.method, request.path)
+            return _error(500, "internal error (logged by the server)")
 
     async def call(fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.to_thread(fn, *args)
@@ -193,8 +206,13 @@ def build_query_app(store: StateBackend, settings: Settings) -> web.Application:
         runs = await call(store.list_runs)
         return _json({"model_runs": [{"id": r, "updated_at": t} for r, t in runs]})
 
+    def _check_param(name: str, value: str) -> None:
+        if len(value) > MAX_ID_CHARS:
+            raise web.HTTPBadRequest(text=f"path parameter {name}: longer than {MAX_ID_CHARS} characters")
+
     async def _known_run(run: str) -> dict[str, Aggregation]:
-        if len(run) > MAX_ID_CHARS or not await call(store.run_exists, run):
+        _check_param("run", run)
+        if not await call(store.run_exists, run):
             raise web.HTTPNotFound(text=f"model run {run!r} has no aggregates")
         defs: dict[str, Aggregation] = await call(store.metric_defs, run)
         return defs
@@ -209,9 +227,9 @@ def build_query_app(store: StateBackend, settings: Settings) -> web.Application:
     async def data_row_metrics(request: web.Request) -> web.Response:
         run = request.match_info["run"]
         dr = request.match_info["dr"]
+        _check_param("run", run)
+        _check_param("dr", dr)
         defs = await _known_run(run)
-        if len(dr) > MAX_ID_CHARS:
-            raise web.HTTPNotFound(text="data row id too long")
         nodes: list[NodeRow] = await call(store.nodes_for_rows, run, row_keys(dr))
         if not nodes:
             raise web.HTTPNotFound(text=f"data row {dr!r} has no metrics in model run {run!r}")
@@ -227,6 +245,11 @@ def build_query_app(store: StateBackend, settings: Settings) -> web.Application:
 
     async def query(request: web.Request) -> web.Response:
         run = request.match_info["run"]
+        _check_param("run", run)
+        if request.content_type not in JSON_TYPES:
+            raise web.HTTPUnsupportedMediaType(
+                text=f"Content-Type must be application/json, not {request.content_type!r}"
+            )
         if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
             raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY_BYTES, actual_size=request.content_length)
         raw = await request.read()
@@ -259,8 +282,10 @@ def build_query_app(store: StateBackend, settings: Settings) -> web.Application:
             }
         )
 
+    document = openapi_document(bearer_required=token is not None)
+
     async def openapi(request: web.Request) -> web.Response:
-        return _json(openapi_document())
+        return _json(document)
 
     app = web.Application(middlewares=[errors_and_auth], client_max_size=MAX_BODY_BYTES)
     app[STORE_KEY] = store
@@ -276,8 +301,12 @@ def build_query_app(store: StateBackend, settings: Settings) -> web.Application:
 # OpenAPI 3
 
 
-def openapi_document() -> dict[str, Any]:
-    """OpenAPI 3.0 description of /v1 (schemathesis tests the server against it)."""
+def openapi_document(*, bearer_required: bool = False) -> dict[str, Any]:
+    """OpenAPI 3.0 description of /v1 (schemathesis tests the server against it).
+
+    ``bearer_required``: the server was given RUNSTREAM_API_TOKEN, so /v1/* needs the bearer token;
+    without one the API is open and the document declares no security requirement.
+    """
     nullable_num = {"type": "number", "nullable": True}
     cm = {
         "type": "object",
@@ -354,7 +383,11 @@ def openapi_document() -> dict[str, Any]:
         "description": "model run id",
         "schema": {"type": "string", "minLength": 1, "maxLength": MAX_ID_CHARS},
     }
-    auth_errors = {"401": err("missing or wrong bearer token"), "404": err("unknown model run or data row")}
+    auth_errors = {
+        "400": err("a path parameter is too long"),
+        "401": err("missing or wrong bearer token"),
+        "404": err("unknown model run or data row"),
+    }
     filter_schema = {
         "type": "object",
         "additionalProperties": False,
@@ -389,7 +422,7 @@ def openapi_document() -> dict[str, Any]:
             "schemas": {"Metric": metric, "Error": error},
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
-        "security": [{"bearer": []}, {}],
+        "security": [{"bearer": []}] if bearer_required else [],
         "paths": {
             "/v1/model-runs": {
                 "get": {
@@ -477,9 +510,10 @@ def openapi_document() -> dict[str, Any]:
                                 },
                             }
                         ),
-                        "400": err("invalid query"),
-                        "413": err("request body too large"),
                         **auth_errors,
+                        "400": err("invalid query body or path parameter"),
+                        "413": err("request body too large"),
+                        "415": err("Content-Type is not application/json"),
                     },
                 }
             },
