@@ -24,7 +24,7 @@ import math
 import uuid as _uuid
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from typing import Any, ClassVar, Literal, NamedTuple, TypeAlias
+from typing import Any, ClassVar, Literal, NamedTuple, TypeAlias, TypeVar
 
 import orjson
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -88,12 +88,43 @@ _SORT = orjson.OPT_SORT_KEYS
 
 
 _VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
+_PREDICTION_NS = PREDICTION_UUID_NAMESPACE.bytes
+_METRIC_NS = METRIC_UUID_NAMESPACE.bytes
+_sha1 = hashlib.sha1
 
 
 def _uuid5(namespace: _uuid.UUID, name: bytes) -> str:
     """Same value as ``str(uuid.uuid5(namespace, name.decode()))``, at half the cost (hot path)."""
-    h = hashlib.sha1(namespace.bytes + name, usedforsecurity=False).hexdigest()
+    return _uuid5_bytes(namespace.bytes, name)
+
+
+def _uuid5_bytes(namespace: bytes, name: bytes) -> str:
+    h = _sha1(namespace + name, usedforsecurity=False).hexdigest()
     return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Building the result models without re-validating them
+#
+# Every value is checked by hand before a model is built, so the hot path skips pydantic's
+# validation: ``_build`` does what ``model_construct`` does (a real pydantic instance, equal to a
+# validated one, every field given) at a fraction of the cost. ``values`` must hold every field of
+# ``cls`` in declaration order, with exactly the types the annotations promise (exact ``str``,
+# ``float``, ...); where an input may not (str subclasses from Python callers), the validating
+# constructor is used instead, as before.
+
+_M = TypeVar("_M", bound=BaseModel)
+_object_new = object.__new__
+_set = object.__setattr__
+
+
+def _build(cls: type[_M], values: dict[str, Any], fields_set: set[str]) -> _M:
+    obj = _object_new(cls)
+    _set(obj, "__dict__", values)
+    _set(obj, "__pydantic_fields_set__", fields_set)
+    _set(obj, "__pydantic_extra__", None)
+    _set(obj, "__pydantic_private__", None)
+    return obj
 
 
 def _type_name(value: Any) -> str:
@@ -185,6 +216,31 @@ def _find_non_finite(value: Any, path: str) -> str | None:
     return None
 
 
+def _all_finite(value: Any) -> bool:
+    """True when a decoded-JSON tree holds no NaN/inf; the path-free twin of ``_find_non_finite``."""
+    t = type(value)
+    if t is dict:
+        items: Iterable[Any] = value.values()
+    elif t is list:
+        items = value
+    elif t is float:
+        return bool(value - value == 0.0)
+    elif t is str or t is int or t is bool or value is None:
+        return True
+    else:
+        return _find_non_finite(value, "") is None
+    for v in items:
+        t = type(v)
+        if t is str or t is int or v is None or t is bool:
+            continue
+        if t is float:
+            if v - v != 0.0:
+                return False
+        elif not _all_finite(v):
+            return False
+    return True
+
+
 # --------------------------------------------------------------------------------------------------
 # Data row references
 
@@ -208,14 +264,26 @@ class DataRowRef(BaseModel):
 _DATA_ROW_KEYS = frozenset({"id", "globalKey", "global_key"})
 
 
+_REF_ID_SET = {"id"}  # the fields_set of DataRowRef(id=...) and of DataRowRef(global_key=...)
+_REF_GK_SET = {"global_key"}
+
+
+def _ref_id(v: str) -> DataRowRef:
+    return _build(DataRowRef, {"id": v, "global_key": None}, _REF_ID_SET)
+
+
+def _ref_gk(v: str) -> DataRowRef:
+    return _build(DataRowRef, {"id": None, "global_key": v}, _REF_GK_SET)
+
+
 def _parse_data_row(value: Any, path: str) -> DataRowRef:
     if type(value) is dict and len(value) == 1:  # fast path: {"id": "..."} or {"globalKey": "..."}
         v = value.get("id")
-        if type(v) is str and v.strip():
-            return DataRowRef(id=v)
+        if type(v) is str and v and not v.isspace():
+            return _ref_id(v)
         v = value.get("globalKey")
-        if type(v) is str and v.strip():
-            return DataRowRef(global_key=v)
+        if type(v) is str and v and not v.isspace():
+            return _ref_gk(v)
     return _parse_data_row_slow(value, path)
 
 
@@ -439,6 +507,11 @@ def _normalize_classification_body(row: dict[str, Any], path: str, *, is_mask: b
 
 
 def _parse_prediction(row: Any, model_run_id: str, path: str, *, trusted: bool) -> PredictionRow:
+    fast = _fast_prediction(row, model_run_id, trusted=trusted)
+    return fast if fast is not None else _parse_prediction_full(row, model_run_id, path, trusted=trusted)
+
+
+def _parse_prediction_full(row: Any, model_run_id: str, path: str, *, trusted: bool) -> PredictionRow:
     if not isinstance(row, dict):
         raise _fail(path, f"must be an object (a Labelbox NDJSON prediction row), got {_type_name(row)}")
     out = _normalize_keys(row, path)
@@ -470,7 +543,7 @@ def _parse_prediction(row: Any, model_run_id: str, path: str, *, trusted: bool) 
     is_mask = "mask" in out
     _normalize_classification_body(out, path, is_mask=is_mask)
 
-    if not trusted:
+    if not trusted and not _all_finite(out):
         for k, v in out.items():
             bad = _find_non_finite(v, f"{path}.{k}")
             if bad:
@@ -485,8 +558,11 @@ def _parse_prediction(row: Any, model_run_id: str, path: str, *, trusted: bool) 
             run = model_run_id.encode()
         except (orjson.JSONEncodeError, UnicodeEncodeError) as exc:
             raise _fail(path, f"cannot be serialized as JSON: {exc}") from None
-        row_uuid = _uuid5(PREDICTION_UUID_NAMESPACE, run + b"\n" + content)
+        row_uuid = _uuid5_bytes(_PREDICTION_NS, run + b"\n" + content)
     ndjson = {"uuid": row_uuid, **out}
+    if trusted and type(row_uuid) is str and type(name) in _STR_OR_NONE and type(schema_id) in _STR_OR_NONE:
+        # Decoded by orjson: str keys, exact types; everything above is already checked.
+        return _prediction_row(ref, row_uuid, name, schema_id, confidence, is_mask, ndjson)
     return PredictionRow(
         data_row=ref,
         uuid=row_uuid,
@@ -496,6 +572,140 @@ def _parse_prediction(row: Any, model_run_id: str, path: str, *, trusted: bool) 
         is_mask=is_mask,
         ndjson=ndjson,
     )
+
+
+_STR_OR_NONE = frozenset({str, type(None)})
+_PREDICTION_ROW_FIELDS = {"data_row", "uuid", "name", "schema_id", "confidence", "is_mask", "ndjson"}
+
+
+def _prediction_row(
+    ref: DataRowRef,
+    row_uuid: str,
+    name: str | None,
+    schema_id: str | None,
+    confidence: float | None,
+    is_mask: bool,
+    ndjson: dict[str, Any],
+) -> PredictionRow:
+    return _build(
+        PredictionRow,
+        {
+            "data_row": ref,
+            "uuid": row_uuid,
+            "name": name,
+            "schema_id": schema_id,
+            "confidence": confidence,
+            "is_mask": is_mask,
+            "ndjson": ndjson,
+        },
+        _PREDICTION_ROW_FIELDS,
+    )
+
+
+def _fast_prediction(
+    row: Any, model_run_id: str, *, trusted: bool, uuid_prefix: bytes | None = None
+) -> PredictionRow | None:
+    """The common row (camelCase, no answer/classifications, plain types) in one pass; None: use the full path.
+
+    Returns exactly what the full path returns for the same row, and never raises: anything
+    unusual or invalid goes back to the full path, which names the error.
+    """
+    if type(row) is not dict or not row.keys().isdisjoint(_FAST_PRED_EXCLUDED):
+        return None
+    dr = row.get("dataRow")
+    if type(dr) is not dict or len(dr) != 1:
+        return None
+    v = dr.get("id")
+    if type(v) is str and v and not v.isspace():
+        ref = _ref_id(v)
+        dr_nd: dict[str, str] = {"id": v}
+    else:
+        v = dr.get("globalKey")
+        if type(v) is not str or not v or v.isspace():
+            return None
+        ref = _ref_gk(v)
+        dr_nd = {"globalKey": v}
+    name = row.get("name")
+    schema_id = row.get("schemaId")
+    if name is None:
+        if schema_id is None:
+            return None
+    elif type(name) is not str or not name or name.isspace():
+        return None
+    if schema_id is not None and (type(schema_id) is not str or not schema_id or schema_id.isspace()):
+        return None
+    confidence = row.get("confidence")
+    if confidence is not None:
+        if type(confidence) is int and 0 <= confidence <= 1:
+            confidence = float(confidence)
+        elif type(confidence) is not float or not 0.0 <= confidence <= 1.0:  # NaN fails the range test
+            return None
+    is_mask = "mask" in row
+    cms = row.get("customMetrics", _MISSING)
+    new_cms: list[dict[str, Any]] | None = None
+    if cms is not _MISSING and cms is not None:
+        if is_mask or type(cms) is not list:
+            return None
+        new_cms = []
+        for cm in cms:
+            if type(cm) is not dict or len(cm) != 2:
+                return None
+            n = cm.get("name")
+            x = cm.get("value")
+            if type(n) is not str:
+                return None
+            if type(x) is float:
+                if x - x != 0.0:
+                    return None
+            elif type(x) is int and -_MAX_EXACT_INT <= x <= _MAX_EXACT_INT:
+                x = float(x)
+            else:
+                return None
+            new_cms.append({"name": n, "value": x})
+    given = row.get("uuid")
+    if given is not None and (type(given) is not str or not given or given.isspace()):
+        return None
+    if not trusted:
+        try:
+            for k, x in row.items():
+                if type(k) is not str or not _all_finite(x):
+                    return None
+        except RecursionError:
+            return None
+
+    out = {"uuid": given, **row}  # "uuid" first, as in the NDJSON row we send
+    out["dataRow"] = dr_nd
+    if name is None:
+        out.pop("name", None)
+    if schema_id is None:
+        out.pop("schemaId", None)
+    if confidence is None:
+        out.pop("confidence", None)
+    else:
+        out["confidence"] = confidence
+    if new_cms is not None:
+        out["customMetrics"] = new_cms
+    elif cms is None:
+        del out["customMetrics"]
+    if given is not None:
+        row_uuid = given
+    else:
+        del out["uuid"]
+        try:
+            content = orjson.dumps(out, option=_SORT)
+            if uuid_prefix is None:
+                uuid_prefix = _PREDICTION_NS + model_run_id.encode() + b"\n"
+        except (orjson.JSONEncodeError, UnicodeEncodeError):
+            return None
+        h = _sha1(uuid_prefix + content, usedforsecurity=False).hexdigest()
+        row_uuid = f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
+        out = {"uuid": row_uuid, **out}
+    return _prediction_row(ref, row_uuid, name, schema_id, confidence, is_mask, out)
+
+
+# Rows with these keys take the full path: snake_case aliases, nested answers and classifications.
+_FAST_PRED_EXCLUDED = frozenset({*_PRED_ALIASES, "answer", "classifications"})
+_MAX_EXACT_INT = 2**53
 
 
 # --------------------------------------------------------------------------------------------------
@@ -664,8 +874,133 @@ def _metric_names(row: dict[str, Any], path: str) -> tuple[str, str, str, str, s
     return (names[0], names[1], names[2], names[3], names[4])
 
 
-def _parse_metric(row: Any, model_run_id: str, path: str, *, trusted: bool) -> MetricRow:
-    del trusted  # every metric field is checked explicitly, so untrusted input needs no extra scan
+def _parse_metric(row: Any, model_run_id: str, path: str) -> MetricRow:
+    # Every metric field is checked explicitly, so untrusted input needs no extra NaN scan.
+    fast = _fast_metric(row, model_run_id)
+    return fast if fast is not None else _parse_metric_full(row, model_run_id, path)
+
+
+_SCALAR_ROW_FIELDS = {"data_row", "feature_name", "subclass_name", "uuid", "metric_name", "value", "aggregation"}
+_CM_ROW_FIELDS = _SCALAR_ROW_FIELDS
+_CM_MAX = CONFUSION_MATRIX_MAX_COUNT
+
+
+def _fast_metric(row: Any, model_run_id: str) -> MetricRow | None:
+    """A metric row in one spelling with a plain number or [TP, FP, TN, FN] value; None: use the full path.
+
+    Returns exactly what the full path returns for the same row, and never raises.
+    """
+    if type(row) is not dict:
+        return None
+    keys = row.keys()
+    value: Any
+    if keys <= _CAMEL_METRIC_KEYS:
+        dr = row.get("dataRow")
+        metric_name = row.get("metricName")
+        feature_name = row.get("featureName")
+        subclass_name = row.get("subclassName")
+        value = row.get("metricValue")
+    elif keys <= _SNAKE_METRIC_KEYS:
+        dr = row.get("data_row")
+        metric_name = row.get("metric_name")
+        feature_name = row.get("feature_name")
+        subclass_name = row.get("subclass_name")
+        value = row.get("value")
+    else:
+        return None
+    if type(dr) is not dict or len(dr) != 1:
+        return None
+    v = dr.get("id")
+    if type(v) is str and v and not v.isspace():
+        ref = _ref_id(v)
+        ref_key = "id:" + v
+    else:
+        v = dr.get("globalKey")
+        if type(v) is not str or not v or v.isspace():
+            return None
+        ref = _ref_gk(v)
+        ref_key = "gk:" + v
+    if (
+        (metric_name is not None and type(metric_name) is not str)
+        or (feature_name is not None and type(feature_name) is not str)
+        or (subclass_name is not None and type(subclass_name) is not str)
+    ):
+        return None
+    aggregation = row.get("aggregation")
+    row_uuid = row.get("uuid")
+    if row_uuid is not None and (type(row_uuid) is not str or not row_uuid or row_uuid.isspace()):
+        return None
+    tv = type(value)
+    if tv is float or tv is int:
+        if aggregation is None:
+            aggregation = "ARITHMETIC_MEAN"
+        elif type(aggregation) is not str or aggregation not in SCALAR_AGGREGATIONS:
+            return None
+        if metric_name is not None and metric_name.lower().strip() in RESERVED_METRIC_NAMES:
+            return None
+        if tv is int:
+            if not -_MAX_EXACT_INT <= value <= _MAX_EXACT_INT:
+                return None
+            value = float(value)
+        elif value - value != 0.0:
+            return None
+        if row_uuid is None:
+            try:
+                name = orjson.dumps([model_run_id, ref_key, metric_name, feature_name, subclass_name, value])
+            except orjson.JSONEncodeError:
+                return None
+            row_uuid = _uuid5_bytes(_METRIC_NS, name)
+        return _build(
+            ScalarMetricRow,
+            {
+                "data_row": ref,
+                "feature_name": feature_name,
+                "subclass_name": subclass_name,
+                "uuid": row_uuid,
+                "metric_name": metric_name,
+                "value": value,
+                "aggregation": aggregation,
+            },
+            _SCALAR_ROW_FIELDS,
+        )
+    if tv is list and len(value) == 4:
+        if (aggregation is not None and aggregation != CONFUSION_MATRIX_AGGREGATION) or metric_name is None:
+            return None
+        tp, fp, tn, fn = value
+        if not (
+            type(tp) is int
+            and type(fp) is int
+            and type(tn) is int
+            and type(fn) is int
+            and 0 <= tp <= _CM_MAX
+            and 0 <= fp <= _CM_MAX
+            and 0 <= tn <= _CM_MAX
+            and 0 <= fn <= _CM_MAX
+        ):
+            return None
+        if row_uuid is None:
+            try:
+                name = orjson.dumps([model_run_id, ref_key, metric_name, feature_name, subclass_name, value])
+            except orjson.JSONEncodeError:
+                return None
+            row_uuid = _uuid5_bytes(_METRIC_NS, name)
+        return _build(
+            ConfusionMatrixMetricRow,
+            {
+                "data_row": ref,
+                "feature_name": feature_name,
+                "subclass_name": subclass_name,
+                "uuid": row_uuid,
+                "metric_name": metric_name,
+                "value": (tp, fp, tn, fn),
+                "aggregation": CONFUSION_MATRIX_AGGREGATION,
+            },
+            _CM_ROW_FIELDS,
+        )
+    return None
+
+
+def _parse_metric_full(row: Any, model_run_id: str, path: str) -> MetricRow:
     if not isinstance(row, dict):
         raise _fail(path, f"must be an object (a ScalarMetric or ConfusionMatrixMetric), got {_type_name(row)}")
     dr_key, name_key, feature_key, sub_key, value_key = _metric_names(row, path)
@@ -772,7 +1107,7 @@ def _metric_uuid(
         name = orjson.dumps([model_run_id, ref.key(), metric_name, feature_name, subclass_name, ndjson_value])
     except orjson.JSONEncodeError as exc:
         raise _fail(path, f"cannot be serialized as JSON: {exc}") from None
-    return _uuid5(METRIC_UUID_NAMESPACE, name)
+    return _uuid5_bytes(_METRIC_NS, name)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -850,7 +1185,14 @@ _LABEL_SELECTORS = (
 _LABEL_EVENT_KEYS = frozenset({*_MRID, *(k for pair in _LABEL_SELECTORS for k in pair)})
 
 
+_PREDICTION_EVENT_FIELDS = {"model_run_id", "predictions"}
+_METRIC_EVENT_FIELDS = {"model_run_id", "metrics"}
+
+
 def _model_run_id(obj: dict[str, Any]) -> str:
+    value = obj.get("model_run_id")
+    if type(value) is str and value and not value.isspace() and "modelRunId" not in obj:
+        return value  # the common spelling, fast
     value, key = _pick(obj, "modelRunId", "model_run_id", "")
     if value is _MISSING or value is None:
         raise _fail("model_run_id", "is required (the Labelbox model run id)")
@@ -871,14 +1213,24 @@ def _parse_prediction_event(obj: dict[str, Any], *, trusted: bool) -> Prediction
             raise _fail("predictions", f"must be a list of prediction rows, got {_type_name(many)}")
         if not many:
             raise _fail("predictions", "must not be empty")
-        rows = [_parse_prediction(r, mrid, f"predictions[{i}]", trusted=trusted) for i, r in enumerate(many)]
+        rows = []
+        append = rows.append
+        try:
+            prefix: bytes | None = _PREDICTION_NS + mrid.encode() + b"\n"
+        except UnicodeEncodeError:
+            prefix = None  # each row reports it
+        for i, r in enumerate(many):
+            fast = _fast_prediction(r, mrid, trusted=trusted, uuid_prefix=prefix)
+            append(
+                fast if fast is not None else _parse_prediction_full(r, mrid, f"predictions[{i}]", trusted=trusted)
+            )
         if len(rows) > ANNOTATION_PER_LABEL_LIMIT:
             _check_per_label_limit(rows)
     elif one is not None:
         rows = [_parse_prediction(one, mrid, "prediction", trusted=trusted)]
     else:
         raise _fail("predictions", "is required (a non-empty list of rows, or prediction with one row)")
-    return PredictionEvent(model_run_id=mrid, predictions=rows)
+    return _build(PredictionEvent, {"model_run_id": mrid, "predictions": rows}, _PREDICTION_EVENT_FIELDS)
 
 
 def _check_per_label_limit(rows: list[PredictionRow]) -> None:
@@ -907,8 +1259,12 @@ def _parse_metric_event(obj: dict[str, Any], *, trusted: bool) -> MetricEvent:
         raise _fail("metrics", f"must be a list of metrics, got {_type_name(metrics)}")
     if not metrics:
         raise _fail("metrics", "must not be empty")
-    rows = [_parse_metric(m, mrid, f"metrics[{i}]", trusted=trusted) for i, m in enumerate(metrics)]
-    return MetricEvent(model_run_id=mrid, metrics=rows)
+    rows: list[MetricRow] = []
+    append = rows.append
+    for i, m in enumerate(metrics):
+        fast = _fast_metric(m, mrid)
+        append(fast if fast is not None else _parse_metric_full(m, mrid, f"metrics[{i}]"))
+    return _build(MetricEvent, {"model_run_id": mrid, "metrics": rows}, _METRIC_EVENT_FIELDS)
 
 
 def _string_list(value: Any, path: str) -> list[str]:
@@ -937,9 +1293,16 @@ def _parse_label_event(obj: dict[str, Any]) -> LabelEvent:
             f"a label event needs exactly one of label_ids, project_id, data_row_ids, global_keys; got {got}",
         )
     field, key, value = chosen[0]
-    if field == "project_id":
-        return LabelEvent(model_run_id=mrid, project_id=_non_empty_str(value, key))
-    return LabelEvent.model_validate({"model_run_id": mrid, field: _string_list(value, key)})
+    # Decoded by orjson, so the checked values have exactly the annotated types.
+    values: dict[str, Any] = {
+        "model_run_id": mrid,
+        "label_ids": None,
+        "project_id": None,
+        "data_row_ids": None,
+        "global_keys": None,
+    }
+    values[field] = _non_empty_str(value, key) if field == "project_id" else _string_list(value, key)
+    return _build(LabelEvent, values, {"model_run_id", field})
 
 
 class _NonFinite:
@@ -1038,7 +1401,7 @@ def parse_prediction_row(row: dict[str, Any], *, model_run_id: str, path: str = 
 def parse_metric_row(row: dict[str, Any], *, model_run_id: str, path: str = "metric") -> MetricRow:
     """Validate one metric row, SDK snake_case or NDJSON camelCase."""
     try:
-        return _parse_metric(row, model_run_id, path, trusted=False)
+        return _parse_metric(row, model_run_id, path)
     except ValidationError as exc:
         raise _from_pydantic(exc) from None
 
