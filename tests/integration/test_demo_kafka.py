@@ -9,7 +9,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from test_backfill import drain, topics_settings
+from test_backfill_kafka import drain, topics_settings
 
 from service.demo_data import demo_catalog
 from service.errors import EventValidationError

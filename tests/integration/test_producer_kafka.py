@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from test_backfill import drain, topics_settings
+from test_backfill_kafka import drain, topics_settings
 
 from service.config import Settings
 from service.errors import EventValidationError
