@@ -40,6 +40,10 @@ from service.state_store import NodeRow, StateBackend
 MAX_BODY_BYTES = 1_048_576
 MAX_SLICE_ROWS = 10_000
 MAX_ID_CHARS = 1024
+# Two path ids of MAX_ID_CHARS characters, percent-encoded UTF-8 (up to 12 bytes a character), must
+# fit the request line; aiohttp's default limit (8190 bytes) would answer a documented request with a
+# plain-text 400 from the HTTP parser before the app (and its JSON errors) ever sees it.
+MAX_REQUEST_LINE = 65_536
 
 STORE_KEY = web.AppKey("runstream_state_backend", object)
 JSON_TYPES = frozenset({"application/json"})
@@ -287,7 +291,11 @@ def build_query_app(store: StateBackend, settings: Settings) -> web.Application:
     async def openapi(request: web.Request) -> web.Response:
         return _json(document)
 
-    app = web.Application(middlewares=[errors_and_auth], client_max_size=MAX_BODY_BYTES)
+    app = web.Application(
+        middlewares=[errors_and_auth],
+        client_max_size=MAX_BODY_BYTES,
+        handler_args={"max_line_size": MAX_REQUEST_LINE},
+    )
     app[STORE_KEY] = store
     app.router.add_get("/openapi.json", openapi)
     app.router.add_get("/v1/model-runs", list_runs)
@@ -413,6 +421,7 @@ def openapi_document(*, bearer_required: bool = False) -> dict[str, Any]:
             },
             "filter": filter_schema,
         },
+        "oneOf": [{"required": ["data_row_ids"]}, {"required": ["filter"]}],
         "description": "exactly one of data_row_ids (a slice) or filter",
     }
     return {

@@ -1,0 +1,160 @@
+"""Schemathesis against the /openapi.json the running query API serves.
+
+The app runs on a real socket in its own thread and event loop (schemathesis calls are
+synchronous), over a SQLite store filled by the real aggregation path (test_query_api.populate).
+Positive and negative cases, deterministic, a modest number of examples per operation; checks: no
+5xx, documented status codes, documented content types, response bodies that match the schemas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import hypothesis
+import pytest
+import requests
+import schemathesis
+from hypothesis import HealthCheck, settings
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    negative_data_rejection,
+    response_schema_conformance,
+    status_code_conformance,
+)
+from test_query_api import RUN, TOKEN, populate, start_app
+
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+MAX_EXAMPLES = 40
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+class ThreadedApi:
+    """The query API served from a background thread with its own event loop."""
+
+    def __init__(self, store: Path, token: str | None) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="query-api", daemon=True)
+        self._thread.start()
+        self._runner, self._backend, self.url = asyncio.run_coroutine_threadsafe(
+            start_app(store, token), self._loop
+        ).result(30)
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(30)
+        self._backend.close()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+
+def _config() -> Any:
+    """Explicit, so no schemathesis.toml found up the tree changes what runs here."""
+    config = schemathesis.Config.from_dict(
+        {
+            "seed": 20260525,
+            "suppress-health-check": ["too_slow", "filter_too_much", "data_too_large"],
+            "generation": {"mode": "all", "max-examples": MAX_EXAMPLES, "deterministic": True},
+        }
+    )
+    config.projects.default.update(headers=AUTH)
+    return config
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadedApi]:
+    store = tmp_path_factory.mktemp("query_api_st") / "state.sqlite3"
+    populate(store)
+    api = ThreadedApi(store, TOKEN)
+    yield api
+    api.close()
+
+
+@pytest.fixture(scope="module")
+def api_schema(server: ThreadedApi) -> Any:
+    return schemathesis.openapi.from_url(server.url + "/openapi.json", config=_config())
+
+
+# Every operation of the document, tested one by one (the set is checked against the document below).
+# Not schemathesis.pytest.from_fixture: schemathesis 4.32.5's lazy pytest plugin reads a private
+# pytest attribute (Function._nodeid) that pytest 9 no longer has; hypothesis drives the strategies here.
+OPERATIONS = [
+    ("GET", "/v1/model-runs"),
+    ("GET", "/v1/model-runs/{run}/metrics"),
+    ("GET", "/v1/model-runs/{run}/data-rows/{dr}/metrics"),
+    ("POST", "/v1/model-runs/{run}/metrics/query"),
+]
+
+
+def test_operations_are_all_covered(api_schema: Any) -> None:
+    ops = {(r.ok().method.upper(), r.ok().path) for r in api_schema.get_all_operations()}
+    assert ops == set(OPERATIONS)
+
+
+@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE], ids=lambda m: m.value)
+@pytest.mark.parametrize(("method", "path"), OPERATIONS, ids=[f"{m} {p}" for m, p in OPERATIONS])
+def test_api_conforms_to_its_openapi_document(api_schema: Any, method: str, path: str, mode: GenerationMode) -> None:
+    op = api_schema[path][method]
+    if mode == GenerationMode.NEGATIVE and path == "/v1/model-runs":
+        pytest.skip("no parameters and no body: nothing to make invalid")
+    seen: Counter[int] = Counter()
+    with requests.Session() as session:
+        # Generated run ids never exist; half the cases use the populated run so that real aggregates
+        # (and the slice/filter paths over them) are checked against the response schemas too.
+        known: dict[str, str] = {}
+        if "{run}" in path:
+            known["run"] = RUN
+        if "{dr}" in path:
+            known["dr"] = "d1"
+        strategy = op.as_strategy(generation_mode=mode)
+        if known and mode == GenerationMode.POSITIVE:
+            strategy = strategy | op.as_strategy(generation_mode=mode, path_parameters=known)
+
+        @hypothesis.given(case=strategy)
+        @settings(
+            max_examples=MAX_EXAMPLES,
+            deadline=None,
+            derandomize=True,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
+        def run(case: schemathesis.Case) -> None:
+            checks = [*CHECKS, negative_data_rejection] if mode == GenerationMode.NEGATIVE else CHECKS
+            response = case.call_and_validate(session=session, headers=AUTH, checks=checks)
+            seen[response.status_code] += 1
+
+        run()
+    print(f"{method} {path} {mode.value}: statuses {dict(sorted(seen.items()))}")
+    if mode == GenerationMode.POSITIVE:
+        assert seen[200] > 0, seen  # the known-run share reached real aggregates
+    else:
+        assert seen and all(400 <= s < 500 for s in seen), seen
+
+
+def test_known_run_paths_conform(server: ThreadedApi, api_schema: Any) -> None:
+    """Real values (confusion matrices with nulls, confidence lists, subclasses) against the response schemas."""
+    with requests.Session() as s:
+        for result in api_schema.get_all_operations():
+            op = result.ok()
+            params: dict[str, str] = {}
+            if "{run}" in op.path:
+                params["run"] = RUN
+            if "{dr}" in op.path:
+                params["dr"] = "d1"
+            bodies: list[Any] = [None]
+            if op.method.upper() == "POST":
+                bodies = [{"data_row_ids": ["d1", "g3", "dup"]}, {"filter": {"metric": "am", "min": 0.3}}]
+            for body in bodies:
+                kw: dict[str, Any] = {"path_parameters": params}
+                if body is not None:
+                    kw["body"] = body
+                    kw["media_type"] = "application/json"
+                case = op.Case(**kw)
+                response = case.call_and_validate(session=s, headers=AUTH, checks=CHECKS)
+                assert response.status_code == 200, response.text
