@@ -1,0 +1,105 @@
+"""State-store fencing on SQLite: a replica that commits offsets for a partition whose stored offset
+moved since it loaded it gets StaleStateError, and nothing of that transaction is written.
+
+Two SqlStateBackend connections on one database file play two replicas; the state changes are real
+(service.aggregation.apply_message on a CachedState), so "nothing written" is checked on aggregates too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from service.aggregation import MessageOps, MetricLeaf, apply_message
+from service.state_store import CachedState, Changes, SqlStateBackend, StaleStateError
+
+GROUP = "agg"
+P0, P1 = ("runstream.metrics", 0), ("runstream.metrics", 1)
+
+
+def _changes(backend: SqlStateBackend, run: str, value: float) -> Changes:
+    state = CachedState(backend)
+    ops = MessageOps(run, metric_rows=[MetricLeaf("m", "SUM", "id:d1", None, None, {"": value})])
+    apply_message(state, ops)
+    return state.take_changes()
+
+
+def _sum(backend: SqlStateBackend, run: str) -> float | None:
+    for metric, ck, level, _f, _s, agg in backend.run_aggs(run):
+        if (metric, ck, level) == ("m", "", 0):
+            value = agg.result("SUM")
+            assert isinstance(value, float)
+            return value
+    return None
+
+
+@pytest.fixture
+def replicas(tmp_path: Path) -> Iterator[tuple[SqlStateBackend, SqlStateBackend]]:
+    path = tmp_path / "state.sqlite3"
+    a, b = SqlStateBackend.sqlite(path), SqlStateBackend.sqlite(path)
+    yield a, b
+    a.close()
+    b.close()
+
+
+def test_zombie_commit_after_takeover_is_fenced(replicas: tuple[SqlStateBackend, SqlStateBackend]) -> None:
+    a, b = replicas
+    # A owns P0 from scratch and commits up to offset 10.
+    assert a.load_offsets(GROUP, [P0]) == {}
+    a.commit(GROUP, _changes(a, "r", 1.0), {P0: 10}, {P0: None})
+    # Rebalance: B takes P0 over, loads 10, and moves it to 20.
+    assert b.load_offsets(GROUP, [P0]) == {P0: 10}
+    b.commit(GROUP, _changes(b, "r", 2.0), {P0: 20}, {P0: 10})
+    # A did not notice and still believes the stored offset is 10: fenced, nothing of it written.
+    with pytest.raises(StaleStateError, match=r"runstream\.metrics\[0\].*another replica"):
+        a.commit(GROUP, _changes(a, "zombie-run", 5.0), {P0: 15}, {P0: 10})
+    for backend in (a, b):
+        assert backend.load_offsets(GROUP, [P0]) == {P0: 20}
+        assert _sum(backend, "r") == 2.0  # B's replacement of d1's value stands
+        assert not backend.run_exists("zombie-run")
+    # After reloading, A commits normally again (the failed transaction left nothing open).
+    stored = a.load_offsets(GROUP, [P0])[P0]
+    a.commit(GROUP, _changes(a, "r", 3.0), {P0: 25}, {P0: stored})
+    assert b.load_offsets(GROUP, [P0]) == {P0: 25} and _sum(b, "r") == 3.0
+
+
+def test_two_first_commits_for_a_new_partition_only_one_wins(
+    replicas: tuple[SqlStateBackend, SqlStateBackend],
+) -> None:
+    a, b = replicas
+    assert a.load_offsets(GROUP, [P0]) == {} and b.load_offsets(GROUP, [P0]) == {}
+    a.commit(GROUP, _changes(a, "r", 1.0), {P0: 3}, {P0: None})
+    with pytest.raises(StaleStateError):
+        b.commit(GROUP, _changes(b, "r", 9.0), {P0: 5}, {P0: None})
+    assert a.load_offsets(GROUP, [P0]) == {P0: 3} and _sum(a, "r") == 1.0
+
+
+def test_one_stale_partition_rolls_back_the_whole_commit(replicas: tuple[SqlStateBackend, SqlStateBackend]) -> None:
+    a, b = replicas
+    a.commit(GROUP, Changes(), {P0: 10, P1: 10}, {P0: None, P1: None})
+    b.commit(GROUP, Changes(), {P1: 30}, {P1: 10})  # B took P1 only
+    with pytest.raises(StaleStateError, match=r"\[1\]"):
+        a.commit(GROUP, _changes(a, "r", 4.0), {P0: 12, P1: 12}, {P0: 10, P1: 10})
+    assert b.load_offsets(GROUP, [P0, P1]) == {P0: 10, P1: 30}  # P0 did not move either
+    assert not b.run_exists("r")
+
+
+def test_expected_offset_must_match_the_stored_one_exactly(
+    replicas: tuple[SqlStateBackend, SqlStateBackend],
+) -> None:
+    """The expectation is the exact stored value, not "smaller than mine": a lower stored offset also fences."""
+    a, b = replicas
+    a.commit(GROUP, Changes(), {P0: 10}, {P0: None})
+    with pytest.raises(StaleStateError):
+        b.commit(GROUP, Changes(), {P0: 40}, {P0: 30})
+    assert a.load_offsets(GROUP, [P0]) == {P0: 10}
+
+
+def test_groups_do_not_fence_each_other(replicas: tuple[SqlStateBackend, SqlStateBackend]) -> None:
+    a, b = replicas
+    a.commit(GROUP, Changes(), {P0: 10}, {P0: None})
+    b.commit("other-group", Changes(), {P0: 99}, {P0: None})
+    assert a.load_offsets(GROUP, [P0]) == {P0: 10}
+    assert a.load_offsets("other-group", [P0]) == {P0: 99}
