@@ -614,3 +614,17 @@ async def test_openapi_is_public_and_declares_the_token(api: Api, secured: Api) 
         "/v1/model-runs/{run}/data-rows/{dr}/metrics",
         "/v1/model-runs/{run}/metrics/query",
     }
+
+
+async def test_store_failure_is_a_json_500(store: tuple[Path, Reference]) -> None:
+    """Not a bad query: the server's own failure. Still JSON, and it says nothing about internals."""
+    runner, backend, url = await start_app(store[0], None)
+    backend.close()  # every store call now raises sqlite3.ProgrammingError
+    try:
+        async with aiohttp.ClientSession() as s, s.get(f"{url}/v1/model-runs") as r:
+            assert r.status == 500
+            body = await _body(r)
+        assert "internal error" in _error_message(r.status, body, 500)
+        assert "sqlite" not in body["error"]["message"].lower()
+    finally:
+        await runner.cleanup()
