@@ -28,6 +28,7 @@ from service.aggregation import (
     LEVEL_DATA_ROW,
     LEVEL_FEATURE,
     LEVEL_SUBCLASS,
+    Agg,
     Aggregation,
     Value,
     aggregate,
@@ -173,6 +174,20 @@ def slice_entries(defs: dict[str, Aggregation], nodes: Sequence[NodeRow]) -> lis
     ]
 
 
+def _run_document(
+    run: str, defs: dict[str, Aggregation], rows: Sequence[tuple[str, str, int, str, str, Agg]]
+) -> dict[str, Any]:
+    entries = [(m, ck, lvl, f, s, a.result(defs.get(m, "ARITHMETIC_MEAN")), a.n) for m, ck, lvl, f, s, a in rows]
+    return {"model_run_id": run, "metrics": format_metrics(defs, entries)}
+
+
+def run_metrics_document(store: StateBackend, run: str) -> dict[str, Any] | None:
+    """The body of GET /v1/model-runs/{run}/metrics (blocking; None for an unknown run)."""
+    if not store.run_exists(run):
+        return None
+    return _run_document(run, store.metric_defs(run), store.run_aggs(run))
+
+
 def build_query_app(store: StateBackend, settings: Settings) -> web.Application:
     """The /v1 API and /openapi.json; other routes (health, metrics, dashboard) may be added to it."""
     token = settings.api_token.get_secret_value() if settings.api_token else None
@@ -225,8 +240,7 @@ def build_query_app(store: StateBackend, settings: Settings) -> web.Application:
         run = request.match_info["run"]
         defs = await _known_run(run)
         rows = await call(store.run_aggs, run)
-        entries = [(m, ck, lvl, f, s, a.result(defs.get(m, "ARITHMETIC_MEAN")), a.n) for m, ck, lvl, f, s, a in rows]
-        return _json({"model_run_id": run, "metrics": format_metrics(defs, entries)})
+        return _json(_run_document(run, defs, rows))
 
     async def data_row_metrics(request: web.Request) -> web.Response:
         run = request.match_info["run"]

@@ -1,96 +1,138 @@
-"""``runstream up``: the local stack on defaults (what ``make run`` starts).
+"""``runstream up``: the whole local stack on defaults (what ``make run`` starts).
 
-With no ``RUNSTREAM_KAFKA_BOOTSTRAP`` it starts the dev broker itself. For now it proves
-the path end to end with one demo event round trip; later issues grow it into the full
-local run (local Labelbox API, uploader, aggregator, demo stream).
+Starts what is not configured — the dev broker without ``RUNSTREAM_KAFKA_BOOTSTRAP``, the
+local Labelbox-compatible API (seeded with the demo catalog) without
+``RUNSTREAM_LABELBOX_URL`` — then the service (uploader + aggregator + HTTP API) and the demo
+stream, prints where to look and a live summary, and stops everything on Ctrl-C.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import tempfile
+import contextlib
+import signal
 import time
 from pathlib import Path
 
-import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+import aiohttp
 
 from service.config import Settings
-from service.devkafka import DevKafka
+from service.demo_data import demo_catalog
+from service.devkafka import free_port
 from service.kafka_admin import create_topics
-
-DEMO_EVENT = {
-    "model_run_id": "demo-model-run",
-    "predictions": [
-        {
-            "dataRow": {"globalKey": "demo-image-1"},
-            "name": "cat",
-            "bbox": {"top": 10, "left": 20, "height": 30, "width": 40},
-            "confidence": 0.9,
-            "customMetrics": [{"name": "iou", "value": 0.82}],
-        }
-    ],
-}
+from service.local_stack import LocalStack, fetch_json, port_is_free
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("up", help="run the local stack on defaults (dev broker included)")
+    p = sub.add_parser("up", help="run the whole local stack: broker, local Labelbox API, service, demo")
     p.add_argument("--data-dir", type=Path, default=Path(".runstream"), help="local state (default %(default)s)")
+    p.add_argument("--model-runs", type=int, default=2, help="demo model runs (default %(default)s)")
+    p.add_argument("--data-rows", type=int, default=20, help="demo data rows per run (default %(default)s)")
+    p.add_argument("--rate", type=float, default=20.0, help="demo events per second (default %(default)s)")
+    p.add_argument("--no-demo", action="store_true", help="do not start the demo stream")
+    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: Ctrl-C)")
+    p.add_argument("--summary-every", type=float, default=5.0, help="seconds between summaries")
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
+    return asyncio.run(_up(args))
+
+
+async def _up(args: argparse.Namespace) -> int:
     settings = Settings()
-    broker: DevKafka | None = None
-    if not settings.kafka_bootstrap:
-        args.data_dir.mkdir(parents=True, exist_ok=True)
-        t0 = time.monotonic()
-        broker = DevKafka(data_dir=Path(tempfile.mkdtemp(prefix="kafka-", dir=args.data_dir)).resolve())
-        broker.start()
-        print(f"started Kafka {broker.version} at {broker.bootstrap} in {time.monotonic() - t0:.1f} s")
-        settings = settings.model_copy(update={"kafka_bootstrap": broker.bootstrap})
+    args.data_dir.mkdir(parents=True, exist_ok=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    http_port = settings.http_port if port_is_free(settings.http_host, settings.http_port) else free_port()
+    stack = LocalStack(settings=settings, data_dir=args.data_dir.resolve(), http_port=http_port)
+    catalog = demo_catalog(0, model_runs=args.model_runs, data_rows_per_run=args.data_rows)
     try:
-        asyncio.run(_round_trip(settings))
+        t0 = time.monotonic()
+        bootstrap = await stack.start_broker()
+        print(f"Kafka        {bootstrap}" + (" (dev broker started)" if stack.broker else " (configured)"))
+        topics = [settings.topic_predictions, settings.topic_metrics, settings.topic_labels, settings.topic_dlq]
+        await create_topics(bootstrap, topics, partitions=6, **settings.kafka_client_options())
+        lb_url = await stack.start_labelbox(catalog)
+        print(f"Labelbox     {lb_url}" + (" (local API, demo catalog seeded)" if stack.labelbox_admin else ""))
+        stack.env.update({
+            "RUNSTREAM_KAFKA_BOOTSTRAP": bootstrap,
+            "RUNSTREAM_LABELBOX_URL": lb_url,
+            "RUNSTREAM_HTTP_PORT": str(http_port),
+            "RUNSTREAM_STATE_SQLITE_PATH": str(stack.data_dir / "state.sqlite3"),
+        })  # fmt: skip
+        await stack.spawn("service", "run", "--role", "all", log=stack.data_dir / "service.log")
+        base = f"http://{settings.http_host}:{http_port}"
+        await stack.wait_http(base + "/healthz", "service")
+        print(f"Service      {base}  (logs: {stack.data_dir / 'service.log'})")
+        print(f"Dashboard    {base}/")
+        print(f"API          {base}/v1/model-runs   OpenAPI {base}/openapi.json   Prometheus {base}/metrics")
+        if not args.no_demo:
+            await stack.spawn(
+                "demo", "demo", "--rate", str(args.rate), "--model-runs", str(args.model_runs),
+                "--data-rows", str(args.data_rows), "--duration", str(args.duration or 10**9),
+                log=stack.data_dir / "demo.log",
+            )  # fmt: skip
+            print(f"Demo stream  {args.rate:g} events/s, {args.model_runs} model runs, a few bad events on purpose")
+        print(f"ready in {time.monotonic() - t0:.1f} s — Ctrl-C stops everything\n")
+        await _summaries(stack, settings, base, stop, args)
     finally:
-        if broker is not None:
-            broker.stop()
-            print("stopped the dev broker")
+        print("stopping…")
+        await stack.stop()
+        print("stopped")
     return 0
 
 
-async def _round_trip(settings: Settings) -> None:
-    assert settings.kafka_bootstrap is not None
-    opts = settings.kafka_client_options()
-    topic = settings.topic_predictions
-    await create_topics(settings.kafka_bootstrap, [topic, settings.topic_dlq], partitions=3, **opts)
-    value = orjson.dumps(DEMO_EVENT)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=True, **opts)
-    await producer.start()
-    try:
-        meta = await producer.send_and_wait(topic, value, key=b"demo-model-run")
-    finally:
-        await producer.stop()
-    print(f"produced a demo prediction event to {topic}[{meta.partition}]@{meta.offset}")
+async def _summaries(
+    stack: LocalStack, settings: Settings, base: str, stop: asyncio.Event, args: argparse.Namespace
+) -> None:
+    deadline = time.monotonic() + args.duration if args.duration else None
+    token = settings.api_token.get_secret_value() if settings.api_token else None
+    api_headers = {"Authorization": f"Bearer {token}"} if token else None
+    admin_headers = {"Authorization": "Bearer local-admin"}
+    async with aiohttp.ClientSession() as http:
+        while not stop.is_set():
+            timeout = args.summary_every
+            if deadline is not None:
+                timeout = min(timeout, max(0.0, deadline - time.monotonic()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=timeout)
+            print(await _summary_line(http, stack, base, api_headers, admin_headers))
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+            for name, proc in stack.procs.items():
+                if proc.returncode is not None and name != "demo":
+                    print(f"{name} exited with code {proc.returncode}; see {stack.data_dir / (name + '.log')}")
+                    return
 
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=settings.kafka_bootstrap,
-        group_id="runstream-demo",
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        **opts,
-    )
-    await consumer.start()
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            for tp, records in (await consumer.getmany(timeout_ms=1000)).items():
-                for record in records:
-                    if record.offset == meta.offset and tp.partition == meta.partition:
-                        await consumer.commit({tp: record.offset + 1})
-                        print(f"consumed it back and committed offset {record.offset + 1}: {record.value!r}")
-                        return
-        raise TimeoutError("the demo event did not come back within 30 s")
-    finally:
-        await consumer.stop()
+
+async def _summary_line(
+    http: aiohttp.ClientSession,
+    stack: LocalStack,
+    base: str,
+    api_headers: dict[str, str] | None,
+    admin_headers: dict[str, str],
+) -> str:
+    parts = [time.strftime("%H:%M:%S")]
+    runs = await fetch_json(http, base + "/v1/model-runs", api_headers) or {"model_runs": []}
+    stored_total = {"predictions": 0, "metrics": 0}
+    for run in runs["model_runs"]:
+        doc = await fetch_json(http, f"{base}/v1/model-runs/{run['id']}/metrics", api_headers)
+        if doc:
+            parts.append(f"{run['id'][:10]}: {len(doc['metrics'])} metrics aggregated")
+        if stack.labelbox_admin:
+            url = f"{stack.labelbox_admin}/admin/model-runs/{run['id']}/counts"
+            counts = await fetch_json(http, url, admin_headers)
+            if counts:
+                stored_total["predictions"] += counts.get("predictions", 0)
+                stored_total["metrics"] += counts.get("metrics", 0)
+    if stack.labelbox_admin:
+        parts.append(f"Labelbox stored {stored_total['predictions']} predictions, {stored_total['metrics']} metrics")
+    dlq = await fetch_json(http, base + "/v1/dlq", api_headers)
+    if dlq:
+        classes = ", ".join(f"{k} {v}" for k, v in dlq["by_class"].items())
+        parts.append(f"DLQ {dlq['total']}" + (f" ({classes})" if classes else ""))
+    return " | ".join(parts)
