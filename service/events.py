@@ -668,7 +668,15 @@ def _fast_prediction(
     if not trusted:
         try:
             for k, x in row.items():
-                if type(k) is not str or not _all_finite(x):
+                if type(k) is not str:
+                    return None
+                tx = type(x)
+                if tx is str or tx is int or x is None or tx is bool or k in _FAST_PRED_CHECKED:
+                    continue
+                if tx is float:
+                    if x - x != 0.0:
+                        return None
+                elif not _all_finite(x):
                     return None
         except RecursionError:
             return None
@@ -706,6 +714,8 @@ def _fast_prediction(
 # Rows with these keys take the full path: snake_case aliases, nested answers and classifications.
 _FAST_PRED_EXCLUDED = frozenset({*_PRED_ALIASES, "answer", "classifications"})
 _MAX_EXACT_INT = 2**53
+# Fields the fast path has checked value by value already (so the NaN scan skips them).
+_FAST_PRED_CHECKED = frozenset({"dataRow", "name", "schemaId", "confidence", "customMetrics", "uuid"})
 
 
 # --------------------------------------------------------------------------------------------------

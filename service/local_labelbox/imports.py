@@ -29,20 +29,30 @@ MetricRecord = tuple[str, str, str, str, str, bytes, str | None, bytes]
 
 @dataclass
 class ImportPlan:
+    """What to persist. Status rows are kept serialized (one NDJSON line per input row, in order):
+    that is how they are stored and served, and it spares a dict per row on the import path."""
+
     predictions: list[PredictionRecord] = field(default_factory=list)
     metrics: list[MetricRecord] = field(default_factory=list)
-    statuses: list[dict[str, Any]] = field(default_factory=list)
+    status_lines: list[bytes] = field(default_factory=list)
+    failed: list[int] = field(default_factory=list)  # indices into status_lines, ascending
     failures: int = 0
 
     @property
     def total(self) -> int:
-        return len(self.statuses)
+        return len(self.status_lines)
+
+    @property
+    def statuses(self) -> list[dict[str, Any]]:
+        """The status rows as dicts (for inspection; the import path never builds them)."""
+        return [orjson.loads(line) for line in self.status_lines]
 
     def status_ndjson(self) -> bytes:
-        return b"\n".join(orjson.dumps(s) for s in self.statuses)
+        return b"\n".join(self.status_lines)
 
     def error_ndjson(self) -> bytes:
-        return b"\n".join(orjson.dumps(s) for s in self.statuses if s["status"] == "FAILURE")
+        lines = self.status_lines
+        return b"\n".join([lines[i] for i in self.failed])
 
 
 def failure(uuid: Any, data_row: Any, name: str, message: str) -> dict[str, Any]:
@@ -78,28 +88,36 @@ def plan_import(
     (every row of such a group fails, as Labelbox rejects the whole group).
     """
     plan = ImportPlan()
-    statuses = plan.statuses
+    lines = plan.status_lines
+    failed = plan.failed
     preds = plan.predictions
     metrics = plan.metrics
-    # (data row id, name) -> indices into ``statuses`` of its prediction rows, for the limit.
+    # (data row id, name) -> indices into ``lines`` of its prediction rows, for the limit.
     groups: dict[tuple[str, str], list[int]] = {}
+    # data row id -> its SUCCESS-line middle part, serialized once per data row.
+    dr_json: dict[str, bytes] = {}
     loads = orjson.loads
     dumps = orjson.dumps
+
+    def fail(status: dict[str, Any]) -> None:
+        failed.append(len(lines))
+        lines.append(dumps(status))
+
     for line in payload.split(b"\n"):
         if not line or line.isspace():
             continue
         try:
             raw = loads(line)
         except orjson.JSONDecodeError as exc:
-            statuses.append(failure(None, None, "InvalidJson", f"line is not valid JSON: {exc}"))
+            fail(failure(None, None, "InvalidJson", f"line is not valid JSON: {exc}"))
             continue
-        if not isinstance(raw, dict):
-            statuses.append(failure(None, None, "InvalidJson", "line is not a JSON object"))
+        if type(raw) is not dict:
+            fail(failure(None, None, "InvalidJson", "line is not a JSON object"))
             continue
         try:
             parsed = parse_row(raw, model_run_id=model_run_id)
         except EventValidationError as exc:
-            statuses.append(failure(raw.get("uuid"), raw.get("dataRow"), "ValidationError", str(exc)))
+            fail(failure(raw.get("uuid"), raw.get("dataRow"), "ValidationError", str(exc)))
             continue
         ref = parsed.data_row
         if ref.id is not None:
@@ -113,7 +131,7 @@ def plan_import(
             else:
                 shown = {"globalKey": ref.global_key}
                 what = f"Data row with global key {ref.global_key}"
-            statuses.append(
+            fail(
                 failure(
                     parsed.uuid, shown, "DataRowNotInModelRun", f"{what} is not in model run {model_run_id}; "
                     "register it first"
@@ -135,7 +153,7 @@ def plan_import(
             )
         else:
             if parsed.is_mask and parsed.custom_metric_leaves():
-                statuses.append(
+                fail(
                     failure(
                         parsed.uuid,
                         {"id": dr_id},
@@ -149,13 +167,17 @@ def plan_import(
                 key = (dr_id, name)
                 idx = groups.get(key)
                 if idx is None:
-                    groups[key] = [len(statuses)]
+                    groups[key] = [len(lines)]
                 else:
-                    idx.append(len(statuses))
+                    idx.append(len(lines))
             else:
                 name = raw.get("schemaId")
             preds.append((parsed.uuid, dr_id, name, line))
-        statuses.append({"uuid": parsed.uuid, "dataRow": {"id": dr_id}, "status": "SUCCESS"})
+        # Same bytes as orjson.dumps({"uuid": uuid, "dataRow": {"id": dr_id}, "status": "SUCCESS"}).
+        middle = dr_json.get(dr_id)
+        if middle is None:
+            middle = dr_json[dr_id] = b',"dataRow":{"id":' + dumps(dr_id) + b'},"status":"SUCCESS"}'
+        lines.append(b'{"uuid":' + dumps(parsed.uuid) + middle)
 
     over = {k: v for k, v in groups.items() if len(v) > ANNOTATION_PER_DATA_ROW_LIMIT}
     if over:
@@ -165,7 +187,10 @@ def plan_import(
                 f"the limit is {ANNOTATION_PER_DATA_ROW_LIMIT} per data row per name"
             )
             for i in indices:
-                statuses[i] = failure(statuses[i]["uuid"], {"id": dr_id}, "AnnotationLimitExceeded", message)
+                uuid = loads(lines[i])["uuid"]
+                lines[i] = dumps(failure(uuid, {"id": dr_id}, "AnnotationLimitExceeded", message))
+        failed.extend(i for indices in over.values() for i in indices)
+        failed.sort()
         plan.predictions = [p for p in preds if (p[1], p[2]) not in over]
-    plan.failures = sum(1 for st in statuses if st["status"] == "FAILURE")
+    plan.failures = len(failed)
     return plan

@@ -428,9 +428,14 @@ class Store:
         status = plan.status_ndjson()
         errors = plan.error_ndjson()
 
+        # Rows repeating a key (a prediction uuid, a metric's upsert key) within one import: the
+        # last one wins, exactly as the upserts applied in order would leave it, at one write per key.
+        preds = {p[0]: (run_id, *p, iid) for p in plan.predictions}
+        metrics = {m[:4]: (run_id, *m, iid) for m in plan.metrics}
+
         def run() -> None:
-            self._db.executemany(_UPSERT_PREDICTION, [(run_id, u, d, n, b, iid) for u, d, n, b in plan.predictions])
-            self._db.executemany(_UPSERT_METRIC, [(run_id, *m, iid) for m in plan.metrics])
+            self._db.executemany(_UPSERT_PREDICTION, preds.values())
+            self._db.executemany(_UPSERT_METRIC, metrics.values())
             self._db.executemany(
                 "INSERT INTO import_files(import_id, kind, content) VALUES (?,?,?) "
                 "ON CONFLICT(import_id, kind) DO UPDATE SET content=excluded.content",
