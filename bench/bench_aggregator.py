@@ -1,27 +1,37 @@
 """Aggregator benchmark: throughput vs. the raw aiokafka drain, query p99 at 1M leaves, RSS.
 
-    .venv/bin/python bench/bench_aggregator.py [--events 200000] [--leaves 1000000]
+    .venv/bin/python bench/bench_aggregator.py [--events 300000] [--leaves 1000000]
 
 Uses RUNSTREAM_KAFKA_BOOTSTRAP when set, else starts the dev broker (service.devkafka).
-1. Pre-produces N metric events (one scalar metric each, 10k data rows, 3 features) to a
-   6-partition topic; drains it with a plain AIOKafkaConsumer (consume and discard), then
-   runs the real Aggregator (SQLite, commit interval 1 s) over the same topic; reports both
-   rates and the ratio.
-2. Builds a model run with 1,000,000 leaf values (1M data rows) through the same engine and
-   store, serves the query API over real HTTP, and times GET /v1/model-runs/{id}/metrics.
-3. Reports RSS after 10k and after 1M data rows (bounded cache of hot rows).
+1. Pre-produces N realistic metric events to a 6-partition topic: 12 model runs, 10k data
+   rows, 1–5 metrics per event over five metric names with fixed aggregations (AM, GM, HM,
+   SUM, confusion matrix), data-row / feature / nested-feature granularity, ~10 % confidence-
+   keyed values, snake_case and camelCase. Drains it with a plain AIOKafkaConsumer (consume and
+   discard), then runs the real Aggregator (SQLite, commit interval 1 s) over the same topic;
+   the aggregator's time runs from its first batch until the store's offsets reach the end
+   (state durable). Reports both rates and the ratio.
+2. Times ``parse_event`` alone over the same messages (its share of the aggregator's time).
+3. In a fresh child process (so RSS is the engine's alone): builds a model run with 1,000,000
+   leaf values (1M data rows) through the same engine and store, reports RSS after 10k and 1M
+   data rows (bounded cache of hot rows), serves the query API over real HTTP and times
+   GET /v1/model-runs/{id}/metrics and a 100-row slice query.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
+import json
 import os
+import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import orjson
@@ -33,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from consumers.aggregator import Aggregator
 from service.aggregation import MessageOps, MetricLeaf, apply_message
 from service.config import Settings
+from service.events import parse_event
 from service.kafka_admin import create_topics
 from service.query_api import build_query_app
 from service.state_store import CachedState, SqlStateBackend
@@ -45,32 +56,79 @@ def rss_mb() -> float:
     return float("nan")
 
 
-async def produce(bootstrap: str, topic: str, n: int) -> None:
+# metric name → aggregation (a name keeps one aggregation per run); none is a reserved name
+BENCH_METRICS = {
+    "box_iou": "ARITHMETIC_MEAN",
+    "latency_gm": "GEOMETRIC_MEAN",
+    "recall_hm": "HARMONIC_MEAN",
+    "tp_count": "SUM",
+    "det_cm": "CONFUSION_MATRIX",
+}
+FEATURES = ("cat", "dog", "bird")
+SUBCLASSES = ("small", "large")
+
+
+def bench_event(rng: random.Random, i: int) -> tuple[str, bytes]:
+    run = f"bench-run-{i % 12}"
+    metrics = []
+    for _ in range(rng.randint(1, 5)):
+        name = rng.choice(list(BENCH_METRICS))
+        aggregation = BENCH_METRICS[name]
+        camel = rng.random() < 0.5
+        g = rng.random()
+        feature = None if g < 0.3 else rng.choice(FEATURES)
+        subclass = rng.choice(SUBCLASSES) if feature is not None and g > 0.7 else None
+
+        def one(aggregation: str = aggregation) -> Any:
+            if aggregation == "CONFUSION_MATRIX":
+                return [rng.randint(0, 50) for _ in range(4)]
+            return round(rng.uniform(0.01, 1.0), 4)
+
+        value = {str(c): one() for c in (0.25, 0.5, 0.75)} if rng.random() < 0.1 else one()
+        dr = f"dr{rng.randrange(10_000)}"
+        row: dict[str, Any] = {
+            ("dataRow" if camel else "data_row"): {"id": dr},
+            ("metricName" if camel else "metric_name"): name,
+            ("metricValue" if camel else "value"): value,
+            "aggregation": aggregation,
+        }
+        if feature is not None:
+            row["featureName" if camel else "feature_name"] = feature
+        if subclass is not None:
+            row["subclassName" if camel else "subclass_name"] = subclass
+        metrics.append(row)
+    return run, orjson.dumps({"model_run_id": run, "metrics": metrics})
+
+
+async def produce(bootstrap: str, topic: str, n: int) -> list[bytes]:
+    rng = random.Random(42)
     p = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=262144, acks=1)
     await p.start()
+    values: list[bytes] = []
     try:
         futs = []
         for i in range(n):
-            run = f"bench-run-{i % 12}"
-            f = ("cat", "dog", "bird")[i % 3]
-            ev = {
-                "model_run_id": run,
-                "metrics": [
-                    {
-                        "data_row": {"id": f"dr{i % 10000}"},
-                        "metric_name": "box_iou",
-                        "feature_name": f,
-                        "value": (i % 997) / 997,
-                    }
-                ],
-            }
-            futs.append(await p.send(topic, orjson.dumps(ev), key=run.encode()))
+            run, value = bench_event(rng, i)
+            values.append(value)
+            futs.append(await p.send(topic, value, key=run.encode()))
             if len(futs) >= 5000:
                 await asyncio.gather(*futs)
                 futs.clear()
         await asyncio.gather(*futs)
     finally:
         await p.stop()
+    return values
+
+
+def parse_rate(values: list[bytes]) -> float:
+    """parse_event alone over the produced messages (events/s, best of 3)."""
+    best = 0.0
+    for _ in range(3):
+        t0 = time.perf_counter()
+        for v in values:
+            parse_event("metric", v, max_bytes=1_048_576)
+        best = max(best, len(values) / (time.perf_counter() - t0))
+    return best
 
 
 async def end_total(bootstrap: str, topic: str) -> dict[TopicPartition, int]:
@@ -108,7 +166,9 @@ async def raw_drain(bootstrap: str, topic: str, total: int) -> float:
         await c.stop()
 
 
-async def aggregator_rate(bootstrap: str, topic: str, ends: dict[TopicPartition, int], tmp: Path) -> float:
+async def aggregator_rate(
+    bootstrap: str, topic: str, ends: dict[TopicPartition, int], tmp: Path
+) -> tuple[float, dict[str, float]]:
     settings = Settings(
         kafka_bootstrap=bootstrap,
         topic_metrics=topic,
@@ -124,36 +184,42 @@ async def aggregator_rate(bootstrap: str, topic: str, ends: dict[TopicPartition,
     want = {(tp.topic, tp.partition): o for tp, o in ends.items()}
     t_first: list[float] = []
     done = asyncio.Event()
+    commits: list[float] = []
 
     def on_commit() -> None:
+        commits.append(time.perf_counter())
         stored = agg._stored
         if all(stored.get(k, 0) >= v for k, v in want.items() if v):
             done.set()
 
     agg = Aggregator(settings, backend, on_commit=on_commit)
-    orig = agg._handle
+    # the first batch (new engine) or the first message (old one-at-a-time engine) starts the clock
+    name = "_process" if hasattr(agg, "_process") else "_handle"
+    orig = getattr(agg, name)
 
-    async def timed(rec: object) -> None:
+    async def timed(*args: object) -> None:
         if not t_first:
             t_first.append(time.perf_counter())
-        await orig(rec)
+        await orig(*args)
 
-    agg._handle = timed  # type: ignore[method-assign]
+    setattr(agg, name, timed)
     task = asyncio.create_task(agg.run(stop))
     await done.wait()
     elapsed = time.perf_counter() - t_first[0]
     stop.set()
     await task
     backend.close()
-    return sum(want.values()) / elapsed
+    extra = {"commits": float(len(commits)), "rejected": float(agg.stats.rejected), "invalid": float(agg.stats.invalid)}
+    return sum(want.values()) / elapsed, extra
 
 
 async def query_bench(tmp: Path, leaves: int) -> dict[str, float]:
     """Build a run with `leaves` leaf values (one per data row) and time the run-level query."""
     backend = SqlStateBackend.sqlite(tmp / "query-state.sqlite3")
-    state = CachedState(backend, max_clean=200_000)
+    default_cache = inspect.signature(CachedState).parameters["max_clean"].default
+    state = CachedState(backend, max_clean=default_cache)  # the engine's default bound
     run = "big-run"
-    out: dict[str, float] = {}
+    out: dict[str, float] = {"cache_entries_bound": float(default_cache), "rss_mb_at_start": rss_mb()}
     t0 = time.perf_counter()
     chunk = 1000
     for start in range(0, leaves, chunk):
@@ -218,9 +284,13 @@ async def query_bench(tmp: Path, leaves: int) -> dict[str, float]:
 
 async def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--events", type=int, default=200_000)
+    ap.add_argument("--events", type=int, default=300_000)
     ap.add_argument("--leaves", type=int, default=1_000_000)
+    ap.add_argument("--query-only", type=Path, default=None, help=argparse.SUPPRESS)  # child process mode
     args = ap.parse_args()
+    if args.query_only is not None:
+        print(json.dumps(await query_bench(args.query_only, args.leaves)))
+        return
     tmp = Path(tempfile.mkdtemp(prefix="bench-agg-"))
     broker = None
     bootstrap = os.environ.get("RUNSTREAM_KAFKA_BOOTSTRAP")
@@ -233,13 +303,28 @@ async def main() -> None:
     try:
         topic = f"bench-metrics-{int(time.time())}"
         await create_topics(bootstrap, [topic], partitions=6)
-        await produce(bootstrap, topic, args.events)
+        values = await produce(bootstrap, topic, args.events)
         ends = await end_total(bootstrap, topic)
         total = sum(ends.values())
         drain = await raw_drain(bootstrap, topic, total)
-        agg = await aggregator_rate(bootstrap, topic, ends, tmp)
-        print(f"events={total} raw_drain={drain:,.0f}/s aggregator={agg:,.0f}/s ratio={agg / drain:.1%}")
-        q = await query_bench(tmp, args.leaves)
+        agg, extra = await aggregator_rate(bootstrap, topic, ends, tmp)
+        metrics_per_event = sum(len(orjson.loads(v)["metrics"]) for v in values) / len(values)
+        print(
+            f"events={total} metrics_per_event={metrics_per_event:.2f} raw_drain={drain:,.0f}/s "
+            f"aggregator={agg:,.0f}/s ratio={agg / drain:.1%} commits={extra['commits']:.0f} "
+            f"dlq={extra['rejected']:.0f} skipped={extra['invalid']:.0f}"
+        )
+        parse = parse_rate(values)
+        print(f"parse_event alone={parse:,.0f}/s (share of aggregator time {agg / parse:.0%})")
+        del values
+        child = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, __file__, "--query-only", str(tmp), "--leaves", str(args.leaves)],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        q = json.loads(child.stdout.strip().splitlines()[-1])
         for k, v in q.items():
             print(f"{k}={v:,.2f}")
     finally:

@@ -7,6 +7,15 @@ store transaction; on assignment we seek to the stored offsets, so a crash or a 
 replays exactly the messages whose effect was not stored. Offsets are also committed to
 Kafka afterwards, best effort, only so lag is visible to the usual tools (and KEDA).
 
+Why batches: each poll (up to ``max_batch`` records) is parsed first, then every cold state
+row the batch will read is loaded with one query per table (CachedState.prefetch), then the
+messages are applied in offset order against memory. Why a pipelined commit: the changes
+are encoded to rows at the commit tick and written in a thread while the next batches are
+applied; the next commit (or a rebalance) first waits for it. State and offsets still go in
+one transaction, and the cache keeps every row of the in-flight commit, so nothing reads a
+stale row; if the commit is fenced off, everything since the stored offsets is dropped and
+re-read (the usual recovery path).
+
 A message is the unit of rejection: it is validated as a whole before anything changes
 (service.aggregation.apply_message); an aggregate conflict or domain error sends it to the
 DLQ once. Messages that fail parsing are dead-lettered by the uploader group reading the same
@@ -17,13 +26,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
+from prometheus_client import CollectorRegistry
 
 from consumers.dlq import DlqWriter
 from service.aggregation import (
@@ -38,6 +50,7 @@ from service.config import Settings
 from service.dlq_headers import DlqHeaders
 from service.errors import ConfigError, EventValidationError
 from service.events import EventKind, MetricEvent, PredictionEvent, parse_event
+from service.metrics import ConsumerMetrics
 from service.state_store import CachedState, SqlStateBackend, StaleStateError, StateBackend, open_backend
 
 log = logging.getLogger("runstream.aggregator")
@@ -47,17 +60,22 @@ TP = tuple[str, int]
 
 def ops_from_event(event: PredictionEvent | MetricEvent) -> MessageOps:
     """Translate a parsed event into leaf operations (data rows keyed ``id:…`` / ``gk:…``)."""
-    ops = MessageOps(event.model_run_id)
+    intern = sys.intern  # run, metric and feature names repeat in every cached key: store each once
+    ops = MessageOps(intern(event.model_run_id))
     if isinstance(event, MetricEvent):
+        append = ops.metric_rows.append
         for row in event.metrics:
-            ops.metric_rows.append(
+            f = row.feature_name
+            s = row.subclass_name
+            v = row.value
+            append(
                 MetricLeaf(
-                    metric=getattr(row, "metric_name", None) or "",
-                    aggregation=row.aggregation,
-                    data_row=row.data_row.key(),
-                    feature=row.feature_name,
-                    subclass=row.subclass_name,
-                    value=normalize_value(row.value),
+                    intern(getattr(row, "metric_name", None) or ""),
+                    row.aggregation,
+                    row.data_row.key(),
+                    intern(f) if f is not None else None,
+                    intern(s) if s is not None else None,
+                    {"": v} if type(v) is float else normalize_value(v),
                 )
             )
         return ops
@@ -102,8 +120,10 @@ class Aggregator:
         backend: StateBackend,
         *,
         dlq: DlqWriter | None = None,
-        max_cached: int = 200_000,
+        max_cached: int = 100_000,
+        max_batch: int = 10_000,
         on_commit: Callable[[], None] | None = None,
+        metrics: ConsumerMetrics | None = None,
     ) -> None:
         if not settings.kafka_bootstrap:
             raise ConfigError("the aggregator needs RUNSTREAM_KAFKA_BOOTSTRAP")
@@ -121,6 +141,12 @@ class Aggregator:
         self._stored: dict[TP, int] = {}  # offset the store holds (fencing expectation)
         self._consumer: AIOKafkaConsumer | None = None
         self._on_commit = on_commit
+        self.max_batch = max_batch
+        self.metrics = metrics if metrics is not None else ConsumerMetrics.create()
+        self._commit_seconds = self.metrics.aggregator_commit_seconds.labels(self.group)
+        self._inflight: asyncio.Task[None] | None = None
+        self._inflight_offsets: dict[TP, int] = {}
+        self._inflight_started = 0.0
 
     @property
     def ready(self) -> bool:
@@ -149,43 +175,85 @@ class Aggregator:
         next_commit = time.monotonic() + interval
         try:
             while not stop.is_set():
-                batch = await consumer.getmany(timeout_ms=100, max_records=5000)
+                batch = await consumer.getmany(timeout_ms=100, max_records=self.max_batch)
                 async with self._lock:
-                    for tp, records in batch.items():
-                        key = (tp.topic, tp.partition)
-                        if key not in self._assigned:
-                            continue  # fetched before a revoke
-                        for rec in records:
-                            pos = self._positions.get(key)
-                            if pos is not None and rec.offset < pos:
-                                continue  # fetched before a seek: already applied
-                            await self._handle(rec)
-                            self._positions[key] = rec.offset + 1
-                    committed = False
+                    if batch:
+                        await self._process(batch)
+                    published = False
+                    if self._inflight is not None and self._inflight.done():
+                        published = await self._finish_commit_locked()
                     if time.monotonic() >= next_commit:
-                        committed = await self._commit_locked()
+                        published = await self._finish_commit_locked() or published
+                        self._start_commit_locked()
                         next_commit = time.monotonic() + interval
-                if committed:
+                if published:
                     await self._kafka_commit()
             async with self._lock:
                 await self._commit_locked()
             await self._kafka_commit()
         finally:
             self._consumer = None
+            if self._inflight is not None:  # an error left a commit running: let its thread end
+                await asyncio.wait([self._inflight])
+                self._inflight = None
             try:
                 await consumer.stop()
             finally:
                 if self._own_dlq and self._dlq is not None:
                     await self._dlq.stop()
 
+    # ---- per batch
+
+    async def _process(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        """Parse, prefetch cold state in bulk, then apply in offset order. Caller holds the lock."""
+        items: list[tuple[Any, MessageOps | None]] = []
+        for tp, records in batch.items():
+            key = (tp.topic, tp.partition)
+            if key not in self._assigned:
+                continue  # fetched before a revoke
+            pos = self._positions.get(key)
+            kind: EventKind = "prediction" if tp.topic == self.settings.topic_predictions else "metric"
+            for rec in records:
+                if pos is not None and rec.offset < pos:
+                    continue  # fetched before a seek: already applied
+                items.append((rec, self._parse(rec, kind)))
+        if not items:
+            return
+        await asyncio.to_thread(self.state.prefetch, [ops for _rec, ops in items if ops is not None])
+        outcomes: Counter[tuple[str, str]] = Counter()
+        state = self.state
+        positions = self._positions
+        for i, (rec, ops) in enumerate(items):
+            if ops is None:
+                outcome = "skipped"
+            else:
+                try:
+                    apply_message(state, ops)
+                    outcome = "applied"
+                except AggregateError as exc:
+                    await self._dead_letter(rec, exc)
+                    outcome = "dlq"
+            outcomes[(rec.topic, outcome)] += 1
+            positions[(rec.topic, rec.partition)] = rec.offset + 1
+            if i % 2000 == 1999:
+                await asyncio.sleep(0)  # let the query API and heartbeats in during a big batch
+        stats = self.stats
+        events = self.metrics.events
+        for (topic, outcome), n in outcomes.items():
+            events.labels(self.group, topic, outcome).inc(n)
+            if outcome == "applied":
+                stats.applied += n
+            elif outcome == "dlq":
+                stats.rejected += n
+            else:
+                stats.invalid += n
+
     # ---- per message
 
-    async def _handle(self, rec: Any) -> None:
-        kind: EventKind = "prediction" if rec.topic == self.settings.topic_predictions else "metric"
+    def _parse(self, rec: Any, kind: EventKind) -> MessageOps | None:
         try:
             event = parse_event(kind, rec.value, max_bytes=self.settings.max_message_bytes)
         except EventValidationError as exc:
-            self.stats.invalid += 1
             log.warning(
                 "skipping invalid message %s[%d]@%d (%s): %s; the uploader dead-letters it",
                 rec.topic,
@@ -194,47 +262,68 @@ class Aggregator:
                 exc.error_class,
                 exc,
             )
-            return
+            return None
         assert isinstance(event, PredictionEvent | MetricEvent)
-        try:
-            apply_message(self.state, ops_from_event(event))
-        except AggregateError as exc:
-            self.stats.rejected += 1
-            assert self._dlq is not None
-            await self._dlq.send(
-                rec.key,
-                rec.value,
-                DlqHeaders(
-                    error_class=exc.error_class,
-                    error_message=str(exc),
-                    source_topic=rec.topic,
-                    source_partition=rec.partition,
-                    source_offset=rec.offset,
-                    consumer_group=self.group,
-                ),
-            )
-            return
-        self.stats.applied += 1
+        return ops_from_event(event)
+
+    async def _dead_letter(self, rec: Any, exc: AggregateError) -> None:
+        assert self._dlq is not None
+        await self._dlq.send(
+            rec.key,
+            rec.value,
+            DlqHeaders(
+                error_class=exc.error_class,
+                error_message=str(exc),
+                source_topic=rec.topic,
+                source_partition=rec.partition,
+                source_offset=rec.offset,
+                consumer_group=self.group,
+            ),
+        )
 
     # ---- commits
 
     async def _commit_locked(self) -> bool:
-        """State + offsets in one store transaction. Caller holds the lock."""
+        """Write everything applied so far and wait until it is durable. Caller holds the lock."""
+        await self._finish_commit_locked()
+        self._start_commit_locked()
+        return await self._finish_commit_locked()
+
+    def _start_commit_locked(self) -> None:
+        """Encode state changes + next offsets and start writing them (one store transaction)
+        in a thread. At most one commit is in flight: call :meth:`_finish_commit_locked` first."""
+        assert self._inflight is None
         offsets = {tp: pos for tp, pos in self._positions.items() if pos != self._stored.get(tp)}
         if not offsets and not len(self.state.changes):
-            return False
+            return
         changes = self.state.take_changes()
+        encoded = changes.encode()
         expected = {tp: self._stored.get(tp) for tp in offsets}
+        self._inflight_offsets = offsets
+        self._inflight_started = time.perf_counter()
+        self._inflight = asyncio.create_task(
+            asyncio.to_thread(self.backend.commit, self.group, encoded, offsets, expected)
+        )
+
+    async def _finish_commit_locked(self) -> bool:
+        """Wait for the in-flight commit; True if it stored something. Caller holds the lock."""
+        task, self._inflight = self._inflight, None
+        if task is None:
+            return False
         try:
-            await asyncio.to_thread(self.backend.commit, self.group, changes, offsets, expected)
+            await task
         except StaleStateError as exc:
             self.stats.stale += 1
             log.warning("commit fenced off: %s; reloading state for the current assignment", exc)
             self.state.reset()
             await self._load_and_seek(self._assigned)
             return False
-        self.state.committed(changes)
-        self._stored.update(offsets)
+        except BaseException:
+            self.state.reset()  # the cache holds rows the store does not: never serve them
+            raise
+        self._commit_seconds.observe(time.perf_counter() - self._inflight_started)
+        self.state.committed()
+        self._stored.update(self._inflight_offsets)
         self.stats.commits += 1
         self.stats.last_commit_at = time.time()
         if self._on_commit is not None:
@@ -309,12 +398,23 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 async def run_aggregator(
-    settings: Settings, stop: asyncio.Event, *, on_ready: Callable[[Aggregator], None] | None = None
+    settings: Settings,
+    stop: asyncio.Event,
+    *,
+    on_ready: Callable[[Aggregator], None] | None = None,
+    registry: CollectorRegistry | None = None,
+    metrics: ConsumerMetrics | None = None,
 ) -> None:
-    """Entry point of ``runstream run --role aggregator``: owns its store connection."""
+    """Entry point of ``runstream run --role aggregator``: owns its store connection.
+
+    Pass ``metrics`` to share one ConsumerMetrics with the uploader (one registry, one set of
+    metric families); else a new one is created on ``registry``.
+    """
     backend: SqlStateBackend = open_backend(settings)
     try:
-        agg = Aggregator(settings, backend)
+        if metrics is None:
+            metrics = ConsumerMetrics.create(registry)
+        agg = Aggregator(settings, backend, metrics=metrics)
         if on_ready is not None:
             on_ready(agg)
         await agg.run(stop)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, TypeAlias
+from typing import Any, Literal, Protocol, TypeAlias
 
 from service.errors import RunstreamError
 
@@ -111,6 +111,27 @@ def decode_int(s: str) -> int:
 # --------------------------------------------------------------------------------------------
 # aggregates
 
+# What one member contributes to an aggregate: the exact fixed-point int of x / ln x / 1/x,
+# the [TP, FP, TN, FN] tuple, or None for a zero under GM/HM (counted, not summed). Computed
+# once per value and reused for every aggregate the value enters or leaves.
+Term: TypeAlias = int | CM | None
+
+
+def term(value: Value, aggregation: Aggregation) -> Term:
+    if aggregation == "CONFUSION_MATRIX":
+        assert isinstance(value, tuple)
+        return value
+    assert isinstance(value, float)
+    if aggregation == "ARITHMETIC_MEAN" or aggregation == "SUM":
+        num, den = value.as_integer_ratio()
+        return num << (_SCALE - (den.bit_length() - 1))
+    if value == 0.0:
+        return None
+    if aggregation == "GEOMETRIC_MEAN":
+        return to_fixed(math.log(value))
+    return to_fixed(1.0 / value)
+
+
 
 @dataclass(slots=True)
 class Agg:
@@ -126,26 +147,22 @@ class Agg:
     cm: tuple[int, int, int, int] = (0, 0, 0, 0)
 
     def add(self, value: Value, sign: int, aggregation: Aggregation) -> None:
+        self.add_term(term(value, aggregation), sign)
+
+    def add_term(self, t: Term, sign: int) -> None:
+        """Add (sign 1) or remove (sign -1) one member given as its precomputed :func:`term`."""
         self.n += sign
-        if aggregation == "CONFUSION_MATRIX":
-            assert isinstance(value, tuple)
-            a = self.cm
-            self.cm = (
-                a[0] + sign * value[0],
-                a[1] + sign * value[1],
-                a[2] + sign * value[2],
-                a[3] + sign * value[3],
-            )
-            return
-        assert isinstance(value, float)
-        if aggregation == "ARITHMETIC_MEAN" or aggregation == "SUM":
-            self.s += sign * to_fixed(value)
-        elif value == 0.0:
+        if t is None:
             self.zeros += sign
-        elif aggregation == "GEOMETRIC_MEAN":
-            self.s += sign * to_fixed(math.log(value))
+        elif type(t) is int:
+            if sign > 0:
+                self.s += t
+            else:
+                self.s -= t
         else:
-            self.s += sign * to_fixed(1.0 / value)
+            assert isinstance(t, tuple)
+            a = self.cm
+            self.cm = (a[0] + sign * t[0], a[1] + sign * t[1], a[2] + sign * t[2], a[3] + sign * t[3])
 
     def result(self, aggregation: Aggregation) -> Value | None:
         """The aggregate's value, or None when it has no members."""
@@ -434,7 +451,14 @@ def set_leaf(state: StateAccess, key: LeafKey, aggregation: Aggregation, new: Le
         return
     state.put_leaf(key, new)
     run, metric, dr, level, f, s, _src = key
-    for ck in (old or {}).keys() | (new or {}).keys():
+    if old is None:
+        assert new is not None
+        cks: Iterable[str] = new.keys()
+    elif new is None:
+        cks = old.keys()
+    else:
+        cks = old.keys() | new.keys()
+    for ck in cks:
         ov = old.get(ck) if old else None
         nv = new.get(ck) if new else None
         if ov == nv:
@@ -442,9 +466,9 @@ def set_leaf(state: StateAccess, key: LeafKey, aggregation: Aggregation, new: Le
         nkey: NodeKey = (run, metric, ck, dr, level, f, s)
         node = state.get_node(nkey) or NodeState()
         if ov is not None:
-            node.direct.add(ov, -1, aggregation)
+            node.direct.add_term(term(ov, aggregation), -1)
         if nv is not None:
-            node.direct.add(nv, 1, aggregation)
+            node.direct.add_term(term(nv, aggregation), 1)
         _refresh(state, nkey, node, aggregation)
 
 
@@ -458,13 +482,15 @@ def _refresh(state: StateAccess, nkey: NodeKey, node: NodeState, aggregation: Ag
         state.put_node(nkey, None if empty else node)
         if old_value == new_value:
             return
+        ot = term(old_value, aggregation) if old_value is not None else _NO_TERM
+        nt = term(new_value, aggregation) if new_value is not None else _NO_TERM
         run, metric, ck, dr, level, f, s = nkey
         rkey: RunAggKey = (run, metric, ck, level, f, s)
         ragg = state.get_run_agg(rkey) or Agg()
-        if old_value is not None:
-            ragg.add(old_value, -1, aggregation)
-        if new_value is not None:
-            ragg.add(new_value, 1, aggregation)
+        if ot is not _NO_TERM:
+            ragg.add_term(ot, -1)
+        if nt is not _NO_TERM:
+            ragg.add_term(nt, 1)
         state.put_run_agg(rkey, ragg if ragg.n > 0 else None)
         if level == LEVEL_DATA_ROW:
             return
@@ -474,8 +500,35 @@ def _refresh(state: StateAccess, nkey: NodeKey, node: NodeState, aggregation: Ag
             else (run, metric, ck, dr, LEVEL_DATA_ROW, "", "")
         )
         parent = state.get_node(pkey) or NodeState()
-        if old_value is not None:
-            parent.children.add(old_value, -1, aggregation)
-        if new_value is not None:
-            parent.children.add(new_value, 1, aggregation)
+        if ot is not _NO_TERM:
+            parent.children.add_term(ot, -1)
+        if nt is not _NO_TERM:
+            parent.children.add_term(nt, 1)
         nkey, node = pkey, parent
+
+
+_NO_TERM: Any = object()
+
+
+# --------------------------------------------------------------------------------------------
+# the keys a batch of messages will touch (so a store can load them in bulk first)
+
+
+def leaf_key(run: str, leaf: MetricLeaf, src: str) -> LeafKey:
+    return (run, leaf.metric, leaf.data_row, leaf.level, leaf.feature or "", leaf.subclass or "", src)
+
+
+def node_chain(leaf: LeafKey, ck: str) -> list[NodeKey]:
+    """The node a leaf sits at (one confidence key) and its ancestors, leaf level first."""
+    run, metric, dr, level, f, s, _src = leaf
+    out: list[NodeKey] = [(run, metric, ck, dr, level, f, s)]
+    if level == LEVEL_SUBCLASS:
+        out.append((run, metric, ck, dr, LEVEL_FEATURE, f, ""))
+    if level != LEVEL_DATA_ROW:
+        out.append((run, metric, ck, dr, LEVEL_DATA_ROW, "", ""))
+    return out
+
+
+def run_agg_key(node: NodeKey) -> RunAggKey:
+    run, metric, ck, _dr, level, f, s = node
+    return (run, metric, ck, level, f, s)

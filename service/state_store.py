@@ -19,7 +19,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, cast
@@ -32,11 +32,15 @@ from service.aggregation import (
     AnnotationLeaf,
     LeafKey,
     LeafValue,
+    MessageOps,
     NodeKey,
     NodeState,
     RunAggKey,
     Value,
+    leaf_key,
+    node_chain,
     numeric_value,
+    run_agg_key,
 )
 from service.config import Settings
 from service.errors import ConfigError, RunstreamError
@@ -64,6 +68,16 @@ _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS rs_annotations (run TEXT NOT NULL, uuid TEXT NOT NULL, leaves TEXT NOT NULL,
        PRIMARY KEY (run, uuid))""",
 ]
+
+# table → (key columns, value columns), for bulk loads
+_TABLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "rs_leaves": (("run", "metric", "dr", "lvl", "f", "s", "src"), ("value",)),
+    "rs_nodes": (("run", "metric", "ck", "dr", "lvl", "f", "s"), ("direct", "children", "value")),
+    "rs_run_aggs": (("run", "metric", "ck", "lvl", "f", "s"), ("agg",)),
+    "rs_metric_defs": (("run", "metric"), ("aggregation",)),
+    "rs_annotations": (("run", "uuid"), ("leaves",)),
+}
+_INT_COLS = frozenset({"lvl"})
 
 _LEAF_PK = "run=? AND metric=? AND dr=? AND lvl=? AND f=? AND s=? AND src=?"
 _NODE_PK = "run=? AND metric=? AND ck=? AND dr=? AND lvl=? AND f=? AND s=?"
@@ -122,6 +136,62 @@ class Changes:
     def __len__(self) -> int:
         return len(self.leaves) + len(self.nodes) + len(self.run_aggs) + len(self.metric_defs) + len(self.annotations)
 
+    def encode(self) -> EncodedChanges:
+        """Immutable row tuples; after this the live objects may change without affecting the write."""
+        enc = EncodedChanges(now=time.time())
+        enc.runs = sorted(self.runs)
+        enc.metric_defs = [(r, m, a) for (r, m), a in self.metric_defs.items()]
+        _split(self.leaves, enc.leaf_up, enc.leaf_del, lambda v: (encode_leaf(v),))
+        _split(self.nodes, enc.node_up, enc.node_del, _encode_node)
+        _split(self.run_aggs, enc.ragg_up, enc.ragg_del, lambda a: (a.encode(),))
+        _split(self.annotations, enc.ann_up, enc.ann_del, lambda leaves: (orjson.dumps(leaves).decode(),))
+        return enc
+
+
+@dataclass
+class EncodedChanges:
+    """:class:`Changes` as rows ready for executemany (upserts and deletes per table)."""
+
+    now: float = 0.0
+    runs: list[str] = field(default_factory=list)
+    metric_defs: list[tuple[str, str, str]] = field(default_factory=list)
+    leaf_up: list[tuple[Any, ...]] = field(default_factory=list)
+    leaf_del: list[tuple[Any, ...]] = field(default_factory=list)
+    node_up: list[tuple[Any, ...]] = field(default_factory=list)
+    node_del: list[tuple[Any, ...]] = field(default_factory=list)
+    ragg_up: list[tuple[Any, ...]] = field(default_factory=list)
+    ragg_del: list[tuple[Any, ...]] = field(default_factory=list)
+    ann_up: list[tuple[Any, ...]] = field(default_factory=list)
+    ann_del: list[tuple[Any, ...]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return (
+            len(self.metric_defs)
+            + len(self.leaf_up)
+            + len(self.leaf_del)
+            + len(self.node_up)
+            + len(self.node_del)
+            + len(self.ragg_up)
+            + len(self.ragg_del)
+            + len(self.ann_up)
+            + len(self.ann_del)
+        )
+
+
+def _encode_node(n: NodeState) -> tuple[Any, ...]:
+    v = n.value
+    return (n.direct.encode(), n.children.encode(), encode_value(v), numeric_value(v) if v is not None else None)
+
+
+def _split(
+    items: dict[Any, Any], up: list[tuple[Any, ...]], dels: list[tuple[Any, ...]], enc: Callable[[Any], tuple[Any, ...]]
+) -> None:
+    for key, value in items.items():
+        if value is None:
+            dels.append(key)
+        else:
+            up.append((*key, *enc(value)))
+
 
 @dataclass(frozen=True)
 class NodeRow:
@@ -145,10 +215,11 @@ class StateBackend(Protocol):
     def load_metric_def(self, run: str, metric: str) -> Aggregation | None: ...
     def load_annotation(self, run: str, uuid: str) -> tuple[AnnotationLeaf, ...] | None: ...
     def load_offsets(self, group: str, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]: ...
+    def load_many(self, table: str, keys: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]: ...
     def commit(
         self,
         group: str,
-        changes: Changes,
+        changes: Changes | EncodedChanges,
         offsets: dict[TopicPartition, int],
         expected: dict[TopicPartition, int | None],
     ) -> None: ...
@@ -171,10 +242,16 @@ class SqlStateBackend:
     backend, so neither waits on the other's connection.
     """
 
-    def __init__(self, kind: str, conn: Any) -> None:
+    def __init__(self, kind: str, conn: Any, reader: Callable[[], Any] | None = None) -> None:
         self.kind = kind
         self._conn = conn
         self._lock = threading.Lock()
+        # Bulk loads use their own connection (opened on first use) so they can run while a
+        # commit is being written. They only ever read keys the writer is not changing: the
+        # aggregator's cache holds every key of an in-flight commit until it is durable.
+        self._open_reader = reader
+        self._reader: Any = None
+        self._rlock = threading.Lock()
         with self._lock:
             cur = self._conn.cursor()
             for stmt in _SCHEMA:
@@ -183,11 +260,19 @@ class SqlStateBackend:
 
     @classmethod
     def sqlite(cls, path: Path | str) -> SqlStateBackend:
-        conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30.0)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
-        conn.execute("PRAGMA cache_size=-65536")
-        return cls("sqlite", _SqliteConn(conn))
+        def connect() -> _SqliteConn:
+            conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30.0)
+            conn.execute("PRAGMA journal_mode=WAL")
+            # WAL + synchronous=NORMAL: a commit is durable across a process crash (kill -9: the WAL
+            # is in the OS page cache and replayed on open); only an OS crash or power loss can drop
+            # the last commits, and then state and offsets roll back *together* (one transaction),
+            # so exactly-once still holds — the messages are simply re-applied.
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA cache_size=-16384")  # 16 MiB page cache per connection
+            conn.execute("PRAGMA temp_store=MEMORY")
+            return _SqliteConn(conn)
+
+        return cls("sqlite", connect(), reader=connect)
 
     @classmethod
     def postgres(cls, dsn: str) -> SqlStateBackend:
@@ -197,7 +282,11 @@ class SqlStateBackend:
             conn = psycopg.connect(dsn, autocommit=False)
         except psycopg.Error as exc:
             raise StateStoreError(f"cannot connect to PostgreSQL state store: {exc}") from exc
-        return cls("postgres", conn)
+
+        def reader() -> Any:
+            return psycopg.connect(dsn, autocommit=True)  # autocommit: no snapshot held between loads
+
+        return cls("postgres", conn, reader=reader)
 
     # ---- helpers
 
@@ -261,16 +350,55 @@ class SqlStateBackend:
                 out[(topic, part)] = int(row[0])
         return out
 
+    def load_many(self, table: str, keys: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        """The stored rows (key columns, then value columns) of ``keys``; absent keys are left out.
+
+        One statement per chunk: the keys as a VALUES list joined to the primary key (SQLite
+        plans a row-value ``IN`` as a table scan, the join as index lookups).
+        """
+        key_cols, val_cols = _TABLES[table]
+        n = len(key_cols)
+        per = max(1, min(2000, 30000 // n))
+        cols = ", ".join(f"k{i}" for i in range(n))
+        on = " AND ".join(f"t.{c} = k.k{i}" for i, c in enumerate(key_cols))
+        sel = ", ".join(f"t.{c}" for c in (*key_cols, *val_cols))
+        mark = "%s" if self.kind == "postgres" else "?"
+        one = "(" + ", ".join(f"CAST({mark} AS INTEGER)" if c in _INT_COLS else mark for c in key_cols) + ")"
+        out: list[tuple[Any, ...]] = []
+        with self._rlock:
+            if self._reader is None:
+                self._reader = self._open_reader() if self._open_reader is not None else None
+            conn = self._reader if self._reader is not None else self._conn
+            lock = self._lock if self._reader is None else None
+            if lock is not None:
+                lock.acquire()
+            try:
+                cur = conn.cursor()
+                for i in range(0, len(keys), per):
+                    chunk = keys[i : i + per]
+                    values = ", ".join([one] * len(chunk))
+                    sql = f"WITH k({cols}) AS (VALUES {values}) SELECT {sel} FROM k JOIN {table} t ON {on}"
+                    cur.execute(sql, [x for k in chunk for x in k])
+                    out += cur.fetchall()
+                cur.close()
+                if lock is not None and self.kind == "postgres":
+                    conn.commit()
+            finally:
+                if lock is not None:
+                    lock.release()
+        return out
+
     # ---- the one transaction
 
     def commit(
         self,
         group: str,
-        changes: Changes,
+        changes: Changes | EncodedChanges,
         offsets: dict[TopicPartition, int],
         expected: dict[TopicPartition, int | None],
     ) -> None:
         """Write state changes and offsets atomically; StaleStateError if fenced off."""
+        enc = changes.encode() if isinstance(changes, Changes) else changes
         with self._lock:
             conn = self._conn
             cur = conn.cursor()
@@ -278,7 +406,7 @@ class SqlStateBackend:
                 cur.execute("BEGIN IMMEDIATE")
             try:
                 self._write_offsets(cur, group, offsets, expected)
-                self._write_changes(cur, changes)
+                self._write_changes(cur, enc)
             except BaseException:
                 conn.rollback()
                 raise
@@ -310,63 +438,31 @@ class SqlStateBackend:
                     f"(expected {exp}); this replica no longer owns the partition"
                 )
 
-    def _write_changes(self, cur: Any, ch: Changes) -> None:
+    def _write_changes(self, cur: Any, ch: EncodedChanges) -> None:
         sql = self._sql
-        now = time.time()
         if ch.runs:
             cur.executemany(
                 sql(
                     "INSERT INTO rs_runs (run, updated_at) VALUES (?, ?) "
                     "ON CONFLICT (run) DO UPDATE SET updated_at=excluded.updated_at"
                 ),
-                [(r, now) for r in ch.runs],
+                [(r, ch.now) for r in ch.runs],
             )
         if ch.metric_defs:
             cur.executemany(
                 sql("INSERT INTO rs_metric_defs (run, metric, aggregation) VALUES (?, ?, ?) ON CONFLICT DO NOTHING"),
-                [(r, m, a) for (r, m), a in ch.metric_defs.items()],
+                ch.metric_defs,
             )
-        _upsert_delete(
-            cur,
-            sql,
-            ch.leaves,
-            "rs_leaves",
-            ("run", "metric", "dr", "lvl", "f", "s", "src"),
-            ("value",),
-            lambda v: (encode_leaf(v),),
-        )
-        _upsert_delete(
-            cur,
-            sql,
-            ch.nodes,
-            "rs_nodes",
-            ("run", "metric", "ck", "dr", "lvl", "f", "s"),
-            ("direct", "children", "value", "num"),
-            lambda n: (
-                n.direct.encode(),
-                n.children.encode(),
-                encode_value(n.value),
-                numeric_value(n.value) if n.value is not None else None,
-            ),
-        )
-        _upsert_delete(
-            cur,
-            sql,
-            ch.run_aggs,
-            "rs_run_aggs",
-            ("run", "metric", "ck", "lvl", "f", "s"),
-            ("agg",),
-            lambda a: (a.encode(),),
-        )
-        _upsert_delete(
-            cur,
-            sql,
-            ch.annotations,
-            "rs_annotations",
-            ("run", "uuid"),
-            ("leaves",),
-            lambda leaves: (orjson.dumps(leaves).decode(),),
-        )
+        for table, up, dels in (
+            ("rs_leaves", ch.leaf_up, ch.leaf_del),
+            ("rs_nodes", ch.node_up, ch.node_del),
+            ("rs_run_aggs", ch.ragg_up, ch.ragg_del),
+            ("rs_annotations", ch.ann_up, ch.ann_del),
+        ):
+            key_cols, val_cols = _TABLES[table]
+            if table == "rs_nodes":
+                val_cols = (*val_cols, "num")
+            _upsert_delete(cur, sql, table, key_cols, val_cols, up, dels)
 
     # ---- queries (the API)
 
@@ -421,6 +517,10 @@ class SqlStateBackend:
         return found
 
     def close(self) -> None:
+        with self._rlock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
         with self._lock:
             self._conn.close()
 
@@ -448,33 +548,32 @@ class _SqliteConn:
 
 def _upsert_delete(
     cur: Any,
-    sql: Any,
-    items: dict[Any, Any],
+    sql: Callable[[str], str],
     table: str,
     key_cols: tuple[str, ...],
     val_cols: tuple[str, ...],
-    encode: Any,
+    upserts: list[tuple[Any, ...]],
+    deletes: list[tuple[Any, ...]],
 ) -> None:
-    if not items:
-        return
-    upserts = []
-    deletes = []
-    for key, value in items.items():
-        k = key if isinstance(key, tuple) else (key,)
-        if value is None:
-            deletes.append(k)
-        else:
-            upserts.append((*k, *encode(value)))
+    n = len(key_cols)
     if upserts:
+        # Key order: neighbouring rows share b-tree pages (about 2x faster than arrival order).
+        upserts.sort(key=lambda r: r[:n])
         cols = key_cols + val_cols
-        cur.executemany(
-            sql(
-                f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
-                f"ON CONFLICT ({', '.join(key_cols)}) DO UPDATE SET " + ", ".join(f"{c}=excluded.{c}" for c in val_cols)
-            ),
-            upserts,
+        one = "(" + ", ".join("?" * len(cols)) + ")"
+        head = f"INSERT INTO {table} ({', '.join(cols)}) VALUES "
+        tail = f" ON CONFLICT ({', '.join(key_cols)}) DO UPDATE SET " + ", ".join(
+            f"{c}=excluded.{c}" for c in val_cols
         )
+        # Many rows per statement rather than executemany: sqlite3 releases the GIL around every
+        # step, and a commit thread that must win the GIL back once per row crawls while the
+        # event loop thread is busy applying the next batch.
+        per = max(1, min(1000, 30000 // len(cols)))
+        for i in range(0, len(upserts), per):
+            chunk = upserts[i : i + per]
+            cur.execute(sql(head + ", ".join([one] * len(chunk)) + tail), [x for r in chunk for x in r])
     if deletes:
+        deletes.sort()
         cur.executemany(sql(f"DELETE FROM {table} WHERE " + " AND ".join(f"{c}=?" for c in key_cols)), deletes)
 
 
@@ -494,47 +593,88 @@ def open_backend(settings: Settings) -> SqlStateBackend:
 _MISSING: Any = object()
 
 
+def _decode_leaf_row(r: tuple[Any, ...]) -> tuple[Any, Any]:
+    return (r[0], r[1], r[2], int(r[3]), r[4], r[5], r[6]), decode_leaf(r[7])
+
+
+def _decode_node_row(r: tuple[Any, ...]) -> tuple[Any, Any]:
+    return (r[0], r[1], r[2], r[3], int(r[4]), r[5], r[6]), NodeState(
+        Agg.decode(r[7]), Agg.decode(r[8]), decode_value(r[9])
+    )
+
+
+def _decode_ragg_row(r: tuple[Any, ...]) -> tuple[Any, Any]:
+    return (r[0], r[1], r[2], int(r[3]), r[4], r[5]), Agg.decode(r[6])
+
+
+def _decode_def_row(r: tuple[Any, ...]) -> tuple[Any, Any]:
+    return (r[0], r[1]), r[2]
+
+
+def _decode_ann_row(r: tuple[Any, ...]) -> tuple[Any, Any]:
+    return (r[0], r[1]), tuple((m, dr, int(lvl), f, s) for m, dr, lvl, f, s in orjson.loads(r[2]))
+
+
 class CachedState:
     """Write-back cache over a backend implementing :class:`~service.aggregation.StateAccess`.
 
-    ``dirty`` holds changes since the last commit (always kept); ``clean`` holds rows known
-    to equal the store (or known absent), evicted oldest-first above ``max_clean`` entries.
+    ``changes`` holds what changed since the last :meth:`take_changes` (always kept); the
+    clean maps hold rows known to equal the store once the in-flight commit (if any) lands,
+    or known absent (``None``). :meth:`prefetch` loads a whole batch's cold rows with one
+    query per table, so the tree update itself never waits on the store. Above
+    ``max_clean`` entries the oldest are evicted, but only when no commit is in flight:
+    every row of an in-flight commit stays cached until it is durable, which is what lets
+    loads read the store concurrently with that commit.
     """
 
-    def __init__(self, backend: StateBackend, max_clean: int = 200_000) -> None:
+    def __init__(self, backend: StateBackend, max_clean: int = 100_000) -> None:
         self.backend = backend
         self.max_clean = max_clean
         self.changes = Changes()
-        self._clean: dict[tuple[int, Any], Any] = {}
+        self._leaves: dict[LeafKey, LeafValue | None] = {}
+        self._nodes: dict[NodeKey, NodeState | None] = {}
+        self._run_aggs: dict[RunAggKey, Agg | None] = {}
+        self._defs: dict[tuple[str, str], Aggregation | None] = {}
+        self._anns: dict[tuple[str, str], tuple[AnnotationLeaf, ...] | None] = {}
+        self.loads = 0  # rows asked of the store (bulk and point), for benchmarks
 
-    # generic
+    def __len__(self) -> int:
+        return len(self._leaves) + len(self._nodes) + len(self._run_aggs) + len(self._defs) + len(self._anns)
 
-    def _get(self, tag: int, key: Any, dirty: dict[Any, Any], load: Any) -> Any:
-        v = dirty.get(key, _MISSING)
-        if v is not _MISSING:
-            return v
-        ck = (tag, key)
-        v = self._clean.get(ck, _MISSING)
-        if v is not _MISSING:
-            return v
-        v = load(key)
-        self._clean[ck] = v
-        return v
+    # point access (StateAccess); a miss here means prefetch did not foresee the key
 
     def get_leaf(self, key: LeafKey) -> LeafValue | None:
-        return cast(LeafValue | None, self._get(0, key, self.changes.leaves, self.backend.load_leaf))
+        v = self.changes.leaves.get(key, _MISSING)
+        if v is _MISSING:
+            v = self._leaves.get(key, _MISSING)
+            if v is _MISSING:
+                self.loads += 1
+                v = self._leaves[key] = self.backend.load_leaf(key)
+        return cast(LeafValue | None, v)
 
     def put_leaf(self, key: LeafKey, value: LeafValue | None) -> None:
         self.changes.leaves[key] = value
 
     def get_node(self, key: NodeKey) -> NodeState | None:
-        return cast(NodeState | None, self._get(1, key, self.changes.nodes, self.backend.load_node))
+        v = self.changes.nodes.get(key, _MISSING)
+        if v is _MISSING:
+            v = self._nodes.get(key, _MISSING)
+            if v is _MISSING:
+                self.loads += 1
+                v = self._nodes[key] = self.backend.load_node(key)
+        return cast(NodeState | None, v)
 
     def put_node(self, key: NodeKey, node: NodeState | None) -> None:
         self.changes.nodes[key] = node
 
     def get_run_agg(self, key: RunAggKey) -> Agg | None:
-        return cast(Agg | None, self._get(2, key, self.changes.run_aggs, self.backend.load_run_agg))
+        v = self.changes.run_aggs.get(key, _MISSING)
+        if v is _MISSING:
+            v = self._run_aggs.get(key, _MISSING)
+            if v is _MISSING:
+                self.loads += 1
+                v = self._run_aggs[key] = self.backend.load_run_agg(key)
+        return cast(Agg | None, v)
 
     def put_run_agg(self, key: RunAggKey, agg: Agg | None) -> None:
         self.changes.run_aggs[key] = agg
@@ -544,16 +684,24 @@ class CachedState:
         v = self.changes.metric_defs.get(key)
         if v is not None:
             return v
-        return cast(Aggregation | None, self._get(3, key, {}, lambda k: self.backend.load_metric_def(k[0], k[1])))
+        v = self._defs.get(key, _MISSING)
+        if v is _MISSING:
+            self.loads += 1
+            v = self._defs[key] = self.backend.load_metric_def(run, metric)
+        return v
 
     def put_metric_def(self, run: str, metric: str, aggregation: Aggregation) -> None:
         self.changes.metric_defs[(run, metric)] = aggregation
 
     def get_annotation(self, run: str, uuid: str) -> tuple[AnnotationLeaf, ...] | None:
-        return cast(
-            tuple[AnnotationLeaf, ...] | None,
-            self._get(4, (run, uuid), self.changes.annotations, lambda k: self.backend.load_annotation(k[0], k[1])),
-        )
+        key = (run, uuid)
+        v = self.changes.annotations.get(key, _MISSING)
+        if v is _MISSING:
+            v = self._anns.get(key, _MISSING)
+            if v is _MISSING:
+                self.loads += 1
+                v = self._anns[key] = self.backend.load_annotation(run, uuid)
+        return cast(tuple[AnnotationLeaf, ...] | None, v)
 
     def put_annotation(self, run: str, uuid: str, leaves: tuple[AnnotationLeaf, ...] | None) -> None:
         self.changes.annotations[(run, uuid)] = leaves
@@ -561,31 +709,115 @@ class CachedState:
     def touch_run(self, run: str) -> None:
         self.changes.runs.add(run)
 
+    # bulk loading
+
+    def prefetch(self, batch: Iterable[MessageOps]) -> None:
+        """Load every row ``batch`` will read that is not cached: one query per table per phase."""
+        ch = self.changes
+        defs: set[tuple[str, str]] = set()
+        anns: set[tuple[str, str]] = set()
+        leaf_cks: dict[LeafKey, set[str]] = {}
+        for ops in batch:
+            run = ops.run
+            for leaf in ops.metric_rows:
+                defs.add((run, leaf.metric))
+                k = leaf_key(run, leaf, "m")
+                cks = leaf_cks.get(k)
+                if cks is None:
+                    leaf_cks[k] = set(leaf.value)
+                else:
+                    cks.update(leaf.value)
+            for ann in ops.annotations:
+                anns.add((run, ann.uuid))
+                src = "u:" + ann.uuid
+                for leaf in ann.leaves:
+                    defs.add((run, leaf.metric))
+                    k = leaf_key(run, leaf, src)
+                    cks = leaf_cks.get(k)
+                    if cks is None:
+                        leaf_cks[k] = set(leaf.value)
+                    else:
+                        cks.update(leaf.value)
+        self._load("rs_metric_defs", defs, ch.metric_defs, self._defs, _decode_def_row)
+        self._load("rs_annotations", anns, ch.annotations, self._anns, _decode_ann_row)
+        for run, uuid in anns:
+            old = ch.annotations.get((run, uuid), _MISSING)
+            if old is _MISSING:
+                old = self._anns.get((run, uuid))
+            src = "u:" + uuid
+            for metric, dr, level, f, s in old or ():
+                leaf_cks.setdefault((run, metric, dr, level, f, s, src), set())
+        self._load("rs_leaves", leaf_cks, ch.leaves, self._leaves, _decode_leaf_row)
+        nodes: set[NodeKey] = set()
+        for k, cks in leaf_cks.items():
+            cur = ch.leaves.get(k, _MISSING)
+            if cur is _MISSING:
+                cur = self._leaves.get(k)
+            for ck in cks.union(cur) if cur else cks:
+                nodes.update(node_chain(k, ck))
+        self._load("rs_nodes", nodes, ch.nodes, self._nodes, _decode_node_row)
+        self._load("rs_run_aggs", {run_agg_key(n) for n in nodes}, ch.run_aggs, self._run_aggs, _decode_ragg_row)
+
+    def _load(
+        self,
+        table: str,
+        keys: Iterable[Any],
+        dirty: dict[Any, Any],
+        clean: dict[Any, Any],
+        decode: Callable[[tuple[Any, ...]], tuple[Any, Any]],
+    ) -> None:
+        missing = [k for k in keys if k not in dirty and k not in clean]
+        if not missing:
+            return
+        self.loads += len(missing)
+        for row in self.backend.load_many(table, missing):
+            k, v = decode(row)
+            clean[k] = v
+        for k in missing:
+            if k not in clean:
+                clean[k] = None
+
     # commit / reset
 
     def take_changes(self) -> Changes:
-        """Hand the dirty set to a commit; call :meth:`committed` or :meth:`reset` afterwards."""
+        """Hand the dirty set to a commit; call :meth:`committed` or :meth:`reset` afterwards.
+
+        The changed rows move into the clean maps right away (newest last), so the next batch
+        reads them from memory while the commit is written; if it fails, :meth:`reset` drops
+        everything and the store is the truth again.
+        """
         ch, self.changes = self.changes, Changes()
+        pairs: tuple[tuple[dict[Any, Any], dict[Any, Any]], ...] = (
+            (ch.leaves, self._leaves),
+            (ch.nodes, self._nodes),
+            (ch.run_aggs, self._run_aggs),
+            (ch.annotations, self._anns),
+        )
+        for d, clean in pairs:
+            for k, v in d.items():
+                clean.pop(k, None)
+                clean[k] = v
+        self._defs.update(ch.metric_defs)
         return ch
 
-    def committed(self, ch: Changes) -> None:
-        """The changes are durable: they become clean cache entries (oldest evicted)."""
-        clean = self._clean
-        for tag, d in ((0, ch.leaves), (1, ch.nodes), (2, ch.run_aggs), (4, ch.annotations)):
-            for k, v in d.items():
-                clean.pop((tag, k), None)
-                clean[(tag, k)] = v
-        for k, a in ch.metric_defs.items():
-            clean[(3, k)] = a
-        excess = len(clean) - self.max_clean
-        if excess > 0:
-            for k in list(_take(clean, excess)):
-                del clean[k]
+    def committed(self, ch: Changes | None = None) -> None:
+        """The taken changes are durable: evict the oldest clean rows above ``max_clean``."""
+        del ch
+        total = len(self)
+        excess = total - self.max_clean
+        if excess <= 0:
+            return
+        for clean in (self._leaves, self._nodes, self._run_aggs, self._defs, self._anns):
+            n = min(len(clean), -(-excess * len(clean) // total))
+            if n:
+                for k in list(_take(clean, n)):
+                    del clean[k]
 
     def reset(self) -> None:
         """Forget everything (after a rebalance or a failed commit): the store is the truth."""
         self.changes = Changes()
-        self._clean.clear()
+        for clean in (self._leaves, self._nodes, self._run_aggs, self._defs, self._anns):
+            clean.clear()
 
 
 def _take(d: dict[Any, Any], n: int) -> Iterable[Any]:
