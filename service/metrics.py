@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _BATCH_EVENTS_BUCKETS = (1, 5, 10, 50, 100, 500, 1000, 2000, 5000, 10000)
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+_COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class ConsumerMetrics:
     labelbox_request_seconds: Histogram  # {operation}
     labelbox_retries: Counter  # {reason}
     ready: Gauge  # {group}: 1 when assigned and working, 0 when stopped or fatal
+    aggregator_commit_seconds: Histogram  # {group}: aggregator state + offsets transaction latency
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> ConsumerMetrics:
@@ -70,6 +72,9 @@ class ConsumerMetrics:
             labelbox_retries=Counter("runstream_labelbox_retries", "Retried Labelbox calls by reason.",
                                      ["reason"], registry=reg),
             ready=Gauge("runstream_ready", "1 when the consumer is assigned and healthy.", g, registry=reg),
+            aggregator_commit_seconds=Histogram("runstream_aggregator_commit_seconds",
+                                                "Aggregator state + offsets commit latency.", g,
+                                                buckets=_COMMIT_BUCKETS, registry=reg),
         )
 
     def observe_labelbox(self, operation: str, status: int | None, seconds: float) -> None:
