@@ -740,6 +740,7 @@ class CachedState:
                         cks.update(leaf.value)
         self._load("rs_metric_defs", defs, ch.metric_defs, self._defs, _decode_def_row)
         self._load("rs_annotations", anns, ch.annotations, self._anns, _decode_ann_row)
+        old_defs: set[tuple[str, str]] = set()
         for run, uuid in anns:
             old = ch.annotations.get((run, uuid), _MISSING)
             if old is _MISSING:
@@ -747,6 +748,8 @@ class CachedState:
             src = "u:" + uuid
             for metric, dr, level, f, s in old or ():
                 leaf_cks.setdefault((run, metric, dr, level, f, s, src), set())
+                old_defs.add((run, metric))  # removing an old leaf reads its metric's aggregation
+        self._load("rs_metric_defs", old_defs, ch.metric_defs, self._defs, _decode_def_row)
         self._load("rs_leaves", leaf_cks, ch.leaves, self._leaves, _decode_leaf_row)
         nodes: set[NodeKey] = set()
         for k, cks in leaf_cks.items():

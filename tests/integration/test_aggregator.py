@@ -4,6 +4,7 @@ process, real HTTP; every value the API returns equals a from-scratch recomputat
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import warnings
@@ -28,8 +29,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import NonInteractiveExampleWarning
 
+from service.aggregation import (
+    AggregateError,
+    AnnotationUpdate,
+    MemoryState,
+    MessageOps,
+    MetricLeaf,
+    apply_message,
+)
 from service.dlq_headers import DlqHeaders
 from service.kafka_admin import create_topics
+from service.state_store import CachedState, SqlStateBackend
 
 
 def _topics(bootstrap: str, unique_id: Callable[[str], str], partitions: int = 3) -> dict[str, str]:
@@ -200,3 +210,66 @@ async def test_two_replicas_on_postgres_with_rebalance(
     finally:
         for p in s.procs:
             p.stop()
+
+
+# ---- the durable cache vs. the plain-dict engine (no broker: SQLite file + real SQL) --------
+
+_ST_METRICS = {"am": "ARITHMETIC_MEAN", "gm": "GEOMETRIC_MEAN", "cm": "CONFUSION_MATRIX"}
+
+
+@st.composite
+def _ops(draw: st.DrawFn) -> MessageOps:
+    def leaf() -> MetricLeaf:
+        m = draw(st.sampled_from(list(_ST_METRICS)))
+        one = (lambda: tuple(draw(st.integers(0, 9)) for _ in range(4))) if m == "cm" else (
+            lambda: float(draw(st.integers(0, 50)))
+        )
+        value = {"": one()} if draw(st.booleans()) else {k: one() for k in ("0.25", "0.5")}
+        f, s = draw(st.sampled_from([(None, None), ("cat", None), ("cat", "tall"), ("dog", "big")]))
+        return MetricLeaf(m, _ST_METRICS[m], draw(st.sampled_from(["id:a", "id:b", "gk:c"])), f, s, value)  # type: ignore[arg-type]
+
+    run = draw(st.sampled_from(["r1", "r2"]))
+    if draw(st.booleans()):
+        return MessageOps(run, [leaf() for _ in range(draw(st.integers(1, 3)))])
+    anns = [
+        AnnotationUpdate(draw(st.sampled_from(["u1", "u2"])), tuple(x for x in (leaf(),) if x.metric == "am"))
+        for _ in range(draw(st.integers(1, 2)))
+    ]
+    return MessageOps(run, annotations=anns)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batches=st.lists(st.lists(_ops(), min_size=1, max_size=6), min_size=1, max_size=6), cache=st.integers(0, 30))
+def test_cached_state_with_prefetch_equals_memory_state(
+    tmp_path_factory: pytest.TempPathFactory, batches: list[list[MessageOps]], cache: int
+) -> None:
+    """Bulk prefetch, a tiny eviction bound and take-then-commit (pipelined) leave the store equal
+    to the plain-dict engine; every key a batch reads was foreseen by prefetch (no point loads)."""
+    path = tmp_path_factory.mktemp("cache") / "s.sqlite3"
+    backend = SqlStateBackend.sqlite(path)
+    mem, cached = MemoryState(), CachedState(backend, max_clean=cache)
+    try:
+        for n, batch in enumerate(batches):
+            cached.prefetch(batch)
+            before = cached.loads
+            for ops in batch:
+                for target in (mem, cached):
+                    with contextlib.suppress(AggregateError):
+                        apply_message(target, ops)
+            assert cached.loads == before, "a key was read that prefetch did not load"
+            ch = cached.take_changes()
+            backend.commit("g", ch, {("t", 0): n + 1}, {("t", 0): n or None})
+            cached.committed()
+        fresh = CachedState(backend, max_clean=0)
+        for k, v in mem.nodes.items():
+            got = fresh.get_node(k)
+            assert got is not None and got.value == v.value and got.direct == v.direct, k
+        for k, a in mem.run_aggs.items():
+            assert fresh.get_run_agg(k) == a, k
+        for k, lv in mem.leaves.items():
+            assert fresh.get_leaf(k) == lv, k
+        stored_nodes = backend.load_many("rs_nodes", list(mem.nodes))
+        assert len(stored_nodes) == len(mem.nodes)
+        assert len(backend._all("SELECT 1 FROM rs_nodes", ())) == len(mem.nodes)  # deletions landed too
+    finally:
+        backend.close()
