@@ -141,6 +141,7 @@ class Aggregator:
         self._stored: dict[TP, int] = {}  # offset the store holds (fencing expectation)
         self._consumer: AIOKafkaConsumer | None = None
         self._on_commit = on_commit
+        self.last_progress = time.monotonic()  # liveness: the poll loop is turning
         self.max_batch = max_batch
         self.metrics = metrics if metrics is not None else ConsumerMetrics.create()
         self._commit_seconds = self.metrics.aggregator_commit_seconds.labels(self.group)
@@ -175,6 +176,7 @@ class Aggregator:
         next_commit = time.monotonic() + interval
         try:
             while not stop.is_set():
+                self.last_progress = time.monotonic()
                 batch = await consumer.getmany(timeout_ms=100, max_records=self.max_batch)
                 async with self._lock:
                     if batch:

@@ -341,6 +341,7 @@ async def run_uploader(
     *,
     registry: CollectorRegistry | None = None,
     status: RuntimeStatus | None = None,
+    metrics: ConsumerMetrics | None = None,
 ) -> None:
     """Run the uploader until ``stop`` is set; raises FatalPipelineError after stop if it had to halt."""
     log = structlog.get_logger("runstream.uploader")
@@ -348,7 +349,7 @@ async def run_uploader(
         raise ConfigError("RUNSTREAM_KAFKA_BOOTSTRAP is not set")
     if settings.labelbox_api_key is None:
         raise ConfigError("RUNSTREAM_LABELBOX_API_KEY is not set")
-    metrics = ConsumerMetrics.create(registry)
+    metrics = metrics if metrics is not None else ConsumerMetrics.create(registry)
     status = status if status is not None else RuntimeStatus()
     url = settings.labelbox_url or DEFAULT_LOCAL_LABELBOX_URL
     client = LabelboxClient(url, settings.labelbox_api_key.get_secret_value(),

@@ -9,16 +9,28 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
 import logging
 import signal
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
+from consumers.aggregator import Aggregator, run_aggregator
+from consumers.dlq_monitor import DlqMonitor
+from consumers.runtime import RuntimeStatus
 from service.config import Settings
-from service.errors import ConfigError
+from service.errors import ConfigError, RunstreamError
+from service.health import Probe
+from service.metric_history import MetricHistory, run_level_values
+from service.metrics import ConsumerMetrics
+from service.ops_http import add_ops_routes
+from service.query_api import build_query_app, run_metrics_document
+from service.state_store import StateBackend, open_backend
 
 log = logging.getLogger("runstream.run")
 ROLES = ("uploader", "aggregator", "all")
@@ -40,7 +52,7 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _uploader_entry() -> Callable[[Settings, asyncio.Event], Coroutine[Any, Any, None]]:
+def _uploader_entry() -> Callable[..., Coroutine[Any, Any, None]]:
     # --- HOOK: the uploader role (consumers/uploader.py, owned by the uploader colleague) -------
     try:
         module = importlib.import_module("consumers.uploader")
@@ -54,33 +66,60 @@ def _uploader_entry() -> Callable[[Settings, asyncio.Event], Coroutine[Any, Any,
     fn = getattr(module, "run_uploader", None)
     if fn is None:
         raise ConfigError("consumers.uploader has no run_uploader(settings, stop)")
-    return cast(Callable[[Settings, asyncio.Event], Coroutine[Any, Any, None]], fn)
+    return cast(Callable[..., Coroutine[Any, Any, None]], fn)
 
 
 async def run_service(settings: Settings, role: str, *, http: bool = True) -> None:
-    """Run the chosen role(s) until SIGTERM/SIGINT; the first role to fail stops the others."""
-    from consumers.aggregator import run_aggregator
-    from service.query_api import build_query_app
-    from service.state_store import open_backend
+    """Run the chosen role(s) until SIGTERM/SIGINT; the first role to fail stops the others.
 
+    Every process serves /healthz, /readyz and /metrics (probes and scraping need them per
+    pod); processes with the aggregator role also serve the query API, dashboard and DLQ view.
+    """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
+    registry = CollectorRegistry()
+    metrics = ConsumerMetrics.create(registry)  # one set of families, shared by both roles
+    probes: list[Probe] = []
     tasks: list[asyncio.Task[Any]] = []
+    background: list[asyncio.Task[Any]] = []
     runner: web.AppRunner | None = None
     api_backend = None
+    monitor: DlqMonitor | None = None
     if role in ("uploader", "all"):
-        tasks.append(asyncio.create_task(_uploader_entry()(settings, stop), name="uploader"))
+        status = RuntimeStatus()
+        probes.append(Probe("uploader", lambda: status.last_progress, lambda: _uploader_not_ready(status)))
+        entry = _uploader_entry()
+        tasks.append(asyncio.create_task(entry(settings, stop, metrics=metrics, status=status), name="uploader"))
     if role in ("aggregator", "all"):
-        tasks.append(asyncio.create_task(run_aggregator(settings, stop), name="aggregator"))
-        if http:
+        holder: list[Aggregator] = []
+        probes.append(Probe("aggregator", lambda: _agg_progress(holder), lambda: _agg_not_ready(holder)))
+        tasks.append(
+            asyncio.create_task(
+                run_aggregator(settings, stop, on_ready=holder.append, metrics=metrics), name="aggregator"
+            )
+        )
+    if http:
+        if role in ("aggregator", "all"):
             api_backend = open_backend(settings)
-            runner = web.AppRunner(build_query_app(api_backend, settings), access_log=None)
-            await runner.setup()
-            await web.TCPSite(runner, settings.http_host, settings.http_port).start()
-            log.info("query API on http://%s:%d/v1/model-runs", settings.http_host, settings.http_port)
+            app = build_query_app(api_backend, settings)
+            monitor = DlqMonitor(settings)
+            history = MetricHistory()
+            background.append(asyncio.create_task(_start_monitor(monitor), name="dlq-monitor"))
+            background.append(asyncio.create_task(_sample_history(api_backend, history, stop), name="history"))
+            add_ops_routes(
+                app, probes=probes, registry=registry, dlq=monitor, history=history,
+                snapshot=lambda run: asyncio.to_thread(run_metrics_document, api_backend, run),
+            )  # fmt: skip
+        else:
+            app = web.Application()
+            add_ops_routes(app, probes=probes, registry=registry)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, settings.http_host, settings.http_port).start()
+        log.info("HTTP on http://%s:%d/ (healthz, readyz, metrics)", settings.http_host, settings.http_port)
     try:
         stopper = asyncio.create_task(stop.wait())
         await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
@@ -91,7 +130,64 @@ async def run_service(settings: Settings, role: str, *, http: bool = True) -> No
             if t.done() and not t.cancelled() and t.exception() is not None:
                 raise cast(BaseException, t.exception())
     finally:
+        for b in background:
+            b.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        if monitor is not None:
+            await monitor.stop()
         if runner is not None:
             await runner.cleanup()
         if api_backend is not None:
             api_backend.close()
+
+
+def _uploader_not_ready(status: RuntimeStatus) -> str | None:
+    if status.fatal:
+        return status.fatal
+    if not status.started:
+        return "not started"
+    if status.stopping:
+        return "stopping"
+    if status.rebalancing:
+        return "rebalancing"
+    return None if status.assigned else "no partitions assigned"
+
+
+def _agg_progress(holder: list[Aggregator]) -> float:
+    return holder[0].last_progress if holder else time.monotonic()
+
+
+def _agg_not_ready(holder: list[Aggregator]) -> str | None:
+    if not holder:
+        return "not started"
+    agg = holder[0]
+    if agg.stats.recovering:
+        return "recovering state"
+    return None if agg.ready else "not connected"
+
+
+async def _start_monitor(monitor: DlqMonitor) -> None:
+    """The DLQ view is best effort: retry until the broker answers, never fail the service."""
+    while True:
+        try:
+            await monitor.start()
+            return
+        except RunstreamError as exc:
+            log.warning("DLQ monitor not started yet: %s", exc)
+            await asyncio.sleep(5)
+
+
+async def _sample_history(store: StateBackend, history: MetricHistory, stop: asyncio.Event) -> None:
+    """Sample run-level and per-feature values every few seconds for the dashboard trends."""
+    def sample() -> None:
+        now = time.time()
+        for run, _updated in store.list_runs()[: history.max_runs]:
+            history.record(run, now, run_level_values(store.metric_defs(run), store.run_aggs(run)))
+
+    while not stop.is_set():
+        try:
+            await asyncio.to_thread(sample)
+        except Exception as exc:  # a failed sample must not take the API down
+            log.warning("metric history sample failed: %s", exc)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=5.0)
