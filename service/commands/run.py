@@ -26,6 +26,7 @@ from consumers.runtime import RuntimeStatus
 from service.config import Settings
 from service.errors import ConfigError, RunstreamError
 from service.health import Probe
+from service.logging_setup import configure_logging
 from service.metric_history import MetricHistory, run_level_values
 from service.metrics import ConsumerMetrics
 from service.ops_http import add_ops_routes
@@ -44,8 +45,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings()
+    configure_logging(settings)
     if not settings.kafka_bootstrap:
         raise ConfigError("RUNSTREAM_KAFKA_BOOTSTRAP is not set; start a broker with 'runstream dev-kafka start'")
     asyncio.run(run_service(settings, args.role, http=not args.no_http))
