@@ -47,7 +47,9 @@ async def _up(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    http_port = settings.http_port if port_is_free(settings.http_host, settings.http_port) else free_port()
+    http_port = settings.http_port
+    if http_port == 0 or not port_is_free(settings.http_host, http_port):
+        http_port = free_port()
     stack = LocalStack(settings=settings, data_dir=args.data_dir.resolve(), http_port=http_port)
     catalog = demo_catalog(0, model_runs=args.model_runs, data_rows_per_run=args.data_rows)
     try:
