@@ -14,7 +14,7 @@ import random
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, KafkaTimeoutError
 
 from service.dlq_headers import DlqHeaders
 
@@ -67,7 +67,7 @@ class DlqWriter:
                 await self._producer.send_and_wait(self.topic, value=value, key=key, headers=headers.to_kafka())
                 return
             except KafkaError as exc:
-                if not getattr(exc, "retriable", False) and not isinstance(exc, asyncio.TimeoutError):
+                if not getattr(exc, "retriable", False) and not isinstance(exc, KafkaTimeoutError):
                     # Non-retriable (e.g. record too large): surface it, the caller cannot commit.
                     raise
             await asyncio.sleep(random.uniform(0, delay))
