@@ -54,7 +54,10 @@ from service.retry_policy import Classification, Outcome, classify, retrying
 T = TypeVar("T")
 Step = Callable[[str, list[tuple[Record, "Item"]]], Awaitable[list[Rejection]]]
 DEFAULT_LOCAL_LABELBOX_URL = "http://127.0.0.1:8181/graphql"
-_ITEM_OVERHEAD = 200  # bytes per kept message beyond its payloads (objects, tuples)
+# Accounted bytes per kept message/row beyond the payloads (Record, Item, tuples, list slots,
+# object headers): measured with tracemalloc, so max_buffered_bytes bounds real memory.
+_ITEM_OVERHEAD = 600
+_ROW_OVERHEAD = 250
 IMPORT_FAILED_MAX_ATTEMPTS = 4
 
 
@@ -63,7 +66,8 @@ class Item:
     """A validated message, reduced to what delivery needs."""
 
     model_run_id: str
-    rows: list[tuple[str, str, bytes]]  # (uuid, data row key, NDJSON bytes)
+    rows: list[tuple[str, str]]  # (uuid, data row key) per row, in payload order
+    payload: bytes = b""  # the rows' NDJSON lines joined by "\n" (one exact-size buffer)
     label: LabelEvent | None = None
 
 
@@ -146,16 +150,22 @@ class UploaderHandler:
             return Rejection(record, exc.error_class, str(exc))
         size = len(record.value or b"") + len(record.key or b"") + _ITEM_OVERHEAD
         if isinstance(ev, LabelEvent):
-            return Accepted(ev.model_run_id, Item(ev.model_run_id, [], ev), size)
-        rows: list[tuple[str, str, bytes]] = []
+            return Accepted(ev.model_run_id, Item(ev.model_run_id, [], label=ev), size)
+        rows: list[tuple[str, str]] = []
+        lines: list[bytes] = []
         if isinstance(ev, PredictionEvent):
             for p in ev.predictions:
-                rows.append((p.uuid, p.data_row.key(), orjson.dumps(p.to_ndjson())))
+                rows.append((p.uuid, p.data_row.key()))
+                lines.append(orjson.dumps(p.to_ndjson()))
         elif isinstance(ev, MetricEvent):
             for m in ev.metrics:
-                rows.append((m.uuid, m.data_row.key(), orjson.dumps(m.to_ndjson())))
-        size += sum(len(r[2]) + len(r[0]) + len(r[1]) + 64 for r in rows)
-        return Accepted(ev.model_run_id, Item(ev.model_run_id, rows), size)
+                rows.append((m.uuid, m.data_row.key()))
+                lines.append(orjson.dumps(m.to_ndjson()))
+        # join() (or tobytes() for one row) copies into one exact-size buffer: orjson's own outputs keep ~1 KiB of
+        # capacity each, which made a 200-byte row cost 1.4 KiB while it waited.
+        payload = b"\n".join(lines) if len(lines) != 1 else memoryview(lines[0]).tobytes()
+        size += len(payload) + sum(len(u) + len(k) + _ROW_OVERHEAD for u, k in rows)
+        return Accepted(ev.model_run_id, Item(ev.model_run_id, rows, payload), size)
 
     # ------------------------------------------------------------------ process (async)
 
@@ -220,7 +230,7 @@ class UploaderHandler:
         if self.settings.register_data_rows:
             wanted: dict[str, None] = {}
             for _, it in items:
-                for _, drk, _ in it.rows:
+                for _, drk in it.rows:
                     if (mr, drk) not in self.known_rows:
                         wanted[drk] = None
             if wanted:
@@ -268,13 +278,13 @@ class UploaderHandler:
             self.known_rows.add((mr, k))
 
     async def _import(self, mr: str, items: list[tuple[Record, Item]]) -> list[Rejection]:
-        rows = [row for _, it in items for row in it.rows]
-        if not rows:
+        payloads = [it.payload for _, it in items if it.rows]
+        if not payloads:
             return []
-        payload = b"\n".join(r[2] for r in rows)
+        payload = b"\n".join(payloads)
         by_uuid: dict[str, list[int]] = {}
         for idx, (_, it) in enumerate(items):
-            for uuid, _, _ in it.rows:
+            for uuid, _ in it.rows:
                 by_uuid.setdefault(uuid, []).append(idx)
         attempt = 0
         while True:
