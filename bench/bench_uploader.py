@@ -195,6 +195,12 @@ async def naive(bootstrap: str, topic: str, url: str, seconds: float) -> float:
         return done / (time.perf_counter() - t0)
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def vm_hwm_mb(pid: int) -> tuple[float, float]:
     rss = hwm = float("nan")
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -243,12 +249,23 @@ async def main() -> None:
             print(f"raw drain: {drain_rate:,.0f} events/s", flush=True)
 
             env = uploader_env(bootstrap, topic, f"bench-up-{stamp}", api.url, dlq)
+            assert api.proc is not None
+            api_cpu0 = cpu_s(api.proc.pid)
             t0 = time.perf_counter()
             proc = await spawn_uploader(env, work / "uploader.log")
-            while sum((await api.counts(RUNS)).values()) < args.events:  # noqa: ASYNC110
-                await asyncio.sleep(0.2)
+            first: float | None = None
+            while (stored := sum((await api.counts(RUNS)).values())) < args.events:
+                if stored and first is None:
+                    first = time.perf_counter()
+                await asyncio.sleep(0.05)
             up_s = time.perf_counter() - t0
+            steady = args.events / (time.perf_counter() - (first or t0))
+            print(f"uploader: process start to first row stored {(first or t0) - t0:.2f} s; "
+                  f"first row to last row {args.events / steady:.2f} s = {steady:,.0f} events/s", flush=True)
             _, up_hwm = vm_hwm_mb(proc.pid)
+            print(f"CPU seconds during the run: uploader {cpu_s(proc.pid):.1f}, "
+                  f"local Labelbox API {cpu_s(api.proc.pid) - api_cpu0:.1f} (2 vCPUs shared with the broker)",
+                  flush=True)
             await stop_proc(proc)
             up_rate = args.events / up_s
             print(f"uploader end to end: {up_rate:,.0f} events/s ({up_s:.1f} s, peak RSS {up_hwm:.0f} MB)",

@@ -277,10 +277,13 @@ class ConsumerRuntime(Generic[W]):
                 if not await self._dead_letter(rejections):
                     return
                 rejected = {(r.record.topic, r.record.partition, r.record.offset) for r in rejections}
+                delivered: dict[str, int] = {}
                 for rec, _ in batch.items:
                     self._done(rec)
                     if (rec.topic, rec.partition, rec.offset) not in rejected:
-                        self.metrics.events.labels(self._g, rec.topic, "delivered").inc()
+                        delivered[rec.topic] = delivered.get(rec.topic, 0) + 1
+                for topic, n in delivered.items():
+                    self.metrics.events.labels(self._g, topic, "delivered").inc(n)
                 self.metrics.batch_events.labels(self._g).observe(batch.events)
                 self.metrics.batch_seconds.labels(self._g).observe(time.monotonic() - started)
         finally:

@@ -282,10 +282,6 @@ class UploaderHandler:
         if not payloads:
             return []
         payload = b"\n".join(payloads)
-        by_uuid: dict[str, list[int]] = {}
-        for idx, (_, it) in enumerate(items):
-            for uuid, _ in it.rows:
-                by_uuid.setdefault(uuid, []).append(idx)
         attempt = 0
         while True:
             name = import_name(mr, items, attempt)
@@ -299,7 +295,12 @@ class UploaderHandler:
                                  model_run=mr, name=name, attempt=attempt)
                 if attempt >= IMPORT_FAILED_MAX_ATTEMPTS:
                     raise
-        statuses = await self._call(lambda: self.client.import_statuses(state))
+        statuses = await self._call(lambda: self.client.import_statuses(state, failures_only=True))
+        by_uuid: dict[str, list[int]] = {}
+        if any(st.status == "FAILURE" for st in statuses):
+            for idx, (_, it) in enumerate(items):
+                for uuid, _ in it.rows:
+                    by_uuid.setdefault(uuid, []).append(idx)
         failed: dict[int, list[str]] = {}
         for st in statuses:
             if st.status == "FAILURE":

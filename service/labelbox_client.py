@@ -259,11 +259,15 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
-def parse_status_file(body: bytes) -> list[RowStatus]:
-    """Parse an NDJSON status (or error) file; blank lines are skipped."""
+def parse_status_file(body: bytes, *, failures_only: bool = False) -> list[RowStatus]:
+    """Parse an NDJSON status (or error) file; blank lines are skipped.
+
+    ``failures_only`` skips lines that cannot be FAILURE rows without decoding them: a
+    status file has one line per imported row, and only the failures need attention.
+    """
     out: list[RowStatus] = []
     for line in body.splitlines():
-        if not line.strip():
+        if not line.strip() or (failures_only and b"FAILURE" not in line):
             continue
         obj = orjson.loads(line)
         errors = tuple(
@@ -643,10 +647,10 @@ class LabelboxClient:
                                           operation="fetchFile")
         return body
 
-    async def import_statuses(self, state: ImportState) -> list[RowStatus]:
+    async def import_statuses(self, state: ImportState, *, failures_only: bool = False) -> list[RowStatus]:
         if not state.status_file_url:
             return []
-        return parse_status_file(await self.fetch_file(state.status_file_url))
+        return parse_status_file(await self.fetch_file(state.status_file_url), failures_only=failures_only)
 
 
 def _safe(text: str, secret: str) -> str:
