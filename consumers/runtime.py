@@ -85,6 +85,7 @@ class RuntimeStatus:
     """Shared with health endpoints: liveness from loop progress, readiness from assignment."""
 
     started: bool = False
+    joined: bool = False  # completed at least one group join (an assignment may be empty)
     assigned: tuple[tuple[str, int], ...] = ()
     fatal: str | None = None
     stopping: bool = False
@@ -93,7 +94,8 @@ class RuntimeStatus:
 
     @property
     def ready(self) -> bool:
-        return self.started and self.fatal is None and not self.stopping and not self.rebalancing
+        return (self.started and self.joined and self.fatal is None and not self.stopping
+                and not self.rebalancing)
 
 
 @dataclass(frozen=True)
@@ -440,6 +442,7 @@ class ConsumerRuntime(Generic[W]):
 
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
         self.status.assigned = tuple(sorted((tp.topic, tp.partition) for tp in assigned))
+        self.status.joined = True
         self.status.rebalancing = False
         if self._consumer is not None:
             self._sync_pause(self._consumer)
