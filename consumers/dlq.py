@@ -60,11 +60,19 @@ class DlqWriter:
         await self.stop()
 
     async def send(self, key: bytes | None, value: bytes | None, headers: DlqHeaders) -> None:
-        """Write one message and wait for the broker's ack; retried until it succeeds."""
+        """Write one message and wait for the broker's ack; retried until it succeeds.
+
+        Kafka clients cannot produce a record with neither key nor value; such a source
+        record is written with an empty value and a ``runstream.original.null`` header.
+        """
+        kafka_headers = headers.to_kafka()
+        if key is None and value is None:
+            value = b""
+            kafka_headers.append(("runstream.original.null", b"key,value"))
         delay = 0.1
         while True:
             try:
-                await self._producer.send_and_wait(self.topic, value=value, key=key, headers=headers.to_kafka())
+                await self._producer.send_and_wait(self.topic, value=value, key=key, headers=kafka_headers)
                 return
             except KafkaError as exc:
                 if not getattr(exc, "retriable", False) and not isinstance(exc, KafkaTimeoutError):

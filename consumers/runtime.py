@@ -274,6 +274,10 @@ class ConsumerRuntime(Generic[W]):
                 except FatalPipelineError as exc:
                     self._set_fatal(str(exc))
                     return
+                except Exception as exc:  # a bug: stop visibly instead of stalling the partition
+                    self.log.exception("batch handler failed")
+                    self._set_fatal(f"batch handler failed: {exc!r}")
+                    return
                 finally:
                     self.metrics.in_flight_batches.labels(self._g).dec()
                 if not await self._dead_letter(rejections):
@@ -300,8 +304,9 @@ class ConsumerRuntime(Generic[W]):
             return False
         try:
             await asyncio.gather(*(self._dlq_one(r) for r in rejections))
-        except KafkaError as exc:
-            self._set_fatal(f"DLQ write failed: {exc}")
+        except Exception as exc:  # not retriable (retriable ones are retried in DlqWriter)
+            self.log.exception("DLQ write failed")
+            self._set_fatal(f"DLQ write failed: {exc!r}")
             return False
         return True
 
