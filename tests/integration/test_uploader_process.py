@@ -148,3 +148,29 @@ async def _gt(v: Awaitable[int], n: int) -> bool:
 
 async def _ge(v: Awaitable[int], n: int) -> bool:
     return await v >= n
+
+
+async def test_sigterm_with_api_down_abandons_after_grace_and_commits_nothing(
+    kafka_bootstrap: str, new_topic: Callable[..., Awaitable[str]], unique_id: Callable[[str], str], tmp_path: Path
+) -> None:
+    t = await make_topics(new_topic, unique_id)
+    runs = [unique_id("mr")]
+    async with local_labelbox(tmp_path) as server:
+        await seed(server, runs=runs, data_rows=[{"id": f"dr-{i}"} for i in range(50)])
+        await produce_stream(kafka_bootstrap, t, runs, 0, 200, per_sec=2000)
+        server.add_fault({"kind": "http_error", "status": 503, "fraction": 1.0})
+        env = settings_env(settings_for(kafka_bootstrap, t, server.url, shutdown_grace_s=2))
+        proc = await spawn(env, tmp_path / "uploader.log")
+        await wait_until(lambda: _true("retrying Labelbox call" in (tmp_path / "uploader.log").read_text()),
+                         60, "retries under the outage")
+        started = asyncio.get_running_loop().time()
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+        assert asyncio.get_running_loop().time() - started < 10  # bounded by shutdown_grace_s
+        assert "abandoning in-flight work" in (tmp_path / "uploader.log").read_text()
+        got = await committed(kafka_bootstrap, t.group, [t.predictions])
+        assert all(v is None for v in got.values()), got
+
+
+async def _true(v: bool) -> bool:
+    return v
