@@ -189,9 +189,12 @@ class UploaderHandler:
             if c.outcome is Outcome.FATAL:
                 self.log.exception("stopping the pipeline", reason=c.reason)
                 raise FatalPipelineError(f"{c.reason}: {type(exc).__name__}: {exc}") from None
-            if c.outcome is Outcome.TRANSIENT:  # retries exhausted (retry_max_attempts)
+            if c.outcome is Outcome.TRANSIENT and c.max_attempts is None:
+                # the global retry cap (retry_max_attempts) ran out: an outage, not a payload fault
                 msg = f"gave up after retries: {exc}"
                 return [Rejection(rec, "labelbox.rejected", msg) for rec, _ in items]
+            # Permanent, or a capped "maybe the payload" error (import FAILED, GraphQL 500)
+            # that kept happening: isolate the offending messages.
             if len(items) == 1:
                 self.log.info("message rejected by Labelbox", error=str(exc), offset=items[0][0].offset)
                 return [Rejection(items[0][0], "labelbox.rejected", f"Labelbox rejected the message: {exc}")]

@@ -129,3 +129,22 @@ async def test_credentials_revoked_mid_stream_stop_the_pipeline(
 
 async def _true(v: bool) -> bool:
     return v
+
+
+async def test_import_that_always_fails_is_bisected_and_dead_lettered(
+    kafka_bootstrap: str, new_topic: Callable[..., Awaitable[str]], unique_id: Callable[[str], str], tmp_path: Path
+) -> None:
+    t = await make_topics(new_topic, unique_id, partitions=1)
+    mr = unique_id("mr")
+    async with local_labelbox(tmp_path) as server:
+        await seed(server, runs=[mr], data_rows=[{"id": "dr-0"}])
+        await produce(kafka_bootstrap, [
+            (t.predictions, mr.encode(), event(mr, predictions=[prediction_row("dr-0", "c", i)])) for i in range(2)
+        ])
+        server.add_fault({"kind": "import_failed", "fraction": 1.0})
+        async with running_uploader(settings_for(kafka_bootstrap, t, server.url)) as (_, status):
+            await wait_committed(kafka_bootstrap, t)
+            assert status.fatal is None
+        dlq = await read_dlq(kafka_bootstrap, t.dlq, expect=2)
+        assert len(dlq) == 2
+        assert all(h.error_class == "labelbox.rejected" and "ended FAILED" in h.error_message for _, _, h in dlq)
