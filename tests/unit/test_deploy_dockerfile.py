@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import subprocess
@@ -46,8 +47,8 @@ def _lint(text: str, tmp_path: Path) -> list[dict[str, Any]]:
 
 
 def _instructions(text: str) -> list[dict[str, Any]]:
-    parser = DockerfileParser(fileobj=None)
-    parser.content = text
+    # Parse from memory: DockerfileParser's default path is ./Dockerfile, which .content would overwrite.
+    parser = DockerfileParser(fileobj=io.BytesIO(text.encode("utf-8")))
     return list(parser.structure)
 
 
