@@ -36,7 +36,7 @@ test: jars lint
 	$(VENV)/bin/pytest
 
 bench: jars
-	$(PY) -m bench
+	$(PY) bench/run_all.py
 
 clean:
 	rm -rf $(VENV) .runstream .mypy_cache .ruff_cache .pytest_cache

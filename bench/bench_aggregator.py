@@ -1,6 +1,9 @@
 """Aggregator benchmark: throughput vs. the raw aiokafka drain, query p99 at 1M leaves, RSS.
 
     .venv/bin/python bench/bench_aggregator.py [--events 300000] [--leaves 1000000]
+        [--runs 12] [--data-rows 10000] [--skip-query] [--json]
+
+``--json`` also prints one JSON object (every figure below) as the last line.
 
 Uses RUNSTREAM_KAFKA_BOOTSTRAP when set, else starts the dev broker (service.devkafka).
 1. Pre-produces N realistic metric events to a 6-partition topic: 12 model runs, 10k data
@@ -68,8 +71,8 @@ FEATURES = ("cat", "dog", "bird")
 SUBCLASSES = ("small", "large")
 
 
-def bench_event(rng: random.Random, i: int) -> tuple[str, bytes]:
-    run = f"bench-run-{i % 12}"
+def bench_event(rng: random.Random, i: int, runs: int = 12, data_rows: int = 10_000) -> tuple[str, bytes]:
+    run = f"bench-run-{i % runs}"
     metrics = []
     for _ in range(rng.randint(1, 5)):
         name = rng.choice(list(BENCH_METRICS))
@@ -85,7 +88,7 @@ def bench_event(rng: random.Random, i: int) -> tuple[str, bytes]:
             return round(rng.uniform(0.01, 1.0), 4)
 
         value = {str(c): one() for c in (0.25, 0.5, 0.75)} if rng.random() < 0.1 else one()
-        dr = f"dr{rng.randrange(10_000)}"
+        dr = f"dr{rng.randrange(data_rows)}"
         row: dict[str, Any] = {
             ("dataRow" if camel else "data_row"): {"id": dr},
             ("metricName" if camel else "metric_name"): name,
@@ -100,7 +103,7 @@ def bench_event(rng: random.Random, i: int) -> tuple[str, bytes]:
     return run, orjson.dumps({"model_run_id": run, "metrics": metrics})
 
 
-async def produce(bootstrap: str, topic: str, n: int) -> list[bytes]:
+async def produce(bootstrap: str, topic: str, n: int, runs: int = 12, data_rows: int = 10_000) -> list[bytes]:
     rng = random.Random(42)
     p = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=262144, acks=1)
     await p.start()
@@ -108,7 +111,7 @@ async def produce(bootstrap: str, topic: str, n: int) -> list[bytes]:
     try:
         futs = []
         for i in range(n):
-            run, value = bench_event(rng, i)
+            run, value = bench_event(rng, i, runs, data_rows)
             values.append(value)
             futs.append(await p.send(topic, value, key=run.encode()))
             if len(futs) >= 5000:
@@ -286,6 +289,10 @@ async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=300_000)
     ap.add_argument("--leaves", type=int, default=1_000_000)
+    ap.add_argument("--runs", type=int, default=12, help="model runs the events are spread over")
+    ap.add_argument("--data-rows", type=int, default=10_000, help="distinct data rows the metrics refer to")
+    ap.add_argument("--skip-query", action="store_true", help="skip the 1M-leaf query/RSS child process")
+    ap.add_argument("--json", action="store_true", help="print one JSON object with every figure")
     ap.add_argument("--query-only", type=Path, default=None, help=argparse.SUPPRESS)  # child process mode
     args = ap.parse_args()
     if args.query_only is not None:
@@ -303,12 +310,22 @@ async def main() -> None:
     try:
         topic = f"bench-metrics-{int(time.time())}"
         await create_topics(bootstrap, [topic], partitions=6)
-        values = await produce(bootstrap, topic, args.events)
+        values = await produce(bootstrap, topic, args.events, args.runs, args.data_rows)
         ends = await end_total(bootstrap, topic)
         total = sum(ends.values())
         drain = await raw_drain(bootstrap, topic, total)
         agg, extra = await aggregator_rate(bootstrap, topic, ends, tmp)
         metrics_per_event = sum(len(orjson.loads(v)["metrics"]) for v in values) / len(values)
+        out: dict[str, Any] = {
+            "events": total,
+            "runs": args.runs,
+            "data_rows": args.data_rows,
+            "metrics_per_event": metrics_per_event,
+            "raw_drain_per_s": drain,
+            "aggregator_per_s": agg,
+            "ratio_aggregator_to_drain": agg / drain,
+            **extra,
+        }
         print(
             f"events={total} metrics_per_event={metrics_per_event:.2f} raw_drain={drain:,.0f}/s "
             f"aggregator={agg:,.0f}/s ratio={agg / drain:.1%} commits={extra['commits']:.0f} "
@@ -316,7 +333,12 @@ async def main() -> None:
         )
         parse = parse_rate(values)
         print(f"parse_event alone={parse:,.0f}/s (share of aggregator time {agg / parse:.0%})")
+        out["parse_event_per_s"] = parse
         del values
+        if args.skip_query:
+            if args.json:
+                print(json.dumps(out))
+            return
         child = await asyncio.to_thread(
             subprocess.run,
             [sys.executable, __file__, "--query-only", str(tmp), "--leaves", str(args.leaves)],
@@ -327,6 +349,10 @@ async def main() -> None:
         q = json.loads(child.stdout.strip().splitlines()[-1])
         for k, v in q.items():
             print(f"{k}={v:,.2f}")
+        out["leaves"] = args.leaves
+        out.update(q)
+        if args.json:
+            print(json.dumps(out))
     finally:
         if broker is not None:
             broker.stop()

@@ -14,13 +14,15 @@ RUNSTREAM_KAFKA_BOOTSTRAP), and measures on the same messages, side by side:
 - parse_event alone over the same lines (the validation floor of one process);
 - NDJSON:    a Labelbox NDJSON row file (rows spliced into events of 500), rows/s.
 
-Run: .venv/bin/python bench/bench_backfill.py [--events 500000] [--partitions 6]
+Run: .venv/bin/python bench/bench_backfill.py [--events 500000] [--partitions 6] [--json]
+(``--json`` also prints one JSON object with every rate as the last line.)
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import random
 import tempfile
@@ -116,6 +118,7 @@ async def main() -> None:
     ap.add_argument("--partitions", type=int, default=6)
     ap.add_argument("--ndjson-rows", type=int, default=500_000)
     ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
+    ap.add_argument("--json", action="store_true", help="also print one JSON object with every rate")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-backfill-"))
@@ -178,6 +181,7 @@ async def main() -> None:
 
         rows = await run_backfill([rows_file], settings_for("rows"), model_run="mr-rows")
         rows_per_s = rows.rows / rows.elapsed_s
+        results["ndjson_rows"] = rows_per_s
         print(
             f"NDJSON rows (500/event):    {rows_per_s:>10,.0f} rows/s    ({rows.elapsed_s:.2f} s, "
             f"{rows.events:,} events)"
@@ -187,6 +191,19 @@ async def main() -> None:
             f"with workers / raw: {results['workers'] / results['raw']:.2f}  "
             f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)"
         )
+        if args.json:
+            summary = {
+                "events": args.events,
+                "runs": args.runs,
+                "partitions": args.partitions,
+                "workers": args.workers,
+                "ndjson_rows_in_file": args.ndjson_rows,
+                "event_file_mb": size_mb,
+                **{f"{k}_per_s": v for k, v in results.items()},
+                "ratio_backfill_to_raw": results["backfill"] / results["raw"],
+                "ratio_workers_to_raw": results["workers"] / results["raw"],
+            }
+            print(json.dumps(summary))
     finally:
         if broker is not None:
             broker.stop()
