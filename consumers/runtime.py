@@ -138,6 +138,10 @@ class ConsumerRuntime(Generic[W]):
         self.batcher: Batcher[Work[W]] = Batcher(config.limits)
         self._sem = asyncio.Semaphore(config.max_in_flight_batches)
         self._tasks: set[asyncio.Task[None]] = set()
+        # The last launched batch of each key (model run): a batch starts only after its
+        # predecessor of the same key has finished, so imports land in offset order and a later
+        # version of a row (Labelbox upserts by uuid / metric key) is never overwritten by an earlier one.
+        self._key_tail: dict[str, asyncio.Task[None]] = {}
         self._inflight_bytes = 0
         self._commit_lock = asyncio.Lock()
         self._commit_wakeup = asyncio.Event()
@@ -252,7 +256,17 @@ class ConsumerRuntime(Generic[W]):
 
     def _launch(self, batch: Batch[Work[W]]) -> None:
         self._inflight_bytes += batch.size_bytes
-        self._spawn(self._run_batch(batch))
+        before = self._key_tail.get(batch.key)
+        task: asyncio.Task[None] = asyncio.ensure_future(self._run_batch(batch, before))
+        self._tasks.add(task)
+        self._key_tail[batch.key] = task
+
+        def done(t: asyncio.Task[None], key: str = batch.key) -> None:
+            self._tasks.discard(t)
+            if self._key_tail.get(key) is t:
+                del self._key_tail[key]
+
+        task.add_done_callback(done)
 
     async def _reject_one(self, rej: Rejection, size: int) -> None:
         try:
@@ -262,8 +276,10 @@ class ConsumerRuntime(Generic[W]):
             self._inflight_bytes -= size
             self._commit_wakeup.set()
 
-    async def _run_batch(self, batch: Batch[Work[W]]) -> None:
+    async def _run_batch(self, batch: Batch[Work[W]], before: asyncio.Task[None] | None = None) -> None:
         try:
+            if before is not None:
+                await asyncio.wait([before])  # its outcome is its own business; only the order matters here
             async with self._sem:
                 if self.status.fatal is not None:
                     return
