@@ -363,6 +363,9 @@ async def run_uploader(
         raise ConfigError("RUNSTREAM_KAFKA_BOOTSTRAP is not set")
     if settings.labelbox_api_key is None:
         raise ConfigError("RUNSTREAM_LABELBOX_API_KEY is not set")
+    inputs = (settings.topic_predictions, settings.topic_metrics, settings.topic_labels)
+    if len(set(inputs)) != 3 or settings.topic_dlq in inputs:
+        raise ConfigError("the predictions, metrics, labels and DLQ topics must be four different topics")
     metrics = metrics if metrics is not None else ConsumerMetrics.create(registry)
     status = status if status is not None else RuntimeStatus()
     url = settings.labelbox_url or DEFAULT_LOCAL_LABELBOX_URL

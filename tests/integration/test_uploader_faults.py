@@ -148,3 +148,15 @@ async def test_import_that_always_fails_is_bisected_and_dead_lettered(
         dlq = await read_dlq(kafka_bootstrap, t.dlq, expect=2)
         assert len(dlq) == 2
         assert all(h.error_class == "labelbox.rejected" and "ended FAILED" in h.error_message for _, _, h in dlq)
+
+
+async def test_one_topic_for_two_roles_is_a_config_error(
+    kafka_bootstrap: str, new_topic: Callable[..., Awaitable[str]], unique_id: Callable[[str], str], tmp_path: Path
+) -> None:
+    from consumers.uploader import run_uploader
+    from service.errors import ConfigError
+
+    t = await make_topics(new_topic, unique_id)
+    settings = settings_for(kafka_bootstrap, t, "http://127.0.0.1:9/graphql", topic_labels=t.predictions)
+    with pytest.raises(ConfigError, match="four different topics"):
+        await run_uploader(settings, asyncio.Event())
