@@ -35,6 +35,8 @@ integration: jars
 test: jars lint
 	$(VENV)/bin/pytest
 
+drill: jars ; $(PY) -m bench.drill $(DRILL_ARGS)
+
 bench: jars
 	$(PY) bench/run_all.py
 

@@ -114,6 +114,7 @@ class Drill:
     actions: list[tuple[float, str]] = field(default_factory=list)
     t0: float = field(default_factory=time.monotonic)
     broker_busy: bool = False
+    locks: dict[str, asyncio.Lock] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ helpers
     def log(self, msg: str) -> None:
@@ -286,20 +287,25 @@ class Drill:
         return sorted(out)
 
     async def run_scenario(self, started: float) -> None:
-        for at, action, target in self.schedule():
+        """Each action at its own time (a broker restart does not delay a fault window's end)."""
+
+        async def at_time(at: float, action: str, target: str) -> None:
             await asyncio.sleep(max(0.0, started + at - time.monotonic()))
             await self.do(action, target)
 
+        await asyncio.gather(*(at_time(*a) for a in self.schedule()))
+
     async def do(self, action: str, target: str) -> None:
         if action == "kill":
-            proc = self.procs[target]
-            self.expected_down.add(target)
-            proc.kill9()
-            self.log(f"kill -9 {target} (pid was running: start #{proc.starts})")
-            await asyncio.sleep(random.Random(f"{target}/{proc.kills}").uniform(1.0, 3.0))
-            proc.start()
-            self.expected_down.discard(target)
-            self.log(f"restarted {target}")
+            async with self.locks.setdefault(target, asyncio.Lock()):  # kills of one process never overlap
+                proc = self.procs[target]
+                self.expected_down.add(target)
+                proc.kill9()
+                self.log(f"kill -9 {target} (pid was running: start #{proc.starts})")
+                await asyncio.sleep(random.Random(f"{target}/{proc.kills}").uniform(1.0, 3.0))
+                proc.start()
+                self.expected_down.discard(target)
+                self.log(f"restarted {target}")
         elif action == "broker_restart":
             assert self.kafka is not None
             self.broker_busy = True
