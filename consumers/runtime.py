@@ -415,15 +415,15 @@ class ConsumerRuntime(Generic[W]):
                 hw = consumer.highwater(tp)
                 if hw is None:
                     continue
-                processed = self.tracker.processed_position(tp.topic, tp.partition)
+                committed: int | None = None
                 with contextlib.suppress(Exception):
                     committed = await consumer.committed(tp)
-                    if committed is not None:
-                        self.metrics.consumer_lag.labels(self._g, tp.topic, str(tp.partition)).set(
-                            max(0, hw - committed))
-                if processed is not None:
-                    self.metrics.consumer_lag_stored.labels(self._g, tp.topic, str(tp.partition)).set(
-                        max(0, hw - processed))
+                processed = self.tracker.processed_position(tp.topic, tp.partition)
+                if processed is None:
+                    processed = committed
+                labels = (self._g, tp.topic, str(tp.partition))
+                self.metrics.consumer_lag.labels(*labels).set(max(0, hw - (committed or 0)))
+                self.metrics.consumer_lag_stored.labels(*labels).set(max(0, hw - (processed or 0)))
 
     # ---------------------------------------------------------------- rebalance / shutdown
 

@@ -64,6 +64,14 @@ async def test_events_across_runs_and_partitions_all_land(
             await wait_until(all_in, 90, "all rows stored")
             await wait_committed(kafka_bootstrap, t)
             assert status.ready
+
+            async def lag_zero() -> bool:  # per-partition lag gauges (reported every 5 s)
+                values = [registry.get_sample_value(name, {"group": t.group, "topic": t.predictions,
+                                                           "partition": str(p)})
+                          for p in range(3) for name in ("runstream_consumer_lag", "runstream_consumer_lag_stored")]
+                return all(v == 0 for v in values)
+
+            await wait_until(lag_zero, 15, "lag gauges at 0")
         assert task.done() and task.exception() is None
 
         for r in runs:
