@@ -105,6 +105,9 @@ async def test_sigterm_finishes_in_flight_commits_and_exits_0(
         assert done <= sum(ends.values())
         server.clear_faults()
         proc = await spawn(env, tmp_path / "uploader.log")
+        log = tmp_path / "uploader.log"
+        # the first process may have finished everything: wait for the restart to be up
+        await wait_until(lambda: _true(log.read_text().count("partitions assigned") >= 2), 60, "restart joined")
         try:
             await wait_until(lambda: _ge(total_predictions(server, runs), 600), 60, "the rest after restart")
             await wait_committed(kafka_bootstrap, t)
