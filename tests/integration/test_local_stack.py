@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from service.local_stack import LOCAL_API_KEY
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -28,3 +30,9 @@ def test_up_runs_the_whole_stack_and_stops(tmp_path: Path) -> None:
     assert dlq and dlq[-1] > 0, "the demo's bad events should be in the DLQ:\n" + out[-4000:]
     assert re.search(r"\d+ metrics aggregated", out), out[-4000:]
     assert out.rstrip().endswith("stopped"), out[-2000:]
+    # The Labelbox API key the stack configured never reaches a log or the console.
+    logs = {p.name: p.read_text(encoding="utf-8", errors="replace") for p in tmp_path.glob("*.log")}
+    assert {"service.log", "local-labelbox.log", "demo.log"} <= set(logs), sorted(logs)
+    assert '"level"' in logs["service.log"], "service logs should be JSON lines"
+    leaked = [name for name, text in {**logs, "console": out}.items() if LOCAL_API_KEY in text]
+    assert not leaked, f"the API key appears in {leaked}"
