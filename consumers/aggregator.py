@@ -38,6 +38,7 @@ from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
 from consumers.dlq import DlqWriter
+from consumers.kafka_start import start_kafka_client
 from service.aggregation import (
     AggregateError,
     AnnotationUpdate,
@@ -170,7 +171,7 @@ class Aggregator:
             self._dlq = DlqWriter(s.kafka_bootstrap, s.topic_dlq, client_options=s.kafka_client_options())
         if self._own_dlq:
             await self._dlq.start()
-        await consumer.start()
+        await start_kafka_client(consumer, f"consumer {self.group}", stop=stop)
         self._consumer = consumer
         interval = s.state_commit_interval_ms / 1000.0
         next_commit = time.monotonic() + interval

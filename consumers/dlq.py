@@ -16,6 +16,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, KafkaTimeoutError
 
+from consumers.kafka_start import start_kafka_client
 from service.dlq_headers import DlqHeaders
 
 
@@ -44,7 +45,7 @@ class DlqWriter:
         self._started = False
 
     async def start(self) -> None:
-        await self._producer.start()
+        await start_kafka_client(self._producer, "DLQ producer")
         self._started = True
 
     async def stop(self) -> None:

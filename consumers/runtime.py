@@ -25,6 +25,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
 from consumers.dlq import DlqWriter
+from consumers.kafka_start import start_kafka_client
 from service.batching import Batch, Batcher, BatchLimits
 from service.dlq_headers import DlqHeaders
 from service.errors import RunstreamError
@@ -170,7 +171,7 @@ class ConsumerRuntime(Generic[W]):
         )
         self._consumer = consumer
         consumer.subscribe(list(cfg.topics), listener=_Listener(self))
-        await consumer.start()
+        await start_kafka_client(consumer, f"consumer {cfg.group_id}", stop=stop)
         self.status.started = True
         committer = asyncio.create_task(self._committer())
         lag_task = asyncio.create_task(self._lag_reporter())

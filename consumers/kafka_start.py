@@ -1,0 +1,40 @@
+"""Starting aiokafka clients while the broker may be briefly unreachable.
+
+A process (re)started during a broker restart or a rolling upgrade used to exit at once with
+``KafkaConnectionError: Unable to bootstrap`` (found by bench/drill.py: an uploader started
+while the dev broker was restarting exited 1). Bootstrap is retried with backoff for a bounded
+time instead; after that the error propagates, so a broker that never comes back still fails
+the process visibly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from aiokafka.errors import KafkaConnectionError
+
+log = logging.getLogger("runstream.kafka")
+START_TIMEOUT_S = 120.0
+
+
+async def start_kafka_client(
+    client: Any, what: str, *, timeout_s: float = START_TIMEOUT_S, stop: asyncio.Event | None = None
+) -> None:
+    """``await client.start()``, retried while the broker cannot be reached (at most ``timeout_s``,
+    or until ``stop`` is set). aiokafka's start fails in bootstrap before it sets anything up,
+    so calling it again on the same client is safe."""
+    delay = 0.25
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            await client.start()
+            return
+        except KafkaConnectionError as exc:
+            if time.monotonic() + delay > deadline or (stop is not None and stop.is_set()):
+                raise
+            log.warning("%s: Kafka not reachable (%s); retrying in %.1f s", what, exc, delay)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 5.0)
