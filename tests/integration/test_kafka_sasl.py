@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -41,10 +43,23 @@ def sasl_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DevK
         format_args=["--add-scram", "SCRAM-SHA-256=[name=alice,password=alice-secret]"],
     )
     broker.start()
+    _wait_listening(sasl_port)  # readiness is probed on PLAINTEXT; the SASL acceptor may open a moment later
     try:
         yield broker, sasl_port
     finally:
         broker.stop()
+
+
+def _wait_listening(port: int, within_s: float = 30.0) -> None:
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 def _settings(port: int, mechanism: str, user: str, password: str, topic: str) -> Settings:
