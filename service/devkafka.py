@@ -28,6 +28,7 @@ KAFKA_VERSION = "4.4.0"
 """Newest 4.x on Maven Central here; aiokafka 0.14 produces, consumes, joins groups,
 commits and creates topics against it (tests/integration/test_kafka_roundtrip.py)."""
 
+STARTED_LINE = "Kafka Server started"  # KafkaRaftServer's INFO line, kept by deploy/kafka/log4j2.properties
 DEPLOY_DIR = Path(__file__).resolve().parent.parent / "deploy" / "kafka"
 JVM_OPTS = (
     "-Xms128m",
@@ -145,8 +146,23 @@ class DevKafka:
             raise DevKafkaError(f"formatting the KRaft data directory failed:\n{proc.stderr or proc.stdout}")
 
     def start(self) -> DevKafka:
+        """Start (formatting a fresh data dir first); auto-picked ports are re-picked if taken meanwhile."""
         if self.running():
             return self
+        auto_ports = not (self.broker_port or self.controller_port)
+        for attempt in range(3):
+            try:
+                return self._start_once()
+            except DevKafkaError as exc:
+                lost_race = auto_ports and "Address already in use" in str(exc)
+                if not lost_race or attempt == 2:
+                    raise
+                # Another process took a port between free_port() and the broker's bind: start over.
+                shutil.rmtree(self.data_dir / "kraft-logs", ignore_errors=True)
+                self.broker_port = self.controller_port = 0
+        raise AssertionError("unreachable")
+
+    def _start_once(self) -> DevKafka:
         lib = ensure_jars(self.version, self.cache_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         props = self.data_dir / "server.properties"
@@ -166,6 +182,7 @@ class DevKafka:
                 encoding="utf-8",
             )
             self._format(lib)
+        log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(
                 [*self._java(lib), "kafka.Kafka", str(props)],
@@ -174,23 +191,44 @@ class DevKafka:
                 start_new_session=True,  # Ctrl-C in a terminal reaches us, not the broker directly
             )
         self.pid = self._proc.pid
-        self._wait_ready()
+        self._wait_ready(log_offset)
         return self
 
-    def _wait_ready(self) -> None:
+    def _wait_ready(self, log_offset: int) -> None:
+        """Ready = this process logged "Kafka Server started" and its port accepts connections.
+
+        The log line guards against a false positive: when another process holds the port, a
+        TCP connect succeeds against *it* while our broker is failing to bind.
+        """
         deadline = time.monotonic() + self.start_timeout_s
+        started = False
         while time.monotonic() < deadline:
             if self._proc is not None and self._proc.poll() is not None:
+                cause = ""
+                if "Address already in use" in self._log_since(log_offset):
+                    cause = f" (Address already in use: port {self.broker_port} or {self.controller_port} is taken)"
                 raise DevKafkaError(
-                    f"the broker exited with code {self._proc.returncode} while starting:\n{self._log_tail()}"
+                    f"the broker exited with code {self._proc.returncode} while starting{cause}:\n{self._log_tail()}"
                 )
-            try:
-                with socket.create_connection(("127.0.0.1", self.broker_port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.1)
+            if not started:
+                started = STARTED_LINE in self._log_since(log_offset)
+            if started:
+                try:
+                    with socket.create_connection(("127.0.0.1", self.broker_port), timeout=0.5):
+                        return
+                except OSError:
+                    pass
+            time.sleep(0.1)
         self.stop()
-        raise DevKafkaError(f"the broker did not accept connections within {self.start_timeout_s:.0f} s")
+        raise DevKafkaError(f"the broker did not become ready within {self.start_timeout_s:.0f} s:\n{self._log_tail()}")
+
+    def _log_since(self, offset: int) -> str:
+        try:
+            with self.log_path.open("rb") as f:
+                f.seek(offset)
+                return f.read().decode("utf-8", errors="replace")
+        except OSError:
+            return ""
 
     def _log_tail(self, lines: int = 20) -> str:
         try:
