@@ -643,38 +643,30 @@ class CachedState:
 
     # point access (StateAccess); a miss here means prefetch did not foresee the key
 
-    def get_leaf(self, key: LeafKey) -> LeafValue | None:
-        v = self.changes.leaves.get(key, _MISSING)
+    def _lookup(self, changes: dict[Any, Any], cache: dict[Any, Any], load: Callable[[Any], Any], key: Any) -> Any:
+        """Pending change, else cached row, else one backend read (counted: prefetch should have had it)."""
+        v = changes.get(key, _MISSING)
         if v is _MISSING:
-            v = self._leaves.get(key, _MISSING)
+            v = cache.get(key, _MISSING)
             if v is _MISSING:
                 self.loads += 1
-                v = self._leaves[key] = self.backend.load_leaf(key)
-        return cast(LeafValue | None, v)
+                v = cache[key] = load(key)
+        return v
+
+    def get_leaf(self, key: LeafKey) -> LeafValue | None:
+        return cast(LeafValue | None, self._lookup(self.changes.leaves, self._leaves, self.backend.load_leaf, key))
 
     def put_leaf(self, key: LeafKey, value: LeafValue | None) -> None:
         self.changes.leaves[key] = value
 
     def get_node(self, key: NodeKey) -> NodeState | None:
-        v = self.changes.nodes.get(key, _MISSING)
-        if v is _MISSING:
-            v = self._nodes.get(key, _MISSING)
-            if v is _MISSING:
-                self.loads += 1
-                v = self._nodes[key] = self.backend.load_node(key)
-        return cast(NodeState | None, v)
+        return cast(NodeState | None, self._lookup(self.changes.nodes, self._nodes, self.backend.load_node, key))
 
     def put_node(self, key: NodeKey, node: NodeState | None) -> None:
         self.changes.nodes[key] = node
 
     def get_run_agg(self, key: RunAggKey) -> Agg | None:
-        v = self.changes.run_aggs.get(key, _MISSING)
-        if v is _MISSING:
-            v = self._run_aggs.get(key, _MISSING)
-            if v is _MISSING:
-                self.loads += 1
-                v = self._run_aggs[key] = self.backend.load_run_agg(key)
-        return cast(Agg | None, v)
+        return cast(Agg | None, self._lookup(self.changes.run_aggs, self._run_aggs, self.backend.load_run_agg, key))
 
     def put_run_agg(self, key: RunAggKey, agg: Agg | None) -> None:
         self.changes.run_aggs[key] = agg
