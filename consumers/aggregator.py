@@ -171,7 +171,9 @@ class Aggregator:
             self._dlq = DlqWriter(s.kafka_bootstrap, s.topic_dlq, client_options=s.kafka_client_options())
         if self._own_dlq:
             await self._dlq.start()
-        await start_kafka_client(consumer, f"consumer {self.group}", stop=stop)
+        await start_kafka_client(
+            consumer, f"consumer {self.group}", stop=stop, bootstrap=s.kafka_bootstrap, options=s.kafka_client_options()
+        )
         self._consumer = consumer
         interval = s.state_commit_interval_ms / 1000.0
         next_commit = time.monotonic() + interval

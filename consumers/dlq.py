@@ -33,6 +33,8 @@ class DlqWriter:
         retry_max_s: float = 10.0,
     ) -> None:
         self.topic = topic
+        self._bootstrap = bootstrap
+        self._options = dict(client_options or {})
         self._producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap,
             acks="all",
@@ -45,7 +47,7 @@ class DlqWriter:
         self._started = False
 
     async def start(self) -> None:
-        await start_kafka_client(self._producer, "DLQ producer")
+        await start_kafka_client(self._producer, "DLQ producer", bootstrap=self._bootstrap, options=self._options)
         self._started = True
 
     async def stop(self) -> None:

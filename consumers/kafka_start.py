@@ -12,20 +12,30 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from aiokafka.errors import KafkaConnectionError
+
+from service.kafka_clients import KafkaAuthenticationError, describe_endpoint, sasl_rejected
 
 log = logging.getLogger("runstream.kafka")
 START_TIMEOUT_S = 120.0
 
 
 async def start_kafka_client(
-    client: Any, what: str, *, timeout_s: float = START_TIMEOUT_S, stop: asyncio.Event | None = None
+    client: Any,
+    what: str,
+    *,
+    timeout_s: float = START_TIMEOUT_S,
+    stop: asyncio.Event | None = None,
+    bootstrap: str | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> None:
     """``await client.start()``, retried while the broker cannot be reached (at most ``timeout_s``,
     or until ``stop`` is set). aiokafka's start fails in bootstrap before it sets anything up,
-    so calling it again on the same client is safe."""
+    so calling it again on the same client is safe. Rejected SASL credentials are not a passing
+    outage: with ``bootstrap``/``options`` given they fail at once with KafkaAuthenticationError."""
     delay = 0.25
     deadline = time.monotonic() + timeout_s
     while True:
@@ -33,6 +43,11 @@ async def start_kafka_client(
             await client.start()
             return
         except KafkaConnectionError as exc:
+            if bootstrap and options and await sasl_rejected(bootstrap, options):
+                raise KafkaAuthenticationError(
+                    f"{what}: {describe_endpoint(bootstrap, options)} rejected the credentials: "
+                    "authentication failed (check the user name and password)"
+                ) from exc
             if time.monotonic() + delay > deadline or (stop is not None and stop.is_set()):
                 raise
             log.warning("%s: Kafka not reachable (%s); retrying in %.1f s", what, exc, delay)

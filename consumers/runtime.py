@@ -171,7 +171,9 @@ class ConsumerRuntime(Generic[W]):
         )
         self._consumer = consumer
         consumer.subscribe(list(cfg.topics), listener=_Listener(self))
-        await start_kafka_client(consumer, f"consumer {cfg.group_id}", stop=stop)
+        await start_kafka_client(
+            consumer, f"consumer {cfg.group_id}", stop=stop, bootstrap=cfg.bootstrap, options=cfg.client_options
+        )
         self.status.started = True
         committer = asyncio.create_task(self._committer())
         lag_task = asyncio.create_task(self._lag_reporter())

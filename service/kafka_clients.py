@@ -7,7 +7,7 @@ bootstrap named, and never the password.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -50,10 +50,8 @@ def make_consumer(
 
 async def start_client(client: AIOKafkaProducer | AIOKafkaConsumer, settings: Settings) -> None:
     """``client.start()``, translating failures into runstream errors that name the cause."""
-    where = f"Kafka at {settings.kafka_bootstrap} ({settings.kafka_security_protocol}"
-    if settings.kafka_sasl_mechanism:
-        where += f", SASL {settings.kafka_sasl_mechanism} as user '{settings.kafka_sasl_username}'"
-    where += ")"
+    options = settings.kafka_client_options()
+    where = describe_endpoint(_bootstrap(settings), options)
     try:
         await client.start()
     except SaslAuthenticationFailed as exc:
@@ -63,7 +61,7 @@ async def start_client(client: AIOKafkaProducer | AIOKafkaConsumer, settings: Se
         ) from exc
     except KafkaConnectionError as exc:
         await _close_quietly(client)
-        if settings.kafka_sasl_mechanism and await _sasl_rejected(settings):
+        if await sasl_rejected(_bootstrap(settings), options):
             raise KafkaAuthenticationError(
                 f"{where} rejected the credentials: authentication failed (check the user name and password)"
             ) from exc
@@ -73,18 +71,27 @@ async def start_client(client: AIOKafkaProducer | AIOKafkaConsumer, settings: Se
         raise KafkaUnavailableError(f"{where} failed to start a client: {exc!r}") from exc
 
 
-async def _sasl_rejected(settings: Settings) -> bool:
+async def sasl_rejected(bootstrap: str, options: Mapping[str, Any]) -> bool:
     """Bootstrap failures hide the SASL verdict in a log line; ask one broker directly."""
-    host, _, port = _bootstrap(settings).split(",")[0].strip().rpartition(":")
-    opts = settings.kafka_client_options()
+    if not options.get("sasl_mechanism"):
+        return False
+    host, _, port = bootstrap.split(",")[0].strip().rpartition(":")
     try:
-        conn = await create_conn(host, int(port), request_timeout_ms=10_000, **opts)
+        conn = await create_conn(host, int(port), request_timeout_ms=10_000, **options)
     except SaslAuthenticationFailed:
         return True
-    except (KafkaError, OSError):
+    except (KafkaError, OSError, ValueError):
         return False
     conn.close()
     return False
+
+
+def describe_endpoint(bootstrap: str, options: Mapping[str, Any]) -> str:
+    """'Kafka at host:port (PROTOCOL, SASL MECH as user 'u')' — never the password."""
+    where = f"Kafka at {bootstrap} ({options.get('security_protocol', 'PLAINTEXT')}"
+    if options.get("sasl_mechanism"):
+        where += f", SASL {options['sasl_mechanism']} as user '{options.get('sasl_plain_username')}'"
+    return where + ")"
 
 
 async def _close_quietly(client: AIOKafkaProducer | AIOKafkaConsumer) -> None:

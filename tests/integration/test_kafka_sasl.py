@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -108,3 +112,32 @@ async def test_wrong_password_is_a_clear_error(sasl_broker: tuple[DevKafka, int]
     message = str(exc.value)
     assert "rejected the credentials" in message and "alice" in message and mechanism in message
     assert "not-the-password" not in message
+
+
+@pytest.mark.parametrize("role", ["aggregator", "uploader"])
+def test_service_with_a_wrong_password_stops_with_a_clear_error(
+    sasl_broker: tuple[DevKafka, int], role: str, tmp_path: Path
+) -> None:
+    """Not a 120 s 'broker unreachable' retry loop: the process names the rejected credentials at once."""
+    _, port = sasl_broker
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNSTREAM_")}
+    env.update({
+        "RUNSTREAM_KAFKA_BOOTSTRAP": f"127.0.0.1:{port}",
+        "RUNSTREAM_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+        "RUNSTREAM_KAFKA_SASL_MECHANISM": "PLAIN",
+        "RUNSTREAM_KAFKA_SASL_USERNAME": "alice",
+        "RUNSTREAM_KAFKA_SASL_PASSWORD": "wrong-password-789",
+        "RUNSTREAM_LABELBOX_API_KEY": "unused-key",
+        "RUNSTREAM_LABELBOX_URL": "http://127.0.0.1:9/graphql",
+        "RUNSTREAM_STATE_SQLITE_PATH": str(tmp_path / "state.sqlite3"),
+    })  # fmt: skip
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "service", "run", "--role", role, "--no-http"],
+        env=env, capture_output=True, text=True, timeout=90, check=False,
+    )  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-3000:]
+    assert time.monotonic() - started < 60, "it should not wait out the unreachable-broker retry"
+    assert "rejected the credentials" in out and "alice" in out, out[-3000:]
+    assert "wrong-password-789" not in out
