@@ -895,6 +895,17 @@ _CM_ROW_FIELDS = _SCALAR_ROW_FIELDS
 _CM_MAX = CONFUSION_MATRIX_MAX_COUNT
 
 
+def _fast_metric_uuid(
+    model_run_id: str, ref_key: Any, metric_name: Any, feature_name: Any, subclass_name: Any, value: Any
+) -> str | None:
+    """The documented metric uuid5 for the fast path; None sends the row to the full validator."""
+    try:
+        name = orjson.dumps([model_run_id, ref_key, metric_name, feature_name, subclass_name, value])
+    except orjson.JSONEncodeError:
+        return None
+    return _uuid5_bytes(_METRIC_NS, name)
+
+
 def _fast_metric(row: Any, model_run_id: str) -> MetricRow | None:
     """A metric row in one spelling with a plain number or [TP, FP, TN, FN] value; None: use the full path.
 
@@ -955,11 +966,9 @@ def _fast_metric(row: Any, model_run_id: str) -> MetricRow | None:
         elif value - value != 0.0:
             return None
         if row_uuid is None:
-            try:
-                name = orjson.dumps([model_run_id, ref_key, metric_name, feature_name, subclass_name, value])
-            except orjson.JSONEncodeError:
+            row_uuid = _fast_metric_uuid(model_run_id, ref_key, metric_name, feature_name, subclass_name, value)
+            if row_uuid is None:
                 return None
-            row_uuid = _uuid5_bytes(_METRIC_NS, name)
         return _build(
             ScalarMetricRow,
             {
@@ -989,11 +998,9 @@ def _fast_metric(row: Any, model_run_id: str) -> MetricRow | None:
         ):
             return None
         if row_uuid is None:
-            try:
-                name = orjson.dumps([model_run_id, ref_key, metric_name, feature_name, subclass_name, value])
-            except orjson.JSONEncodeError:
+            row_uuid = _fast_metric_uuid(model_run_id, ref_key, metric_name, feature_name, subclass_name, value)
+            if row_uuid is None:
                 return None
-            row_uuid = _uuid5_bytes(_METRIC_NS, name)
         return _build(
             ConfusionMatrixMetricRow,
             {
