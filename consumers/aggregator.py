@@ -170,7 +170,7 @@ class Aggregator:
         if self._dlq is None:
             self._dlq = DlqWriter(s.kafka_bootstrap, s.topic_dlq, client_options=s.kafka_client_options())
         if self._own_dlq:
-            await self._dlq.start()
+            await self._dlq.start(stop)
         await start_kafka_client(
             consumer, f"consumer {self.group}", stop=stop, bootstrap=s.kafka_bootstrap, options=s.kafka_client_options()
         )

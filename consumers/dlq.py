@@ -46,8 +46,11 @@ class DlqWriter:
         self._retry_max_s = retry_max_s
         self._started = False
 
-    async def start(self) -> None:
-        await start_kafka_client(self._producer, "DLQ producer", bootstrap=self._bootstrap, options=self._options)
+    async def start(self, stop: asyncio.Event | None = None) -> None:
+        """Start the producer; ``stop`` ends a wait for an unreachable broker (KafkaStartAborted)."""
+        await start_kafka_client(
+            self._producer, "DLQ producer", stop=stop, bootstrap=self._bootstrap, options=self._options
+        )
         self._started = True
 
     async def stop(self) -> None:

@@ -10,6 +10,7 @@ the process visibly.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Mapping
@@ -17,9 +18,14 @@ from typing import Any
 
 from aiokafka.errors import KafkaConnectionError
 
+from service.errors import RunstreamError
 from service.kafka_clients import KafkaAuthenticationError, describe_endpoint, sasl_rejected
 
 log = logging.getLogger("runstream.kafka")
+
+
+class KafkaStartAborted(RunstreamError):
+    """Shutdown was requested while a client was still waiting for the broker: a clean stop."""
 START_TIMEOUT_S = 120.0
 
 
@@ -48,8 +54,14 @@ async def start_kafka_client(
                     f"{what}: {describe_endpoint(bootstrap, options)} rejected the credentials: "
                     "authentication failed (check the user name and password)"
                 ) from exc
-            if time.monotonic() + delay > deadline or (stop is not None and stop.is_set()):
+            if stop is not None and stop.is_set():
+                raise KafkaStartAborted(f"{what}: stopped while waiting for Kafka") from exc
+            if time.monotonic() + delay > deadline:
                 raise
             log.warning("%s: Kafka not reachable (%s); retrying in %.1f s", what, exc, delay)
-        await asyncio.sleep(delay)
+        if stop is None:
+            await asyncio.sleep(delay)
+        else:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=delay)
         delay = min(delay * 2, 5.0)

@@ -397,7 +397,7 @@ async def run_uploader(
             raise FatalPipelineError(status.fatal) from None
         except Exception as exc:  # transient: the batches will retry
             log.warning("credential check inconclusive", error=str(exc))
-        await dlq.start()
+        await dlq.start(stop)
         try:
             handler = UploaderHandler(client, settings, metrics, topic_kinds(settings), log=log)
             runtime: ConsumerRuntime[Item] = ConsumerRuntime(config, handler, dlq, metrics, status, log=log)

@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry
 
 from consumers.aggregator import Aggregator, run_aggregator
 from consumers.dlq_monitor import DlqMonitor
+from consumers.kafka_start import KafkaStartAborted
 from consumers.runtime import RuntimeStatus
 from service.config import Settings
 from service.errors import ConfigError, RunstreamError
@@ -129,6 +130,8 @@ async def run_service(settings: Settings, role: str, *, http: bool = True) -> No
         stopper.cancel()
         for t in tasks:
             if t.done() and not t.cancelled() and t.exception() is not None:
+                if isinstance(t.exception(), KafkaStartAborted):
+                    continue  # SIGTERM before the broker answered: a clean stop, exit 0
                 raise cast(BaseException, t.exception())
     finally:
         for b in background:

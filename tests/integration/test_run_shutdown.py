@@ -1,0 +1,41 @@
+"""SIGTERM while the service still waits for an unreachable broker is a clean stop (exit 0)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from service.devkafka import free_port
+
+
+@pytest.mark.parametrize("role", ["aggregator", "uploader"])
+def test_sigterm_during_kafka_start_retry_exits_0(role: str, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNSTREAM_")}
+    env.update({
+        "RUNSTREAM_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",  # nothing listens here
+        "RUNSTREAM_LABELBOX_API_KEY": "k",
+        "RUNSTREAM_LABELBOX_URL": f"http://127.0.0.1:{free_port()}/graphql",
+        "RUNSTREAM_STATE_SQLITE_PATH": str(tmp_path / "state.sqlite3"),
+    })  # fmt: skip
+    log = (tmp_path / "out.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service", "run", "--role", role, "--no-http"], env=env, stdout=log, stderr=log
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while b"Kafka not reachable" not in (tmp_path / "out.log").read_bytes() and proc.poll() is None:
+            assert time.monotonic() < deadline, "the service never started waiting for Kafka"
+            time.sleep(0.2)
+        assert proc.poll() is None, (tmp_path / "out.log").read_text()[-2000:]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, (tmp_path / "out.log").read_text()[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
