@@ -1131,10 +1131,21 @@ def _metric_uuid(
 # Events
 
 
-class PredictionEvent(BaseModel):
-    """``{"model_run_id", "predictions": [row, ...]}`` (``"prediction": row`` is accepted on input)."""
+class _Event(BaseModel):
+    """What the three envelopes share: frozen, and a wire form that parse_event reads back."""
 
     model_config = ConfigDict(frozen=True)
+
+    def to_wire(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.to_wire())
+
+
+class PredictionEvent(_Event):
+    """``{"model_run_id", "predictions": [row, ...]}`` (``"prediction": row`` is accepted on input)."""
+
     kind: ClassVar[EventKind] = "prediction"
 
     model_run_id: str
@@ -1144,14 +1155,10 @@ class PredictionEvent(BaseModel):
         """The event as it goes on the topic; ``parse_event`` of its JSON gives back an equal event."""
         return {"model_run_id": self.model_run_id, "predictions": [r.ndjson for r in self.predictions]}
 
-    def to_json(self) -> bytes:
-        return orjson.dumps(self.to_wire())
 
-
-class MetricEvent(BaseModel):
+class MetricEvent(_Event):
     """``{"model_run_id", "metrics": [metric, ...]}``; metrics in SDK snake_case or NDJSON camelCase."""
 
-    model_config = ConfigDict(frozen=True)
     kind: ClassVar[EventKind] = "metric"
 
     model_run_id: str
@@ -1160,14 +1167,10 @@ class MetricEvent(BaseModel):
     def to_wire(self) -> dict[str, Any]:
         return {"model_run_id": self.model_run_id, "metrics": [m.to_ndjson() for m in self.metrics]}
 
-    def to_json(self) -> bytes:
-        return orjson.dumps(self.to_wire())
 
-
-class LabelEvent(BaseModel):
+class LabelEvent(_Event):
     """Mirrors ``ModelRun.upsert_labels`` / ``upsert_data_rows``: exactly one selector is set."""
 
-    model_config = ConfigDict(frozen=True)
     kind: ClassVar[EventKind] = "label"
 
     model_run_id: str
@@ -1183,9 +1186,6 @@ class LabelEvent(BaseModel):
             if value is not None:
                 out[field] = value
         return out
-
-    def to_json(self) -> bytes:
-        return orjson.dumps(self.to_wire())
 
 
 Event: TypeAlias = PredictionEvent | MetricEvent | LabelEvent
