@@ -224,26 +224,26 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Refe
     yield path, populate(path)
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def api(store: tuple[Path, Reference]) -> AsyncIterator[Api]:
-    runner, backend, url = await start_app(store[0], None)
+async def _serve(store: tuple[Path, Reference], token: str | None) -> AsyncIterator[Api]:
+    runner, backend, url = await start_app(store[0], token)
     try:
         async with aiohttp.ClientSession() as session:
             yield Api(url, store[1], session)
     finally:
         await runner.cleanup()
         backend.close()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def api(store: tuple[Path, Reference]) -> AsyncIterator[Api]:
+    async for served in _serve(store, None):
+        yield served
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def secured(store: tuple[Path, Reference]) -> AsyncIterator[Api]:
-    runner, backend, url = await start_app(store[0], TOKEN)
-    try:
-        async with aiohttp.ClientSession() as session:
-            yield Api(url, store[1], session)
-    finally:
-        await runner.cleanup()
-        backend.close()
+    async for served in _serve(store, TOKEN):
+        yield served
 
 
 def _find(metrics: list[dict[str, Any]], name: str) -> dict[str, Any]:
