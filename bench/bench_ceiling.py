@@ -1,0 +1,141 @@
+"""How close to the raw drain can *any* consumer that reads the JSON get on this machine?
+
+    .venv/bin/python bench/bench_ceiling.py [--events 200000] [--rounds 3] [--json]
+
+The uploader and aggregator targets are ratios against the raw aiokafka drain (consume and
+discard). This bench measures, on the same pre-produced topics and in the same run, interleaved
+round by round so that machine noise hits every case alike:
+
+- ``drain``: ``getmany`` and discard (the baseline of both targets);
+- ``drain + orjson.loads``: decode every message's JSON and nothing else, i.e. the ceiling of
+  any consumer that has to look inside the events;
+- ``drain + parse_event``: decode and validate with ``service.events.parse_event`` (what the
+  uploader and the aggregator must do before any work of their own).
+
+Both workloads are the ones of ``bench_uploader.py`` (1-row bbox predictions with a
+customMetric) and ``bench_aggregator.py`` (metric events with 1–5 metrics). The ratios are the
+upper bounds the issues' targets (uploader ≥ 60 %, aggregator ≥ 80 % of the drain) must fit
+under: the real consumers also batch, store, commit and talk HTTP on the same two cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_aggregator import bench_event  # noqa: E402
+from bench_uploader import RUNS  # noqa: E402
+from bench_uploader import event as upload_event  # noqa: E402
+
+from service.events import parse_event  # noqa: E402
+from service.kafka_admin import create_topics  # noqa: E402
+
+
+async def produce(bootstrap: str, topic: str, values: list[tuple[bytes, bytes]]) -> None:
+    p = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=262144, acks=1)
+    await p.start()
+    try:
+        pending = []
+        for key, value in values:
+            pending.append(await p.send(topic, value, key=key))
+            if len(pending) >= 20_000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+    finally:
+        await p.stop()
+
+
+async def consume(bootstrap: str, topic: str, n: int, work: Callable[[bytes], object] | None) -> float:
+    """Events/s from the first non-empty batch until n records were seen (and worked on)."""
+    c = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=f"ceiling-{time.time_ns()}",
+                         auto_offset_reset="earliest", enable_auto_commit=False)
+    await c.start()
+    try:
+        seen = 0
+        t0 = 0.0
+        while seen < n:
+            batch = await c.getmany(timeout_ms=1000, max_records=5000)
+            if batch and not t0:
+                t0 = time.perf_counter()
+            for records in batch.values():
+                seen += len(records)
+                if work is not None:
+                    for r in records:
+                        work(r.value or b"")
+        return n / (time.perf_counter() - t0)
+    finally:
+        await c.stop()
+
+
+def workloads(n: int) -> dict[str, tuple[str, list[tuple[bytes, bytes]]]]:
+    rng = random.Random(7)
+    up = [(RUNS[i % len(RUNS)].encode(), upload_event(i, RUNS[i % len(RUNS)])) for i in range(n)]
+    agg = []
+    for i in range(n):
+        run, value = bench_event(rng, i)
+        agg.append((run.encode(), value))
+    return {"uploader": ("prediction", up), "aggregator": ("metric", agg)}
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--events", type=int, default=200_000)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    broker = None
+    bootstrap = os.environ.get("RUNSTREAM_KAFKA_BOOTSTRAP")
+    if not bootstrap:
+        from service.devkafka import DevKafka
+
+        broker = DevKafka(data_dir=Path(tempfile.mkdtemp(prefix="bench-ceiling-")) / "kafka")
+        broker.start()
+        bootstrap = broker.bootstrap
+    out: dict[str, Any] = {"events": args.events, "rounds": args.rounds}
+    try:
+        for name, (kind, values) in workloads(args.events).items():
+            topic = f"bench-ceiling-{name}-{int(time.time())}"
+            await create_topics(bootstrap, [topic], partitions=6)
+            await produce(bootstrap, topic, values)
+            cases: dict[str, Callable[[bytes], object] | None] = {
+                "drain": None,
+                "drain+orjson.loads": orjson.loads,
+                "drain+parse_event": lambda raw, kind=kind: parse_event(kind, raw, max_bytes=1_048_576),
+            }
+            rates: dict[str, list[float]] = {c: [] for c in cases}
+            for _ in range(args.rounds):
+                for case, work in cases.items():
+                    rates[case].append(await consume(bootstrap, topic, len(values), work))
+            base = statistics.median(rates["drain"])
+            for case, rs in rates.items():
+                med = statistics.median(rs)
+                out[f"{name}.{case}.per_s"] = med
+                out[f"{name}.{case}.ratio"] = med / base
+                print(f"{name:<10} {case:<20} {med:>10,.0f} events/s  {med / base:6.1%} of drain "
+                      f"(rounds: {', '.join(f'{r:,.0f}' for r in rs)})")
+        if args.json:
+            print(json.dumps(out))
+    finally:
+        if broker is not None:
+            broker.stop()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
