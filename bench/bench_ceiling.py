@@ -34,17 +34,17 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_aggregator import bench_event  # noqa: E402
-from bench_uploader import RUNS  # noqa: E402
-from bench_uploader import event as upload_event  # noqa: E402
+from bench_aggregator import bench_event
+from bench_uploader import RUNS
+from bench_uploader import event as upload_event
 
-from service.events import parse_event  # noqa: E402
-from service.kafka_admin import create_topics  # noqa: E402
+from service.events import parse_event
+from service.kafka_admin import create_topics
 
 
 async def produce(bootstrap: str, topic: str, values: list[tuple[bytes, bytes]]) -> None:
@@ -63,17 +63,20 @@ async def produce(bootstrap: str, topic: str, values: list[tuple[bytes, bytes]])
 
 
 async def consume(bootstrap: str, topic: str, n: int, work: Callable[[bytes], object] | None) -> float:
-    """Events/s from the first non-empty batch until n records were seen (and worked on)."""
-    c = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=f"ceiling-{time.time_ns()}",
-                         auto_offset_reset="earliest", enable_auto_commit=False)
+    """Events/s to fetch (and work on) all n records; partitions are assigned, no group join to wait for."""
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await c.start()
     try:
+        parts = c.partitions_for_topic(topic) or set()
+        if not parts:
+            await c._client.force_metadata_update()
+            parts = c.partitions_for_topic(topic) or set()
+        c.assign([TopicPartition(topic, p) for p in parts])
+        await c.seek_to_beginning()
         seen = 0
-        t0 = 0.0
+        t0 = time.perf_counter()
         while seen < n:
             batch = await c.getmany(timeout_ms=1000, max_records=5000)
-            if batch and not t0:
-                t0 = time.perf_counter()
             for records in batch.values():
                 seen += len(records)
                 if work is not None:

@@ -175,6 +175,10 @@ def plan(quick: bool) -> list[Step]:
     ev_args = ["--seconds", "0.1", "--repeat", "1"] if q else ["--seconds", "0.5", "--repeat", "5"]
     steps.append(Step("events", [py, "bench/bench_events.py", *ev_args, "--json"], 300))
 
+    # --- the ceiling of any JSON-reading consumer: drain vs drain+orjson.loads vs drain+parse_event
+    ce_args = ["--events", "5000", "--rounds", "1"] if q else ["--events", "200000", "--rounds", "3"]
+    steps.append(Step("ceiling", [py, "bench/bench_ceiling.py", *ce_args, "--json"], 900))
+
     # --- local Labelbox import: the 50k-row target three times, then rows and data-row scaling
     main_rows = 2000 if q else 50_000
     for i in range(1 if q else 3):
@@ -560,6 +564,27 @@ def render(steps: list[Step], info: dict[str, str], meta: dict[str, Any], quick:
         "< 300 MB and < 10× growth for 100× rows) |"
     )
     add("")
+
+    ce = R.d("ceiling")
+    if ce:
+        add("## The ceiling: how close to the drain can any consumer that reads the JSON get?")
+        add("")
+        add(
+            f"`bench/bench_ceiling.py` on the same pre-produced topics ({fmt(ce.get('events'))} events each, the "
+            f"uploader's and the aggregator's bench workloads), median of {ce.get('rounds')} interleaved rounds. "
+            "A consumer that must decode each message cannot beat `drain + orjson.loads`; one that must "
+            "validate it cannot beat `drain + parse_event` — before any batching, storing, committing or HTTP."
+        )
+        add("")
+        add("| workload | drain | drain + `orjson.loads` | drain + `parse_event` | issue target |")
+        add("|---|---:|---:|---:|---:|")
+        for name, target in (("uploader", "60 %"), ("aggregator", "80 %")):
+            cells = [
+                f"{fmt(ce.get(f'{name}.{c}.per_s'))}/s ({pct(ce.get(f'{name}.{c}.ratio'))})"
+                for c in ("drain", "drain+orjson.loads", "drain+parse_event")
+            ]
+            add(f"| {name} | {' | '.join(cells)} | {target} |")
+        add("")
 
     # ---------------------------------------------------------------- ratios
     add("## Figures against their baselines")
