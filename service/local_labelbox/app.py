@@ -257,7 +257,12 @@ class LocalLabelbox:
         gc.disable()
         try:
             plan = plan_import(
-                payload, model_run_id=rec.model_run_id, run_data_row_ids=ids, run_global_keys=gks, parse_row=parse_row
+                payload,
+                model_run_id=rec.model_run_id,
+                import_id=rec.id,
+                run_data_row_ids=ids,
+                run_global_keys=gks,
+                parse_row=parse_row,
             )
             store.finish_import(rec, plan)
         finally:

@@ -1,9 +1,10 @@
 """Turn one uploaded NDJSON prediction import into rows to persist and per-row statuses.
 
-Pure (no I/O): ``plan_import`` takes the bytes, the model run's membership (data row ids
-and their global keys) and the row parser, and returns what the store must upsert plus the
-status file rows. Row validation itself is ``service.events.parse_ndjson_row`` (the same
-rules the uploader applies), so the local API and the producer side never drift apart.
+Pure (no I/O): ``plan_import`` takes the bytes, the import's ids, the model run's membership
+(data row ids and their global keys) and the row parser, and returns what the store must upsert
+(as the statement parameters themselves) plus the status file rows. Row validation itself is
+``service.events.parse_ndjson_row`` (the same rules the uploader applies), so the local API and
+the producer side never drift apart.
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ ANNOTATION_PER_DATA_ROW_LIMIT = 5000
 
 ParseRow = Callable[..., Any]
 
-# (uuid, data_row_id, name, body)
-PredictionRecord = tuple[str, str, str | None, bytes]
-# (data_row_id, metric_name, feature_name, subclass_name, uuid, metric_value, aggregation, body)
-MetricRecord = tuple[str, str, str, str, str, bytes, str | None, bytes]
+# Records are the store's statement parameters as they are, so persisting them builds nothing per row.
+# (uuid, data_row_id, name, body, model_run_id, import_id)
+PredictionRecord = tuple[str, str, str | None, bytes, str, str]
+# (data_row_id, metric_name, feature_name, subclass_name, uuid, metric_value, aggregation, body,
+#  model_run_id, import_id)
+MetricRecord = tuple[str, str, str, str, str, bytes, str | None, bytes, str, str]
 
 
 @dataclass
@@ -76,6 +79,7 @@ def plan_import(
     payload: bytes,
     *,
     model_run_id: str,
+    import_id: str,
     run_data_row_ids: Set[str],
     run_global_keys: Mapping[str, str],
     parse_row: ParseRow,
@@ -149,6 +153,8 @@ def plan_import(
                     dumps(raw["metricValue"]),
                     _enum_str(parsed.aggregation),
                     line,
+                    model_run_id,
+                    import_id,
                 )
             )
         else:
@@ -172,7 +178,7 @@ def plan_import(
                     idx.append(len(lines))
             else:
                 name = raw.get("schemaId")
-            preds.append((parsed.uuid, dr_id, name, line))
+            preds.append((parsed.uuid, dr_id, name, line, model_run_id, import_id))
         # Same bytes as orjson.dumps({"uuid": uuid, "dataRow": {"id": dr_id}, "status": "SUCCESS"}).
         middle = dr_json.get(dr_id)
         if middle is None:

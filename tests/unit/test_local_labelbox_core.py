@@ -106,6 +106,7 @@ def plan(rows: list[dict[str, object]] | bytes, ids: set[str] | None = None):  #
     return plan_import(
         payload,
         model_run_id="mr",
+        import_id="imp",
         run_data_row_ids=ids if ids is not None else {"d1", "d2"},
         run_global_keys={"g1": "d1"},
         parse_row=parse_ndjson_row,

@@ -1,0 +1,81 @@
+"""The local Labelbox store on a real SQLite file: upsert order within and across imports, restarts."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import orjson
+
+from service.events import parse_ndjson_row
+from service.local_labelbox.imports import plan_import
+from service.local_labelbox.store import Store
+
+BOX = {"top": 1, "left": 1, "height": 1, "width": 1}
+
+
+def _import(store: Store, name: str, rows: list[dict[str, object]]) -> None:
+    payload = b"\n".join(orjson.dumps(r) for r in rows)
+    rec = store.create_import("mr", name, "file", None, payload, False)
+    assert rec is not None
+    ids, gks = store.run_members("mr")
+    plan = plan_import(
+        payload, model_run_id="mr", import_id=rec.id, run_data_row_ids=ids, run_global_keys=gks,
+        parse_row=parse_ndjson_row,
+    )
+    store.finish_import(rec, plan)
+
+
+def _seed(store: Store) -> None:
+    store.seed_data_rows([{"id": "d1", "globalKey": "g1"}, {"id": "d2"}])
+    store.create_model_run(name="run", model_id="m", run_id="mr")
+    store.register_data_rows("mr", ["d1", "d2"], None)
+
+
+ROWS: list[dict[str, object]] = [
+    {"uuid": "a", "name": "car", "dataRow": {"id": "d1"}, "bbox": BOX, "confidence": 0.1},
+    {"dataRow": {"id": "d2"}, "metricValue": 0.1, "metricName": "m", "featureName": "car"},
+    {"uuid": "b", "name": "car", "dataRow": {"id": "d2"}, "bbox": BOX},
+    # Same uuid / same metric key again, later in the same import: the later row wins.
+    {"uuid": "a", "name": "bus", "dataRow": {"globalKey": "g1"}, "bbox": BOX, "confidence": 0.9},
+    {"dataRow": {"id": "d2"}, "metricValue": 0.7, "metricName": "m", "featureName": "car"},
+]
+
+
+def test_repeated_keys_in_one_import_last_row_wins_and_replay_is_harmless(tmp_path: Path) -> None:
+    db = str(tmp_path / "s.sqlite3")
+    store = Store(db)
+    _seed(store)
+    _import(store, "first", ROWS)
+    preds = store.predictions("mr")
+    metrics = store.metrics("mr")
+    assert [(p["uuid"], p["dataRowId"], p["row"]["name"], p["row"]["confidence"]) for p in preds[:1]] == [
+        ("a", "d1", "bus", 0.9)
+    ]
+    assert [p["uuid"] for p in preds] == ["a", "b"]
+    assert [(m["dataRowId"], m["metricName"], m["featureName"], m["metricValue"]) for m in metrics] == [
+        ("d2", "m", "car", 0.7)
+    ]
+    assert store.counts("mr") == {"dataRows": 2, "predictions": 2, "metrics": 1, "imports": 1}
+
+    _import(store, "replay", ROWS)
+    assert store.predictions("mr") == preds and store.metrics("mr") == metrics
+    store.close()
+
+    reopened = Store(db)
+    assert reopened.predictions("mr") == preds and reopened.metrics("mr") == metrics
+    assert reopened.counts("mr")["imports"] == 2 and reopened.integrity_ok()
+    reopened.close()
+
+
+def test_existing_file_keeps_its_page_size(tmp_path: Path) -> None:
+    db = str(tmp_path / "old.sqlite3")
+    con = sqlite3.connect(db)
+    con.execute("PRAGMA page_size=4096")
+    con.execute("CREATE TABLE unrelated(x)")
+    con.close()
+    store = Store(db)
+    _seed(store)
+    _import(store, "first", ROWS)
+    assert store.counts("mr")["predictions"] == 2 and store.integrity_ok()
+    store.close()
