@@ -5,6 +5,8 @@ Starts the server on a temp SQLite file, seeds a model run with data rows, uploa
 as a GraphQL multipart request over a real socket, polls until FINISHED, and prints:
 - server-side processing rate (import record started_at -> finished_at: parse + validate + persist),
 - end-to-end rate (upload start -> FINISHED observed by polling),
+- CPU per row: of the server's DB thread (where every import is parsed, validated and persisted)
+  from upload start to FINISHED, and of the whole process in that window (server + this client),
 - the share spent in service.events.parse_ndjson_row (measured separately on the same rows).
 
 Run: .venv/bin/python bench/bench_local_labelbox.py [--rows 50000] [--data-rows 1000]
@@ -15,7 +17,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import resource
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -113,6 +117,9 @@ async def run(n_rows: int, n_data_rows: int) -> dict[str, Any]:
         )
         form.add_field("map", json.dumps({"f.ndjson": ["variables.file"]}))
         form.add_field("f.ndjson", payload, filename="f.ndjson", content_type="application/x-ndjson")
+        db_clock = time.pthread_getcpuclockid(await srv.db(threading.get_ident))
+        db_cpu0 = time.clock_gettime(db_clock)
+        proc_cpu0 = _process_cpu()
         t0 = time.perf_counter()
         async with http.post(srv.url, data=form, headers={"Authorization": "Bearer k"}) as r:
             body = await r.json()
@@ -129,6 +136,8 @@ async def run(n_rows: int, n_data_rows: int) -> dict[str, Any]:
                 break
             await asyncio.sleep(0.01)
         e2e = time.perf_counter() - t0
+        db_cpu = time.clock_gettime(db_clock) - db_cpu0
+        proc_cpu = _process_cpu() - proc_cpu0
         async with http.get(f"{srv.admin_url}/imports/{import_id}", headers=admin_h) as r:
             rec = await r.json()
         async with http.get(f"{srv.admin_url}/model-runs/bench-run/counts", headers=admin_h) as r:
@@ -156,12 +165,20 @@ async def run(n_rows: int, n_data_rows: int) -> dict[str, Any]:
         "serverRowsPerSecond": round(n_rows / server_s),
         "endToEndSeconds": round(e2e, 4),
         "endToEndRowsPerSecond": round(n_rows / e2e),
+        "dbThreadCpuMicrosPerRow": round(db_cpu / n_rows * 1e6, 2),
+        "processCpuMicrosPerRow(server + client)": round(proc_cpu / n_rows * 1e6, 2),
         "parseNdjsonRowSeconds": round(parse_s, 4),
         "parseNdjsonRowRowsPerSecond": round(n_rows / parse_s),
         "orjsonLoadsSeconds": round(loads_s, 4),
         "ownShareSeconds(server - parse_ndjson_row)": round(server_s - parse_s, 4),
         "command": f".venv/bin/python bench/bench_local_labelbox.py --rows {n_rows} --data-rows {n_data_rows}",
     }
+
+
+def _process_cpu() -> float:
+    """User + system CPU seconds of this process (all threads)."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
 
 
 def main() -> None:
