@@ -79,3 +79,24 @@ def test_existing_file_keeps_its_page_size(tmp_path: Path) -> None:
     _import(store, "first", ROWS)
     assert store.counts("mr")["predictions"] == 2 and store.integrity_ok()
     store.close()
+
+
+def test_counts_follow_every_write_of_the_run(tmp_path: Path) -> None:
+    store = Store(str(tmp_path / "c.sqlite3"))
+    store.seed_data_rows([{"id": "d1", "globalKey": "g1"}, {"id": "d2"}, {"id": "d3"}])
+    store.create_model_run(name="run", model_id="m", run_id="mr")
+    store.create_model_run(name="other", model_id="m", run_id="other")
+    assert store.counts("mr") == {"dataRows": 0, "predictions": 0, "metrics": 0, "imports": 0}
+    store.register_data_rows("mr", ["d1", "d2"], None)
+    assert store.counts("mr")["dataRows"] == 2
+    counted = store.counts("mr")
+    counted["predictions"] = 99  # a caller's copy, not the store's
+    _import(store, "first", ROWS)
+    assert store.counts("mr") == {"dataRows": 2, "predictions": 2, "metrics": 1, "imports": 1}
+    assert store.counts("other") == {"dataRows": 0, "predictions": 0, "metrics": 0, "imports": 0}
+    _import(store, "more", [{"uuid": "c", "name": "car", "dataRow": {"id": "d1"}, "bbox": BOX}])
+    store.register_data_rows("mr", ["d3"], None)
+    assert store.counts("mr") == {"dataRows": 3, "predictions": 3, "metrics": 1, "imports": 2}
+    assert store.create_import("mr", "more", "file", None, b"", False) is None  # name taken: no change
+    assert store.counts("mr")["imports"] == 2
+    store.close()
