@@ -207,22 +207,25 @@ class LocalLabelbox:
         fail, self.fault_rules = faults.take_import_failure(self.fault_rules, self.rng.random())
         rec = await self.db(self.store.create_import, model_run_id, name, source, file_url, payload, fail)
         if rec is not None:
-            self._spawn(rec)
+            self._spawn(rec, payload)
         return rec
 
-    def _spawn(self, rec: ImportRecord) -> None:
-        task = asyncio.create_task(self._process(rec))
+    def _spawn(self, rec: ImportRecord, payload: bytes | None = None) -> None:
+        """Process an import in the background; ``payload`` is its stored input when the caller
+        has it at hand (a fresh upload), else it is read back from the store (or fetched)."""
+        task = asyncio.create_task(self._process(rec, payload))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _process(self, rec: ImportRecord) -> None:
+    async def _process(self, rec: ImportRecord, payload: bytes | None) -> None:
         store = self.store
         try:
             if rec.fail_requested:
                 await self.db(store.mark_started, rec.id)
                 await self.db(store.fail_import, rec.id, "Import failed (injected fault)")
                 return
-            payload = await self.db(store.get_file, rec.id, "input")
+            if payload is None:
+                payload = await self.db(store.get_file, rec.id, "input")
             if payload is None:
                 try:
                     payload = await self._fetch(rec.file_url or "")
