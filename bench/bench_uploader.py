@@ -139,9 +139,11 @@ def uploader_env(bootstrap: str, topic: str, group: str, url: str, dlq: str, **e
     return env
 
 
-async def spawn_uploader(env: dict[str, str], log: Path) -> asyncio.subprocess.Process:
+async def spawn_uploader(env: dict[str, str], log: Path, *, root: Path = ROOT,
+                         profile: str | None = None) -> asyncio.subprocess.Process:
     fh = log.open("ab")
-    return await asyncio.create_subprocess_exec(sys.executable, "-m", "consumers.uploader", cwd=str(ROOT),
+    prof = ["-m", "cProfile", "-o", profile] if profile else []
+    return await asyncio.create_subprocess_exec(sys.executable, *prof, "-m", "consumers.uploader", cwd=str(root),
                                                 env=env, stdout=fh, stderr=fh)
 
 
@@ -195,6 +197,38 @@ async def naive(bootstrap: str, topic: str, url: str, seconds: float) -> float:
         return done / (time.perf_counter() - t0)
 
 
+async def throughput_once(bootstrap: str, topic: str, n: int, work: Path, root: Path, group: str, dlq: str,
+                          profile: str | None) -> dict[str, float]:
+    """One uploader process (code from ``root``) against a fresh local API: drain the whole topic."""
+    api = Api(work / group)
+    (work / group).mkdir(parents=True, exist_ok=True)
+    await api.start()
+    try:
+        await api.seed(RUNS)
+        env = uploader_env(bootstrap, topic, group, api.url, dlq)
+        env["PYTHONPATH"] = str(root)
+        assert api.proc is not None
+        api_cpu0 = cpu_s(api.proc.pid)
+        prof = None if profile is None else os.path.join(profile, f"{group}.prof")
+        t0 = time.perf_counter()
+        proc = await spawn_uploader(env, work / f"{group}.log", root=root, profile=prof)
+        first: float | None = None
+        while (stored := sum((await api.counts(RUNS)).values())) < n:
+            if stored and first is None:
+                first = time.perf_counter()
+            await asyncio.sleep(0.05)
+        up_s = time.perf_counter() - t0
+        steady = n / (time.perf_counter() - (first or t0))
+        _, up_hwm = vm_hwm_mb(proc.pid)
+        up_cpu = cpu_s(proc.pid)
+        api_cpu = cpu_s(api.proc.pid) - api_cpu0
+        await stop_proc(proc)
+    finally:
+        await api.stop()
+    return {"e2e": n / up_s, "seconds": up_s, "steady": steady, "up_cpu_s": up_cpu, "api_cpu_s": api_cpu,
+            "up_cpu_us": up_cpu / n * 1e6, "api_cpu_us": api_cpu / n * 1e6, "rss": up_hwm}
+
+
 def cpu_s(pid: int) -> float:
     """User + system CPU seconds of a process (from /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -211,6 +245,11 @@ def vm_hwm_mb(pid: int) -> tuple[float, float]:
     return rss, hwm
 
 
+def _variant(spec: str) -> tuple[str, Path]:
+    label, _, path = spec.partition("=")
+    return label, Path(path).resolve()
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=100_000)
@@ -219,7 +258,13 @@ async def main() -> None:
     ap.add_argument("--latency-seconds", type=float, default=20)
     ap.add_argument("--backlog", type=int, default=1_000_000)
     ap.add_argument("--memory-seconds", type=float, default=45)
-    ap.add_argument("--skip", action="append", default=[], choices=["throughput", "latency", "memory"])
+    ap.add_argument("--skip", action="append", default=[], choices=["throughput", "naive", "latency", "memory"])
+    ap.add_argument("--compare", action="append", default=[], metavar="LABEL=PATH", type=_variant,
+                    help="also run the uploader of another checkout (e.g. a git worktree of the previous commit) "
+                         "on the same topic, each run against a fresh local API; side by side, interleaved")
+    ap.add_argument("--rounds", type=int, default=1, help="throughput rounds (drain + every variant per round)")
+    ap.add_argument("--profile", metavar="DIR", type=lambda d: str(Path(d).resolve()),
+                    help="run the throughput uploaders under cProfile, output in DIR")
     args = ap.parse_args()
 
     broker = None
@@ -245,37 +290,38 @@ async def main() -> None:
             t0 = time.perf_counter()
             await produce(bootstrap, topic, args.events)
             print(f"produced {args.events} events in {time.perf_counter() - t0:.1f} s", flush=True)
-            drain_rate = await drain(bootstrap, topic, args.events)
-            print(f"raw drain: {drain_rate:,.0f} events/s", flush=True)
-
-            env = uploader_env(bootstrap, topic, f"bench-up-{stamp}", api.url, dlq)
-            assert api.proc is not None
-            api_cpu0 = cpu_s(api.proc.pid)
-            t0 = time.perf_counter()
-            proc = await spawn_uploader(env, work / "uploader.log")
-            first: float | None = None
-            while (stored := sum((await api.counts(RUNS)).values())) < args.events:
-                if stored and first is None:
-                    first = time.perf_counter()
-                await asyncio.sleep(0.05)
-            up_s = time.perf_counter() - t0
-            steady = args.events / (time.perf_counter() - (first or t0))
-            print(f"uploader: process start to first row stored {(first or t0) - t0:.2f} s; "
-                  f"first row to last row {args.events / steady:.2f} s = {steady:,.0f} events/s", flush=True)
-            _, up_hwm = vm_hwm_mb(proc.pid)
-            print(f"CPU seconds during the run: uploader {cpu_s(proc.pid):.1f}, "
-                  f"local Labelbox API {cpu_s(api.proc.pid) - api_cpu0:.1f} (2 vCPUs shared with the broker)",
-                  flush=True)
-            await stop_proc(proc)
-            up_rate = args.events / up_s
-            print(f"uploader end to end: {up_rate:,.0f} events/s ({up_s:.1f} s, peak RSS {up_hwm:.0f} MB)",
-                  flush=True)
-            naive_rate = await naive(bootstrap, topic, api.url, args.naive_seconds)
-            print(f"naive uploader: {naive_rate:,.1f} events/s", flush=True)
-            results.update(drain=drain_rate, uploader=up_rate, naive=naive_rate,
-                           ratio_drain=up_rate / drain_rate, ratio_naive=up_rate / naive_rate)
-            print(f"uploader / drain = {up_rate / drain_rate:.1%}; uploader / naive = {up_rate / naive_rate:,.0f}x",
-                  flush=True)
+            variants = [("this", ROOT), *args.compare]
+            runs: dict[str, list[dict[str, float]]] = {lbl: [] for lbl, _ in variants}
+            drains: list[float] = []
+            for rnd in range(args.rounds):
+                drain_rate = await drain(bootstrap, topic, args.events)
+                drains.append(drain_rate)
+                print(f"[round {rnd + 1}] raw drain: {drain_rate:,.0f} events/s", flush=True)
+                for label, root in variants:
+                    r = await throughput_once(bootstrap, topic, args.events, work, root,
+                                              f"bench-up-{stamp}-{label}-{rnd}", dlq, args.profile)
+                    r["drain"] = drain_rate
+                    runs[label].append(r)
+                    print(f"[round {rnd + 1}] {label}: end to end {r['e2e']:,.0f} events/s ({r['seconds']:.1f} s); "
+                          f"steady {r['steady']:,.0f} events/s; uploader CPU {r['up_cpu_us']:.1f} us/event; "
+                          f"API CPU {r['api_cpu_us']:.1f} us/row; peak RSS {r['rss']:.0f} MB; "
+                          f"/ drain {r['e2e'] / drain_rate:.1%}", flush=True)
+            up_rate = statistics.median(r["e2e"] for r in runs["this"])
+            drain_rate = statistics.median(drains)
+            results.update(drain=drain_rate, uploader=up_rate, ratio_drain=up_rate / drain_rate,
+                           runs=runs)
+            for label, _ in variants:
+                rs = runs[label]
+                print(f"{label} (median of {len(rs)}): e2e {statistics.median(r['e2e'] for r in rs):,.0f}/s, "
+                      f"steady {statistics.median(r['steady'] for r in rs):,.0f}/s, uploader CPU "
+                      f"{statistics.median(r['up_cpu_us'] for r in rs):.1f} us/event, API CPU "
+                      f"{statistics.median(r['api_cpu_us'] for r in rs):.1f} us/row", flush=True)
+            if "naive" not in args.skip:
+                naive_rate = await naive(bootstrap, topic, api.url, args.naive_seconds)
+                print(f"naive uploader: {naive_rate:,.1f} events/s", flush=True)
+                results.update(naive=naive_rate, ratio_naive=up_rate / naive_rate)
+                print(f"uploader / naive = {up_rate / naive_rate:,.0f}x", flush=True)
+            print(f"uploader / drain = {up_rate / drain_rate:.1%}", flush=True)
 
         if "latency" not in args.skip:
             topic = f"bench-lat-{stamp}"

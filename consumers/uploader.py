@@ -21,7 +21,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import orjson
 import structlog
 from prometheus_client import CollectorRegistry
 
@@ -38,7 +37,7 @@ from consumers.runtime import (
 from service.batching import BatchLimits
 from service.config import Settings
 from service.errors import ConfigError, EventValidationError
-from service.events import EventKind, LabelEvent, MetricEvent, PredictionEvent, parse_event
+from service.events import EventKind, LabelEvent, parse_upload
 from service.labelbox_client import (
     ImportFailedError,
     ImportState,
@@ -106,8 +105,7 @@ def import_name(model_run_id: str, items: list[tuple[Record, Item]], attempt: in
     """Deterministic: the same source messages give the same name, so a retry after a lost
     response finds the earlier import instead of creating a second one."""
     h = hashlib.sha256(model_run_id.encode())
-    for rec, _ in items:
-        h.update(f"{rec.topic}\0{rec.partition}\0{rec.offset}\n".encode())
+    h.update("".join([f"{rec.topic}\0{rec.partition}\0{rec.offset}\n" for rec, _ in items]).encode())
     base = f"runstream-{h.hexdigest()[:24]}"
     return base if attempt == 0 else f"{base}-r{attempt}"
 
@@ -145,27 +143,19 @@ class UploaderHandler:
         if kind is None:
             return Rejection(record, "schema", f"topic {record.topic!r} is not an uploader input topic")
         try:
-            ev = parse_event(kind, record.value, max_bytes=self.settings.max_message_bytes)
+            up = parse_upload(kind, record.value, max_bytes=self.settings.max_message_bytes)
         except EventValidationError as exc:
             return Rejection(record, exc.error_class, str(exc))
         size = len(record.value or b"") + len(record.key or b"") + _ITEM_OVERHEAD
-        if isinstance(ev, LabelEvent):
-            return Accepted(ev.model_run_id, Item(ev.model_run_id, [], label=ev), size)
-        rows: list[tuple[str, str]] = []
-        lines: list[bytes] = []
-        if isinstance(ev, PredictionEvent):
-            for p in ev.predictions:
-                rows.append((p.uuid, p.data_row.key()))
-                lines.append(orjson.dumps(p.to_ndjson()))
-        elif isinstance(ev, MetricEvent):
-            for m in ev.metrics:
-                rows.append((m.uuid, m.data_row.key()))
-                lines.append(orjson.dumps(m.to_ndjson()))
-        # join() (or tobytes() for one row) copies into one exact-size buffer: orjson's own outputs keep ~1 KiB of
-        # capacity each, which made a 200-byte row cost 1.4 KiB while it waited.
-        payload = b"\n".join(lines) if len(lines) != 1 else memoryview(lines[0]).tobytes()
-        size += len(payload) + sum(len(u) + len(k) + _ROW_OVERHEAD for u, k in rows)
-        return Accepted(ev.model_run_id, Item(ev.model_run_id, rows, payload), size)
+        if isinstance(up, LabelEvent):
+            return Accepted(up.model_run_id, Item(up.model_run_id, [], label=up), size)
+        rows = up.rows
+        if len(rows) == 1:
+            u, k = rows[0]
+            size += len(up.payload) + len(u) + len(k) + _ROW_OVERHEAD
+        else:
+            size += len(up.payload) + sum(len(u) + len(k) + _ROW_OVERHEAD for u, k in rows)
+        return Accepted(up.model_run_id, Item(up.model_run_id, rows, up.payload), size)
 
     # ------------------------------------------------------------------ process (async)
 
@@ -231,13 +221,12 @@ class UploaderHandler:
 
     async def _deliver_rows(self, mr: str, items: list[tuple[Record, Item]]) -> list[Rejection]:
         if self.settings.register_data_rows:
-            wanted: dict[str, None] = {}
-            for _, it in items:
-                for _, drk in it.rows:
-                    if (mr, drk) not in self.known_rows:
-                        wanted[drk] = None
+            # Distinct keys first (a batch names the same data rows many times), then the cache.
+            keys = dict.fromkeys([drk for _, it in items for _, drk in it.rows])
+            known = self.known_rows
+            wanted = [drk for drk in keys if (mr, drk) not in known]
             if wanted:
-                await self._register_rows(mr, list(wanted))
+                await self._register_rows(mr, wanted)
         return await self._import(mr, items)
 
     async def _register_labels(self, mr: str, labels: list[LabelEvent]) -> None:

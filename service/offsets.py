@@ -8,7 +8,9 @@ next offset to commit = one past the highest offset whose predecessors are all d
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 
@@ -28,14 +30,43 @@ class PartitionOffsets:
             raise ValueError(f"offset {offset} is below the commit point {self.commit_point}")
         self.pending.append(offset)
 
+    def track_many(self, offsets: Sequence[int]) -> int:
+        """Track one fetch's offsets (ascending, as Kafka returns them) in one call; returns how many
+        leading ones were skipped because they are already tracked or below the commit point (a
+        re-fetch after a seek) -- exactly the ones ``track`` would refuse."""
+        floor = self.pending[-1] if self.pending else None
+        if self.commit_point is not None and (floor is None or self.commit_point - 1 > floor):
+            floor = self.commit_point - 1
+        skip = 0 if floor is None or not offsets or offsets[0] > floor else bisect_right(offsets, floor)
+        self.pending.extend(offsets[skip:] if skip else offsets)
+        return skip
+
     def mark_done(self, offset: int) -> None:
         if not self.pending or offset < self.pending[0]:
             return  # already advanced past it (duplicate completion)
         self.done.add(offset)
-        while self.pending and self.pending[0] in self.done:
-            head = self.pending.popleft()
-            self.done.discard(head)
-            self.commit_point = head + 1
+        self._advance()
+
+    def mark_done_many(self, offsets: Sequence[int]) -> None:
+        """``mark_done`` for many tracked offsets at once (a finished batch), advancing the commit point once."""
+        if not self.pending:
+            return
+        head = self.pending[0]
+        if min(offsets, default=head) < head:
+            offsets = [o for o in offsets if o >= head]
+        self.done.update(offsets)
+        self._advance()
+
+    def _advance(self) -> None:
+        pending, done = self.pending, self.done
+        if not pending or pending[0] not in done:
+            return
+        popleft, discard = pending.popleft, done.discard
+        head = pending[0]
+        while pending and pending[0] in done:
+            head = popleft()
+            discard(head)
+        self.commit_point = head + 1
 
     @property
     def in_flight(self) -> int:
@@ -57,10 +88,22 @@ class OffsetTracker:
     def track(self, topic: str, partition: int, offset: int) -> None:
         self._parts.setdefault((topic, partition), PartitionOffsets()).track(offset)
 
+    def track_many(self, topic: str, partition: int, offsets: Sequence[int]) -> int:
+        """Track a fetch of one partition; returns how many leading offsets were refused (see PartitionOffsets)."""
+        part = self._parts.get((topic, partition))
+        if part is None:
+            part = self._parts[(topic, partition)] = PartitionOffsets()
+        return part.track_many(offsets)
+
     def mark_done(self, topic: str, partition: int, offset: int) -> None:
         part = self._parts.get((topic, partition))
         if part is not None:
             part.mark_done(offset)
+
+    def mark_done_many(self, topic: str, partition: int, offsets: Sequence[int]) -> None:
+        part = self._parts.get((topic, partition))
+        if part is not None:
+            part.mark_done_many(offsets)
 
     def committable(self) -> dict[tuple[str, int], int]:
         """Partitions with a new commit point, mapped to the offset to commit."""

@@ -23,6 +23,7 @@ from service.events import (
     ConfusionMatrixMetricRow,
     DataRowRef,
     LabelEvent,
+    PredictionEvent,
     PredictionRow,
     ScalarMetricRow,
     _fast_metric,
@@ -30,6 +31,7 @@ from service.events import (
     _parse_metric_full,
     _parse_prediction_full,
     parse_event,
+    parse_upload,
 )
 
 N = 20_000
@@ -204,3 +206,72 @@ def test_built_models_match_validated_ones() -> None:
     assert isinstance(ev, LabelEvent)
     same(ev, LabelEvent(model_run_id="m", global_keys=["a"]))
     same(DataRowRef(id="x"), DataRowRef(id="x"))
+
+
+def _upload_from_event(kind: Any, raw: bytes) -> Any:
+    """What the uploader sent before ``parse_upload``: parse_event, then each row's to_ndjson()."""
+    try:
+        ev = parse_event(kind, raw, max_bytes=1 << 20)
+    except EventValidationError as exc:
+        return (type(exc), str(exc))
+    if isinstance(ev, LabelEvent):
+        return ev
+    rows = ev.predictions if kind == "prediction" else ev.metrics  # type: ignore[union-attr]
+    return (ev.model_run_id, [(r.uuid, r.data_row.key()) for r in rows],
+            b"\n".join(orjson.dumps(r.to_ndjson()) for r in rows))
+
+
+def _upload(kind: Any, raw: bytes) -> Any:
+    try:
+        up = parse_upload(kind, raw, max_bytes=1 << 20)
+    except EventValidationError as exc:
+        return (type(exc), str(exc))
+    return up if isinstance(up, LabelEvent) else tuple(up)
+
+
+@pytest.mark.parametrize("seed", [7, 8])
+def test_parse_upload_agrees_with_parse_event(seed: int) -> None:
+    """The uploader's bytes-out path gives the same rows, uuids, NDJSON bytes and errors as parse_event."""
+    rnd = random.Random(seed)
+    taken = 0
+    for i in range(N // 4):
+        rows = [prediction_row(rnd) for _ in range(rnd.choice([1, 1, 1, 2, 3]))]
+        if not all(from_json_possible(r) for r in rows):
+            continue
+        env: dict[str, Any] = {"model_run_id": rnd.choice(["mr-1", "run \u00e9", " ", ""])
+                               if rnd.random() < 0.05 else "mr-1", "predictions": rows}
+        if rnd.random() < 0.03:
+            env = {"modelRunId": "mr-1", "prediction": rows[0]}
+        if rnd.random() < 0.02:
+            env["extra"] = 1
+        raw = orjson.dumps(env)
+        want = _upload_from_event("prediction", raw)
+        got = _upload("prediction", raw)
+        assert got == want, (i, raw)
+        taken += isinstance(got, tuple) and isinstance(got[0], str)
+    assert taken > N // 40, taken
+    for _ in range(N // 8):
+        metrics = [metric_row(rnd) for _ in range(2)]
+        if not all(from_json_possible(m) for m in metrics):
+            continue
+        raw = orjson.dumps({"model_run_id": "mr-1", "metrics": metrics})
+        assert _upload("metric", raw) == _upload_from_event("metric", raw), raw
+
+
+def test_parse_upload_one_row_bytes() -> None:
+    """The spliced uuid line is byte-for-byte the serialised NDJSON row, and a given uuid is kept."""
+    row = {"dataRow": {"globalKey": "g"}, "name": "car", "confidence": 1, "bbox": {"top": 1}}
+    raw = orjson.dumps({"model_run_id": "m", "predictions": [row]})
+    up = parse_upload("prediction", raw, max_bytes=1 << 20)
+    ev = parse_event("prediction", raw, max_bytes=1 << 20)
+    assert not isinstance(up, LabelEvent) and isinstance(ev, PredictionEvent)
+    assert up.payload == orjson.dumps(ev.predictions[0].to_ndjson())
+    assert up.rows == [(ev.predictions[0].uuid, "gk:g")]
+    given = parse_upload("prediction", orjson.dumps({"model_run_id": "m", "predictions": [row | {"uuid": "u-1"}]}),
+                         max_bytes=1 << 20)
+    assert not isinstance(given, LabelEvent) and given.rows == [("u-1", "gk:g")]
+    assert orjson.loads(given.payload)["uuid"] == "u-1"
+    lab = parse_upload("label", b'{"model_run_id": "m", "label_ids": ["l"]}', max_bytes=1 << 20)
+    assert isinstance(lab, LabelEvent) and lab.label_ids == ["l"]
+    with pytest.raises(EventValidationError):
+        parse_upload("prediction", b"[]", max_bytes=1 << 20)

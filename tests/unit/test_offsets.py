@@ -86,3 +86,40 @@ def test_commit_point_never_passes_an_unfinished_offset(gaps: list[int], rnd: ra
         if cp is not None:
             assert all(y in done for y in offsets if y < cp)
     assert p.to_commit() == offsets[-1] + 1
+
+
+def test_track_many_refuses_what_track_refuses() -> None:
+    """A re-fetch after a seek overlaps what is tracked: the overlap is skipped, the rest tracked."""
+    p = PartitionOffsets()
+    assert p.track_many([3, 4, 5]) == 0
+    assert p.track_many([4, 5, 6, 8]) == 2
+    assert list(p.pending) == [3, 4, 5, 6, 8]
+    p.mark_done_many([3, 4, 5, 6, 8])
+    assert p.to_commit() == 9 and p.in_flight == 0
+    assert p.track_many([7, 8, 9]) == 2  # below the commit point, pending empty
+    assert p.track_many([]) == 0
+    assert list(p.pending) == [9]
+
+
+@given(st.lists(st.integers(0, 60), max_size=40), st.randoms())
+def test_bulk_methods_match_one_at_a_time(fetch: list[int], rnd: random.Random) -> None:
+    """Same state as track/mark_done one offset at a time, for tracked offsets done in any order, twice."""
+    one, many = PartitionOffsets(), PartitionOffsets()
+    offsets = sorted(set(fetch))
+    done = offsets * 2
+    rnd.shuffle(done)
+    cut = rnd.randint(0, len(offsets))
+    for chunk in (offsets[:cut], offsets[max(0, cut - 3):]):  # the second fetch overlaps the first
+        refused = 0
+        for o in chunk:
+            try:
+                one.track(o)
+            except ValueError:
+                refused += 1
+        assert many.track_many(chunk) == refused
+    for i in range(0, len(done), 7):
+        part = done[i:i + 7]
+        for o in part:
+            one.mark_done(o)
+        many.mark_done_many(part)
+        assert (list(one.pending), one.done, one.commit_point) == (list(many.pending), many.done, many.commit_point)
