@@ -104,6 +104,9 @@ class LocalLabelbox:
         self._next_rule_id = 1
         self._resolvers = Resolvers(self)
         self._docs: dict[str, DocumentNode] = {}
+        # query text -> its validation errors against the (fixed) schema. graphql-core's validate
+        # costs ~1 ms a request, more than the rest of a status poll; clients repeat a few queries.
+        self._validated: dict[str, list[GraphQLError]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._executor: ThreadPoolExecutor | None = None
         self._store: Store | None = None
@@ -354,9 +357,17 @@ class LocalLabelbox:
         if doc is None:
             doc = parse(query)
             if len(self._docs) >= _DOC_CACHE_SIZE:
-                self._docs.pop(next(iter(self._docs)))
+                oldest = next(iter(self._docs))
+                del self._docs[oldest]
+                self._validated.pop(oldest, None)
             self._docs[query] = doc
         return doc
+
+    def _validate(self, query: str, doc: DocumentNode) -> list[GraphQLError]:
+        errors = self._validated.get(query)
+        if errors is None:
+            errors = self._validated[query] = validate(self.schema, doc)
+        return errors
 
     async def handle_graphql(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -395,7 +406,7 @@ class LocalLabelbox:
             return lb_errors("Invalid API key", "AUTHENTICATION_ERROR", 401)
         if syntax_error is not None:
             return lb_errors(syntax_error.message, "GRAPHQL_PARSE_FAILED", 400)
-        errors = validate(self.schema, doc)
+        errors = self._validate(query, doc)
         if errors:
             return lb_errors(errors[0].message, "GRAPHQL_VALIDATION_FAILED", 400)
 

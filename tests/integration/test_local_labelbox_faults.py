@@ -224,10 +224,11 @@ async def test_bad_requests_get_labelbox_errors(server: LocalLabelbox, http: aio
         (b"[1,2]", 400, "MALFORMED_REQUEST"),
         ({"query": GET_RUN, "variables": {"param_0": "missing"}}, 200, "RESOURCE_NOT_FOUND"),
     ]
-    for body, want_status, want_code in cases:
-        status, payload, _ = await gql(http, server, body, headers={"Content-Type": "application/json"})
-        assert status == want_status, (body, payload)
-        assert payload["errors"][0]["extensions"]["code"] == want_code, (body, payload)
+    for _ in range(2):  # the second round answers from the parsed/validated document cache
+        for body, want_status, want_code in cases:
+            status, payload, _ = await gql(http, server, body, headers={"Content-Type": "application/json"})
+            assert status == want_status, (body, payload)
+            assert payload["errors"][0]["extensions"]["code"] == want_code, (body, payload)
     with pytest.raises(lbx.InvalidQueryError):
         await asyncio.to_thread(sdk(server).execute, "query { noSuchField }")
     with pytest.raises(lbx.InvalidQueryError, match="Syntax Error"):
