@@ -9,7 +9,12 @@ as a GraphQL multipart request over a real socket, polls until FINISHED, and pri
   from upload start to FINISHED, and of the whole process in that window (server + this client),
 - the share spent in service.events.parse_ndjson_row (measured separately on the same rows).
 
-Run: .venv/bin/python bench/bench_local_labelbox.py [--rows 50000] [--data-rows 1000]
+With --uploader-like, the load the uploader benchmark puts on the API instead: 12 model runs,
+imports of 5,000 prediction rows (uuid + one customMetric, as the uploader sends them), 4 in
+flight, each polled with backoff and its status file fetched, while a poller reads /admin counts
+of all 12 runs every 50 ms (as bench/bench_uploader.py does); reports rows/s and CPU per row.
+
+Run: .venv/bin/python bench/bench_local_labelbox.py [--rows 50000] [--data-rows 1000] [--uploader-like]
 """
 
 from __future__ import annotations
@@ -175,6 +180,115 @@ async def run(n_rows: int, n_data_rows: int) -> dict[str, Any]:
     }
 
 
+UPLOADER_RUNS = [f"bench-run-{i}" for i in range(12)]
+UPLOADER_BATCH = 5000
+
+
+def _uploader_rows(run: str, k: int, data_rows: list[str]) -> bytes:
+    rows = [
+        {
+            "uuid": f"{run}-{k}-{i}",
+            "dataRow": {"id": data_rows[i % len(data_rows)]},
+            "name": "car",
+            "confidence": 0.8,
+            "bbox": {"top": i % 500, "left": i % 300, "height": 40, "width": 60 + i},
+            "customMetrics": [{"name": "iou", "value": 0.5}],
+        }
+        for i in range(UPLOADER_BATCH)
+    ]
+    return "\n".join(json.dumps(r) for r in rows).encode()
+
+
+async def run_uploader_like(n_rows: int, n_data_rows: int) -> dict[str, Any]:
+    tmp = tempfile.mkdtemp(prefix="bench-llb-")
+    admin_h = {"Authorization": "Bearer adm"}
+    key_h = {"Authorization": "Bearer k"}
+    async with (
+        LocalLabelbox(str(Path(tmp) / "u.sqlite3"), api_keys=["k"], admin_token="adm") as srv,
+        aiohttp.ClientSession() as http,
+    ):
+        dr_ids = [f"dr-{i:06d}" for i in range(n_data_rows)]
+        async with http.post(
+            srv.admin_url + "/data-rows", json={"dataRows": [{"id": d} for d in dr_ids]}, headers=admin_h
+        ) as r:
+            assert r.status == 200
+        async with http.post(
+            srv.admin_url + "/model-runs",
+            json={"modelRuns": [{"id": x, "name": x, "dataRowIds": dr_ids} for x in UPLOADER_RUNS]},
+            headers=admin_h,
+        ) as r:
+            assert r.status == 200
+        batches = []
+        for k in range(max(1, n_rows // UPLOADER_BATCH)):
+            run = UPLOADER_RUNS[k % len(UPLOADER_RUNS)]
+            batches.append((run, f"imp-{k}", _uploader_rows(run, k, dr_ids)))
+        total_rows = len(batches) * UPLOADER_BATCH
+
+        async def counts() -> int:
+            total = 0
+            for run in UPLOADER_RUNS:
+                async with http.get(f"{srv.admin_url}/model-runs/{run}/counts", headers=admin_h) as r:
+                    total += int((await r.json())["predictions"])
+            return total
+
+        done = asyncio.Event()
+
+        async def poll_counts() -> None:
+            while not done.is_set():
+                await counts()
+                await asyncio.sleep(0.05)
+
+        in_flight = asyncio.Semaphore(4)
+
+        async def one(run: str, name: str, payload: bytes) -> None:
+            async with in_flight:
+                form = aiohttp.FormData()
+                variables = {"file": None, "contentLength": len(payload), "modelRunId": run, "name": name}
+                form.add_field("operations", json.dumps({"query": MUTATION, "variables": variables}))
+                form.add_field("map", json.dumps({"f.ndjson": ["variables.file"]}))
+                form.add_field("f.ndjson", payload, filename="f.ndjson", content_type="application/x-ndjson")
+                async with http.post(srv.url, data=form, headers=key_h) as r:
+                    assert r.status == 200, await r.text()
+                delay = 0.05
+                while True:
+                    async with http.post(
+                        srv.url, json={"query": POLL, "variables": {"modelRunId": run, "name": name}}, headers=key_h
+                    ) as r:
+                        got = (await r.json())["data"]["modelErrorAnalysisPredictionImport"]
+                    if got["state"] != "RUNNING":
+                        break
+                    await asyncio.sleep(delay)
+                    delay = min(1.0, delay * 1.5)
+                async with http.get(got["statusFileUrl"]) as r:
+                    await r.read()
+
+        db_clock = time.pthread_getcpuclockid(await srv.db(threading.get_ident))
+        db_cpu0 = time.clock_gettime(db_clock)
+        proc_cpu0 = _process_cpu()
+        t0 = time.perf_counter()
+        poller = asyncio.create_task(poll_counts())
+        await asyncio.gather(*(one(*b) for b in batches))
+        done.set()
+        await poller
+        wall = time.perf_counter() - t0
+        db_cpu = time.clock_gettime(db_clock) - db_cpu0
+        proc_cpu = _process_cpu() - proc_cpu0
+        stored = await counts()
+    assert stored == total_rows, (stored, total_rows)
+    return {
+        "mode": "uploader-like",
+        "rows": total_rows,
+        "imports": len(batches),
+        "stored": stored,
+        "seconds": round(wall, 4),
+        "rowsPerSecond": round(total_rows / wall),
+        "dbThreadCpuMicrosPerRow": round(db_cpu / total_rows * 1e6, 2),
+        "processCpuMicrosPerRow(server + client)": round(proc_cpu / total_rows * 1e6, 2),
+        "command": f".venv/bin/python bench/bench_local_labelbox.py --uploader-like --rows {n_rows} "
+        f"--data-rows {n_data_rows}",
+    }
+
+
 def _process_cpu() -> float:
     """User + system CPU seconds of this process (all threads)."""
     ru = resource.getrusage(resource.RUSAGE_SELF)
@@ -185,8 +299,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--rows", type=int, default=50_000)
     ap.add_argument("--data-rows", type=int, default=1000)
+    ap.add_argument("--uploader-like", action="store_true", help="the uploader benchmark's load instead (see above)")
     args = ap.parse_args()
-    result = asyncio.run(run(args.rows, args.data_rows))
+    if args.uploader_like:
+        result = asyncio.run(run_uploader_like(args.rows, args.data_rows))
+    else:
+        result = asyncio.run(run(args.rows, args.data_rows))
     print(json.dumps(result, indent=2))
 
 
