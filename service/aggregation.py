@@ -16,8 +16,8 @@ Confidence-keyed values are split per confidence key: key ``""`` is the plain va
 the value at confidence 0.5; each key is an independent tree, so "explicit wins over roll-up"
 and every aggregation apply per key.
 
-The update works against :class:`StateAccess` (get/put of leaves, nodes, run aggregates, metric
-definitions and the annotation index); :class:`MemoryState` is the dict implementation used by
+The update works against :class:`StateAccess` (get/put of per-data-row :class:`Tree` objects,
+run aggregates, metric definitions and the annotation index); :class:`MemoryState` is the dict implementation used by
 unit tests, ``service.state_store`` provides the cached, durable one.
 """
 
@@ -51,6 +51,10 @@ NodeKey: TypeAlias = tuple[str, str, str, str, int, str, str]
 RunAggKey: TypeAlias = tuple[str, str, str, int, str, str]
 # where a customMetric leaf of an annotation lives: (metric, data row, level, feature, subclass)
 AnnotationLeaf: TypeAlias = tuple[str, str, int, str, str]
+# one data row's tree of one metric: (model run, metric, data row)
+TreeKey: TypeAlias = tuple[str, str, str]
+LeafSub: TypeAlias = tuple[int, str, str, str]  # a leaf within its tree: (level, feature, subclass, source)
+NodeSub: TypeAlias = tuple[str, int, str, str]  # a node within its tree: (confidence key, level, feature, subclass)
 
 LEVEL_DATA_ROW, LEVEL_FEATURE, LEVEL_SUBCLASS = 0, 1, 2
 
@@ -234,13 +238,26 @@ class NodeState:
 # state access
 
 
-class StateAccess(Protocol):
-    """What the tree update reads and writes; ``None`` as a put value deletes."""
+@dataclass(slots=True)
+class Tree:
+    """Every leaf and node of one (model run, metric, data row).
 
-    def get_leaf(self, key: LeafKey) -> LeafValue | None: ...
-    def put_leaf(self, key: LeafKey, value: LeafValue | None) -> None: ...
-    def get_node(self, key: NodeKey) -> NodeState | None: ...
-    def put_node(self, key: NodeKey, node: NodeState | None) -> None: ...
+    Why trees: a leaf change touches its node and the node's ancestors, which are all in the
+    same tree, so the update finds them with one lookup and a store keeps one row per tree.
+    """
+
+    leaves: dict[LeafSub, LeafValue] = field(default_factory=dict)
+    nodes: dict[NodeSub, NodeState] = field(default_factory=dict)
+
+
+class StateAccess(Protocol):
+    """What the tree update reads and writes; ``None`` as a put value deletes.
+
+    ``put_tree`` is called after a tree was changed in place (an empty tree is a deletion).
+    """
+
+    def get_tree(self, key: TreeKey) -> Tree | None: ...
+    def put_tree(self, key: TreeKey, tree: Tree) -> None: ...
     def get_run_agg(self, key: RunAggKey) -> Agg | None: ...
     def put_run_agg(self, key: RunAggKey, agg: Agg | None) -> None: ...
     def get_metric_def(self, run: str, metric: str) -> Aggregation | None: ...
@@ -254,30 +271,34 @@ class MemoryState:
     """Plain-dict :class:`StateAccess` (unit tests, and the shape the durable cache follows)."""
 
     def __init__(self) -> None:
-        self.leaves: dict[LeafKey, LeafValue] = {}
-        self.nodes: dict[NodeKey, NodeState] = {}
+        self.trees: dict[TreeKey, Tree] = {}
         self.run_aggs: dict[RunAggKey, Agg] = {}
         self.metric_defs: dict[tuple[str, str], Aggregation] = {}
         self.annotations: dict[tuple[str, str], tuple[AnnotationLeaf, ...]] = {}
         self.runs: set[str] = set()
 
-    def get_leaf(self, key: LeafKey) -> LeafValue | None:
-        return self.leaves.get(key)
+    @property
+    def leaves(self) -> dict[LeafKey, LeafValue]:
+        """Every leaf by its flat key (a snapshot, for tests and comparisons)."""
+        return {(r, m, dr, *sub): v for (r, m, dr), t in self.trees.items() for sub, v in t.leaves.items()}
 
-    def put_leaf(self, key: LeafKey, value: LeafValue | None) -> None:
-        if value is None:
-            self.leaves.pop(key, None)
+    @property
+    def nodes(self) -> dict[NodeKey, NodeState]:
+        """Every node by its flat key (a snapshot, for tests and comparisons)."""
+        return {
+            (r, m, ck, dr, lvl, f, s): n
+            for (r, m, dr), t in self.trees.items()
+            for (ck, lvl, f, s), n in t.nodes.items()
+        }
+
+    def get_tree(self, key: TreeKey) -> Tree | None:
+        return self.trees.get(key)
+
+    def put_tree(self, key: TreeKey, tree: Tree) -> None:
+        if tree.leaves or tree.nodes:
+            self.trees[key] = tree
         else:
-            self.leaves[key] = value
-
-    def get_node(self, key: NodeKey) -> NodeState | None:
-        return self.nodes.get(key)
-
-    def put_node(self, key: NodeKey, node: NodeState | None) -> None:
-        if node is None:
-            self.nodes.pop(key, None)
-        else:
-            self.nodes[key] = node
+            self.trees.pop(key, None)
 
     def get_run_agg(self, key: RunAggKey) -> Agg | None:
         return self.run_aggs.get(key)
@@ -446,11 +467,22 @@ def _replace_annotation(state: StateAccess, run: str, ann: AnnotationUpdate) -> 
 
 def set_leaf(state: StateAccess, key: LeafKey, aggregation: Aggregation, new: LeafValue | None) -> None:
     """Set (or with None remove) one leaf and propagate the change of every affected node."""
-    old = state.get_leaf(key)
+    run, metric, dr, level, f, s, src = key
+    tk = (run, metric, dr)
+    tree = state.get_tree(tk)
+    if tree is None:
+        if new is None:
+            return
+        tree = Tree()
+    sub = (level, f, s, src)
+    leaves = tree.leaves
+    old = leaves.get(sub)
     if old == new:
         return
-    state.put_leaf(key, new)
-    run, metric, dr, level, f, s, _src = key
+    if new is None:
+        del leaves[sub]
+    else:
+        leaves[sub] = new
     if old is None:
         assert new is not None
         cks: Iterable[str] = new.keys()
@@ -458,33 +490,44 @@ def set_leaf(state: StateAccess, key: LeafKey, aggregation: Aggregation, new: Le
         cks = old.keys()
     else:
         cks = old.keys() | new.keys()
+    nodes = tree.nodes
     for ck in cks:
         ov = old.get(ck) if old else None
         nv = new.get(ck) if new else None
         if ov == nv:
             continue
-        nkey: NodeKey = (run, metric, ck, dr, level, f, s)
-        node = state.get_node(nkey) or NodeState()
+        node = nodes.get((ck, level, f, s)) or NodeState()
         if ov is not None:
             node.direct.add_term(term(ov, aggregation), -1)
         if nv is not None:
             node.direct.add_term(term(nv, aggregation), 1)
-        _refresh(state, nkey, node, aggregation)
+        _refresh(state, run, metric, nodes, (ck, level, f, s), node, aggregation)
+    state.put_tree(tk, tree)
 
 
-def _refresh(state: StateAccess, nkey: NodeKey, node: NodeState, aggregation: Aggregation) -> None:
+def _refresh(
+    state: StateAccess,
+    run: str,
+    metric: str,
+    nodes: dict[NodeSub, NodeState],
+    sub: NodeSub,
+    node: NodeState,
+    aggregation: Aggregation,
+) -> None:
     """Recompute a node's value; push old→new deltas to the run aggregate and the parent."""
     while True:
         old_value = node.value
         new_value = node.compute(aggregation)
         node.value = new_value
-        empty = node.direct.n == 0 and node.children.n == 0
-        state.put_node(nkey, None if empty else node)
+        if node.direct.n == 0 and node.children.n == 0:
+            nodes.pop(sub, None)
+        else:
+            nodes[sub] = node
         if old_value == new_value:
             return
         ot = term(old_value, aggregation) if old_value is not None else _NO_TERM
         nt = term(new_value, aggregation) if new_value is not None else _NO_TERM
-        run, metric, ck, dr, level, f, s = nkey
+        ck, level, f, s = sub
         rkey: RunAggKey = (run, metric, ck, level, f, s)
         ragg = state.get_run_agg(rkey) or Agg()
         if ot is not _NO_TERM:
@@ -494,17 +537,13 @@ def _refresh(state: StateAccess, nkey: NodeKey, node: NodeState, aggregation: Ag
         state.put_run_agg(rkey, ragg if ragg.n > 0 else None)
         if level == LEVEL_DATA_ROW:
             return
-        pkey: NodeKey = (
-            (run, metric, ck, dr, LEVEL_FEATURE, f, "")
-            if level == LEVEL_SUBCLASS
-            else (run, metric, ck, dr, LEVEL_DATA_ROW, "", "")
-        )
-        parent = state.get_node(pkey) or NodeState()
+        sub = (ck, LEVEL_FEATURE, f, "") if level == LEVEL_SUBCLASS else (ck, LEVEL_DATA_ROW, "", "")
+        parent = nodes.get(sub) or NodeState()
         if ot is not _NO_TERM:
             parent.children.add_term(ot, -1)
         if nt is not _NO_TERM:
             parent.children.add_term(nt, 1)
-        nkey, node = pkey, parent
+        node = parent
 
 
 _NO_TERM: Any = object()

@@ -39,7 +39,7 @@ from service.aggregation import (
 )
 from service.dlq_headers import DlqHeaders
 from service.kafka_admin import create_topics
-from service.state_store import CachedState, SqlStateBackend
+from service.state_store import CachedState, SqlStateBackend, decode_tree
 
 
 def _topics(bootstrap: str, unique_id: Callable[[str], str], partitions: int = 3) -> dict[str, str]:
@@ -268,8 +268,14 @@ def test_cached_state_with_prefetch_equals_memory_state(
             assert fresh.get_run_agg(k) == a, k
         for k, lv in mem.leaves.items():
             assert fresh.get_leaf(k) == lv, k
-        stored_nodes = backend.load_many("rs_nodes", list(mem.nodes))
-        assert len(stored_nodes) == len(mem.nodes)
-        assert len(backend._all("SELECT 1 FROM rs_nodes", ())) == len(mem.nodes)  # deletions landed too
+        # one stored tree per (run, metric, data row) that has a leaf or a node, and no other
+        trees = {(k[0], k[1], k[2]) for k in mem.leaves} | {(k[0], k[1], k[3]) for k in mem.nodes}
+        stored = backend.load_many("rs_trees", sorted(trees))
+        assert len(stored) == len(trees)
+        assert len(backend._all("SELECT 1 FROM rs_trees", ())) == len(trees)  # deletions landed too
+        for run, metric, dr, raw in stored:
+            tree = decode_tree(raw)
+            assert len(tree.nodes) == sum(1 for k in mem.nodes if (k[0], k[1], k[3]) == (run, metric, dr))
+            assert len(tree.leaves) == sum(1 for k in mem.leaves if k[:3] == (run, metric, dr))
     finally:
         backend.close()
