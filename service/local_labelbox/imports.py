@@ -95,7 +95,10 @@ def plan_import(
     lines = plan.status_lines
     failed = plan.failed
     preds = plan.predictions
-    metrics = plan.metrics
+    # Metric upsert key (data row, metric, feature, subclass) -> its record: a key repeated within
+    # the import keeps its last row, as upserting every row in order would leave it, at one write
+    # per key (a conflicting upsert costs SQLite more than this dict costs per row).
+    metrics: dict[tuple[str, str, str, str], MetricRecord] = {}
     # (data row id, name) -> indices into ``lines`` of its prediction rows, for the limit.
     groups: dict[tuple[str, str], list[int]] = {}
     # data row id -> its SUCCESS-line middle part, serialized once per data row.
@@ -143,19 +146,20 @@ def plan_import(
             )
             continue
         if "metricValue" in raw:
-            metrics.append(
-                (
-                    dr_id,
-                    parsed.metric_name or "",
-                    parsed.feature_name or "",
-                    parsed.subclass_name or "",
-                    parsed.uuid,
-                    dumps(raw["metricValue"]),
-                    _enum_str(parsed.aggregation),
-                    line,
-                    model_run_id,
-                    import_id,
-                )
+            m_name = parsed.metric_name or ""
+            f_name = parsed.feature_name or ""
+            s_name = parsed.subclass_name or ""
+            metrics[(dr_id, m_name, f_name, s_name)] = (
+                dr_id,
+                m_name,
+                f_name,
+                s_name,
+                parsed.uuid,
+                dumps(raw["metricValue"]),
+                _enum_str(parsed.aggregation),
+                line,
+                model_run_id,
+                import_id,
             )
         else:
             if parsed.is_mask and parsed.custom_metric_leaves():
@@ -198,5 +202,6 @@ def plan_import(
         failed.extend(i for indices in over.values() for i in indices)
         failed.sort()
         plan.predictions = [p for p in preds if (p[1], p[2]) not in over]
+    plan.metrics = list(metrics.values())
     plan.failures = len(failed)
     return plan
