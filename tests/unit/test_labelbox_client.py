@@ -122,3 +122,12 @@ def test_client_repr_and_errors_hide_the_key() -> None:
     assert headers["Content-Type"] == "application/json"
     mp = client._headers(":create_from_objects", json_body=False)
     assert "Content-Type" not in mp and "Accept" not in mp
+
+
+def test_parse_status_file_failures_only() -> None:
+    ok = b'{"uuid": "u1", "status": "SUCCESS"}\n{"uuid": "u2", "status": "SUCCESS"}\n'
+    assert lb.parse_status_file(ok, failures_only=True) == []
+    assert len(lb.parse_status_file(ok)) == 2
+    bad = ok + b'{"uuid": "u3", "status": "FAILURE", "errors": [{"message": "nope"}]}\n'
+    rows = lb.parse_status_file(bad, failures_only=True)
+    assert [(r.uuid, r.status, r.errors) for r in rows] == [("u3", "FAILURE", ("nope",))]
