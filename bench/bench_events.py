@@ -6,6 +6,7 @@ load on a noisy machine hits every case alike):
 - ``orjson.loads``           decode of the 1-row prediction event: the ceiling for any parser;
 - ``prediction 1 row``       ``parse_event("prediction", ...)``: bbox + customMetrics, no uuid (deterministic uuid);
 - ``prediction 10 rows``     the same event with 10 rows;
+- ``upload prediction 1 row`` ``parse_upload("prediction", ...)``: the uploader's path, same checks, NDJSON bytes out;
 - ``metric 3 rows``          ``parse_event("metric", ...)``: snake_case scalar, camelCase scalar, confusion matrix;
 - ``label``                  ``parse_event("label", ...)`` with 3 data row ids;
 - ``ndjson prediction row``  ``parse_ndjson_row`` on an already-decoded prediction row (with uuid, as SDKs send);
@@ -26,7 +27,7 @@ from typing import Any
 
 import orjson
 
-from service.events import parse_event, parse_ndjson_row
+from service.events import parse_event, parse_ndjson_row, parse_upload
 
 MAX = 1_048_576
 
@@ -68,6 +69,7 @@ def cases() -> list[tuple[str, Callable[[], object]]]:
         ("orjson.loads", lambda: loads(pred1)),
         ("prediction 1 row", lambda: parse_event("prediction", pred1, max_bytes=MAX)),
         ("prediction 10 rows", lambda: parse_event("prediction", pred10, max_bytes=MAX)),
+        ("upload prediction 1 row", lambda: parse_upload("prediction", pred1, max_bytes=MAX)),
         ("metric 3 rows", lambda: parse_event("metric", metric3, max_bytes=MAX)),
         ("label", lambda: parse_event("label", label, max_bytes=MAX)),
         ("ndjson prediction row", lambda: parse_ndjson_row(nd_pred, model_run_id="mr-1")),
