@@ -248,6 +248,37 @@ class Tree:
 
     leaves: dict[LeafSub, LeafValue] = field(default_factory=dict)
     nodes: dict[NodeSub, NodeState] = field(default_factory=dict)
+    aggregation: Aggregation = "ARITHMETIC_MEAN"  # the metric's (set when the tree is created)
+
+
+def tree_from_leaves(leaves: dict[LeafSub, LeafValue], aggregation: Aggregation) -> Tree:
+    """Rebuild every node of a tree from its leaves, bottom-up.
+
+    Why this is exact: the sums are exact fixed-point integers, so a from-scratch build equals
+    the incrementally maintained nodes bit for bit; a store therefore keeps only the leaves.
+    """
+    nodes: dict[NodeSub, NodeState] = {}
+    for (lvl, f, s, _src), lv in leaves.items():
+        for ck, v in lv.items():
+            sub = (ck, lvl, f, s)
+            node = nodes.get(sub)
+            if node is None:
+                node = nodes[sub] = NodeState()
+            node.direct.add_term(term(v, aggregation), 1)
+    for level in (LEVEL_SUBCLASS, LEVEL_FEATURE):
+        for (ck, lvl, f, _s), node in [item for item in nodes.items() if item[0][1] == level]:
+            value = node.value = node.compute(aggregation)
+            if value is None:
+                continue
+            psub = (ck, LEVEL_FEATURE, f, "") if lvl == LEVEL_SUBCLASS else (ck, LEVEL_DATA_ROW, "", "")
+            parent = nodes.get(psub)
+            if parent is None:
+                parent = nodes[psub] = NodeState()
+            parent.children.add_term(term(value, aggregation), 1)
+    for sub, node in nodes.items():
+        if sub[1] == LEVEL_DATA_ROW:
+            node.value = node.compute(aggregation)
+    return Tree(leaves, nodes, aggregation)
 
 
 class StateAccess(Protocol):
@@ -473,7 +504,7 @@ def set_leaf(state: StateAccess, key: LeafKey, aggregation: Aggregation, new: Le
     if tree is None:
         if new is None:
             return
-        tree = Tree()
+        tree = Tree(aggregation=aggregation)
     sub = (level, f, s, src)
     leaves = tree.leaves
     old = leaves.get(sub)

@@ -36,7 +36,6 @@ from service.aggregation import (
     MessageOps,
     NodeKey,
     NodeState,
-    NodeSub,
     RunAggKey,
     Tree,
     TreeKey,
@@ -45,6 +44,7 @@ from service.aggregation import (
     node_chain,
     numeric_value,
     run_agg_key,
+    tree_from_leaves,
 )
 from service.config import Settings
 from service.errors import ConfigError, RunstreamError
@@ -100,17 +100,16 @@ def tree_key_of_leaf(key: LeafKey) -> TreeKey:
 
 
 def encode_tree(t: Tree) -> bytes:
-    """JSON: [[level, f, s, src, {ck: value}]...], [[ck, level, f, s, direct, children, value]...].
+    """JSON ``[aggregation, [[level, f, s, src, {ck: value}]...], [[ck, level, f, s, value]...]]``.
 
-    Confusion matrices are arrays; the exact sums are :meth:`Agg.encode` text (they exceed 64 bits).
+    Only the leaves are needed to rebuild the tree (:func:`tree_from_leaves`, exact); the node
+    values are there for queries. Confusion matrices are arrays.
     """
     return orjson.dumps(
         [
+            t.aggregation,
             [[lvl, f, s, src, v] for (lvl, f, s, src), v in t.leaves.items()],
-            [
-                [ck, lvl, f, s, n.direct.encode(), n.children.encode(), n.value]
-                for (ck, lvl, f, s), n in t.nodes.items()
-            ],
+            [[ck, lvl, f, s, n.value] for (ck, lvl, f, s), n in t.nodes.items()],
         ]
     )
 
@@ -124,19 +123,16 @@ def _value(v: Any) -> Value | None:
 
 
 def decode_tree(raw: bytes | str) -> Tree:
-    leaves_json, nodes_json = orjson.loads(raw)
+    aggregation, leaves_json, _values = orjson.loads(raw)
     leaves: dict[LeafSub, LeafValue] = {}
     for lvl, f, s, src, v in leaves_json:
         leaves[(lvl, f, s, src)] = {ck: cast(Value, _value(x)) for ck, x in v.items()}
-    nodes: dict[NodeSub, NodeState] = {}
-    for ck, lvl, f, s, d, c, v in nodes_json:
-        nodes[(ck, lvl, f, s)] = NodeState(Agg.decode(d), Agg.decode(c), _value(v))
-    return Tree(leaves, nodes)
+    return tree_from_leaves(leaves, aggregation)
 
 
 def tree_node_values(raw: bytes | str) -> list[tuple[str, int, str, str, Value | None]]:
     """Only the node values of a stored tree (what queries read): (ck, level, f, s, value)."""
-    return [(ck, lvl, f, s, _value(v)) for ck, lvl, f, s, _d, _c, v in orjson.loads(raw)[1]]
+    return [(ck, lvl, f, s, _value(v)) for ck, lvl, f, s, v in orjson.loads(raw)[2]]
 
 
 @dataclass

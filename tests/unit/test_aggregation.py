@@ -24,6 +24,7 @@ from service.aggregation import (
     encode_int,
     normalize_value,
     to_fixed,
+    tree_from_leaves,
 )
 
 RUN = "run1"
@@ -192,3 +193,7 @@ def test_incremental_equals_recomputation(messages: list[MessageOps]) -> None:
         assert got_run[k][1] == n and close(got_run[k][0], v), (k, got_run[k], v, n)
     # nothing left behind once the sets are empty
     assert all(not math.isnan(float(a.n)) for a in state.run_aggs.values())
+    # a store keeps only the leaves: rebuilding a tree from them gives the very same nodes, exactly
+    for (_r, m, _dr), tree in state.trees.items():
+        assert tree.leaves, "a tree without leaves must have been deleted"
+        assert tree_from_leaves(dict(tree.leaves), defs[m]).nodes == tree.nodes
