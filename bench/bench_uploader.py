@@ -3,6 +3,11 @@ fixed produce rate, and peak RSS with a 1M-event backlog while the API is down.
 
     .venv/bin/python bench/bench_uploader.py [--events 100000] [--latency-rate 2000]
         [--latency-seconds 20] [--backlog 1000000] [--naive-seconds 20]
+        [--skip throughput|naive|latency|memory] [--compare LABEL=CHECKOUT] [--rounds N] [--profile DIR]
+
+``--compare before=/tmp/up-before`` also runs the uploader of another checkout (a git worktree of an
+earlier commit) on the same topic, interleaved round by round with this one; each throughput run gets
+a fresh local API process, so every variant stores the same rows into an empty store.
 
 Uses RUNSTREAM_KAFKA_BOOTSTRAP when set, else starts the dev broker (service.devkafka). The
 local Labelbox-compatible API and every uploader run as separate processes (as deployed);
