@@ -548,12 +548,13 @@ def _refresh(
     """Recompute a node's value; push old→new deltas to the run aggregate and the parent."""
     while True:
         old_value = node.value
-        new_value = node.compute(aggregation)
-        node.value = new_value
-        if node.direct.n == 0 and node.children.n == 0:
-            nodes.pop(sub, None)
-        else:
+        a = node.direct if node.direct.n > 0 else node.children  # NodeState.compute, inlined (hot)
+        if a.n > 0:
+            new_value = node.value = a.result(aggregation)
             nodes[sub] = node
+        else:
+            new_value = node.value = None
+            nodes.pop(sub, None)
         if old_value == new_value:
             return
         ot = term(old_value, aggregation) if old_value is not None else _NO_TERM

@@ -763,11 +763,17 @@ class CachedState:
                 old_defs.add((run, metric))  # removing an old leaf reads its metric's aggregation
         self._load("rs_metric_defs", old_defs, ch.metric_defs, self._defs, _decode_def_row)
         self._load("rs_trees", {tree_key_of_leaf(k) for k in leaf_cks}, ch.trees, self._trees, _decode_tree_row)
-        raggs: set[RunAggKey] = set()
+        # Run aggregates do not depend on the data row: reduce to (run, metric, level, f, s, ck)
+        # first (a few thousand), then expand to the node and its ancestors.
+        places: set[tuple[str, str, int, str, str, str]] = set()
         for k, cks in leaf_cks.items():
             cur = self.get_leaf(k)  # the tree is loaded now: never a point load
+            run, metric, _dr, level, f, s, _src = k
             for ck in cks.union(cur) if cur else cks:
-                raggs.update(run_agg_key(n) for n in node_chain(k, ck))
+                places.add((run, metric, level, f, s, ck))
+        raggs: set[RunAggKey] = set()
+        for run, metric, level, f, s, ck in places:
+            raggs.update(run_agg_key(n) for n in node_chain((run, metric, "", level, f, s, ""), ck))
         self._load("rs_run_aggs", raggs, ch.run_aggs, self._run_aggs, _decode_ragg_row)
 
     def _load(
