@@ -579,27 +579,3 @@ def _refresh(
 
 
 _NO_TERM: Any = object()
-
-
-# --------------------------------------------------------------------------------------------
-# the keys a batch of messages will touch (so a store can load them in bulk first)
-
-
-def leaf_key(run: str, leaf: MetricLeaf, src: str) -> LeafKey:
-    return (run, leaf.metric, leaf.data_row, leaf.level, leaf.feature or "", leaf.subclass or "", src)
-
-
-def node_chain(leaf: LeafKey, ck: str) -> list[NodeKey]:
-    """The node a leaf sits at (one confidence key) and its ancestors, leaf level first."""
-    run, metric, dr, level, f, s, _src = leaf
-    out: list[NodeKey] = [(run, metric, ck, dr, level, f, s)]
-    if level == LEVEL_SUBCLASS:
-        out.append((run, metric, ck, dr, LEVEL_FEATURE, f, ""))
-    if level != LEVEL_DATA_ROW:
-        out.append((run, metric, ck, dr, LEVEL_DATA_ROW, "", ""))
-    return out
-
-
-def run_agg_key(node: NodeKey) -> RunAggKey:
-    run, metric, ck, _dr, level, f, s = node
-    return (run, metric, ck, level, f, s)

@@ -27,6 +27,9 @@ from typing import Any, Protocol, cast
 import orjson
 
 from service.aggregation import (
+    LEVEL_DATA_ROW,
+    LEVEL_FEATURE,
+    LEVEL_SUBCLASS,
     Agg,
     Aggregation,
     AnnotationLeaf,
@@ -40,10 +43,7 @@ from service.aggregation import (
     Tree,
     TreeKey,
     Value,
-    leaf_key,
-    node_chain,
     numeric_value,
-    run_agg_key,
     tree_from_leaves,
 )
 from service.config import Settings
@@ -95,23 +95,13 @@ class StaleStateError(StateStoreError):
 # so a tree row is ~3x fewer rows to load, encode and write per event than a row per leaf and
 # node, and a slice query reads a data row's trees.
 
-def tree_key_of_leaf(key: LeafKey) -> TreeKey:
-    return (key[0], key[1], key[2])
-
-
 def encode_tree(t: Tree) -> bytes:
-    """JSON ``[aggregation, [[level, f, s, src, {ck: value}]...], [[ck, level, f, s, value]...]]``.
+    """JSON ``[aggregation, [[[level, f, s, src], {ck: value}]...], [[[ck, level, f, s], value]...]]``.
 
     Only the leaves are needed to rebuild the tree (:func:`tree_from_leaves`, exact); the node
-    values are there for queries. Confusion matrices are arrays.
+    values are there for queries. Confusion matrices are arrays (orjson writes tuples as arrays).
     """
-    return orjson.dumps(
-        [
-            t.aggregation,
-            [[lvl, f, s, src, v] for (lvl, f, s, src), v in t.leaves.items()],
-            [[ck, lvl, f, s, n.value] for (ck, lvl, f, s), n in t.nodes.items()],
-        ]
-    )
+    return orjson.dumps([t.aggregation, list(t.leaves.items()), [(k, n.value) for k, n in t.nodes.items()]])
 
 
 def _value(v: Any) -> Value | None:
@@ -125,14 +115,14 @@ def _value(v: Any) -> Value | None:
 def decode_tree(raw: bytes | str) -> Tree:
     aggregation, leaves_json, _values = orjson.loads(raw)
     leaves: dict[LeafSub, LeafValue] = {}
-    for lvl, f, s, src, v in leaves_json:
+    for (lvl, f, s, src), v in leaves_json:
         leaves[(lvl, f, s, src)] = {ck: cast(Value, _value(x)) for ck, x in v.items()}
     return tree_from_leaves(leaves, aggregation)
 
 
 def tree_node_values(raw: bytes | str) -> list[tuple[str, int, str, str, Value | None]]:
     """Only the node values of a stored tree (what queries read): (ck, level, f, s, value)."""
-    return [(ck, lvl, f, s, _value(v)) for ck, lvl, f, s, v in orjson.loads(raw)[2]]
+    return [(ck, lvl, f, s, _value(v)) for (ck, lvl, f, s), v in orjson.loads(raw)[2]]
 
 
 @dataclass
@@ -724,32 +714,30 @@ class CachedState:
     # bulk loading
 
     def prefetch(self, batch: Iterable[MessageOps]) -> None:
-        """Load every row ``batch`` will read that is not cached: one query per table per phase."""
+        """Load every row ``batch`` will read that is not cached: one query per table per phase.
+
+        Rows read: the metric definitions, the annotation index, the tree of every leaf (new
+        ones, and an annotation's old ones), and the run aggregate of every node a leaf of
+        those trees sits at or under (a superset of what changes: run aggregates are few).
+        """
         ch = self.changes
         defs: set[tuple[str, str]] = set()
         anns: set[tuple[str, str]] = set()
-        leaf_cks: dict[LeafKey, set[str]] = {}
+        trees: set[TreeKey] = set()
+        # (run, metric, level, f, s, ck) of the new leaves: run aggregates do not depend on the
+        # data row, so this stays small (a few thousand) however many data rows a batch touches
+        places: set[tuple[str, str, int, str, str, str]] = set()
         for ops in batch:
             run = ops.run
-            for leaf in ops.metric_rows:
-                defs.add((run, leaf.metric))
-                k = leaf_key(run, leaf, "m")
-                cks = leaf_cks.get(k)
-                if cks is None:
-                    leaf_cks[k] = set(leaf.value)
-                else:
-                    cks.update(leaf.value)
+            for leaf in (*ops.metric_rows, *(x for ann in ops.annotations for x in ann.leaves)):
+                metric = leaf.metric
+                defs.add((run, metric))
+                trees.add((run, metric, leaf.data_row))
+                level, f, s = leaf.level, leaf.feature or "", leaf.subclass or ""
+                for ck in leaf.value:
+                    places.add((run, metric, level, f, s, ck))
             for ann in ops.annotations:
                 anns.add((run, ann.uuid))
-                src = "u:" + ann.uuid
-                for leaf in ann.leaves:
-                    defs.add((run, leaf.metric))
-                    k = leaf_key(run, leaf, src)
-                    cks = leaf_cks.get(k)
-                    if cks is None:
-                        leaf_cks[k] = set(leaf.value)
-                    else:
-                        cks.update(leaf.value)
         self._load("rs_metric_defs", defs, ch.metric_defs, self._defs, _decode_def_row)
         self._load("rs_annotations", anns, ch.annotations, self._anns, _decode_ann_row)
         old_defs: set[tuple[str, str]] = set()
@@ -757,23 +745,25 @@ class CachedState:
             old = ch.annotations.get((run, uuid), _MISSING)
             if old is _MISSING:
                 old = self._anns.get((run, uuid))
-            src = "u:" + uuid
-            for metric, dr, level, f, s in old or ():
-                leaf_cks.setdefault((run, metric, dr, level, f, s, src), set())
+            for metric, dr, _level, _f, _s in old or ():
+                trees.add((run, metric, dr))
                 old_defs.add((run, metric))  # removing an old leaf reads its metric's aggregation
         self._load("rs_metric_defs", old_defs, ch.metric_defs, self._defs, _decode_def_row)
-        self._load("rs_trees", {tree_key_of_leaf(k) for k in leaf_cks}, ch.trees, self._trees, _decode_tree_row)
-        # Run aggregates do not depend on the data row: reduce to (run, metric, level, f, s, ck)
-        # first (a few thousand), then expand to the node and its ancestors.
-        places: set[tuple[str, str, int, str, str, str]] = set()
-        for k, cks in leaf_cks.items():
-            cur = self.get_leaf(k)  # the tree is loaded now: never a point load
-            run, metric, _dr, level, f, s, _src = k
-            for ck in cks.union(cur) if cur else cks:
-                places.add((run, metric, level, f, s, ck))
+        self._load("rs_trees", trees, ch.trees, self._trees, _decode_tree_row)
+        for tk in trees:
+            t = self._tree(tk)  # loaded now: never a point load
+            if t is not None:
+                run, metric, _dr = tk
+                for (level, f, s, _src), value in t.leaves.items():
+                    for ck in value:
+                        places.add((run, metric, level, f, s, ck))
         raggs: set[RunAggKey] = set()
         for run, metric, level, f, s, ck in places:
-            raggs.update(run_agg_key(n) for n in node_chain((run, metric, "", level, f, s, ""), ck))
+            raggs.add((run, metric, ck, level, f, s))
+            if level == LEVEL_SUBCLASS:
+                raggs.add((run, metric, ck, LEVEL_FEATURE, f, ""))
+            if level != LEVEL_DATA_ROW:
+                raggs.add((run, metric, ck, LEVEL_DATA_ROW, "", ""))
         self._load("rs_run_aggs", raggs, ch.run_aggs, self._run_aggs, _decode_ragg_row)
 
     def _load(
