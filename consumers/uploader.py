@@ -14,7 +14,6 @@ are isolated; an auth error stops the pipeline (FatalPipelineError).
 from __future__ import annotations
 
 import asyncio
-import gc
 import hashlib
 import signal
 from collections import OrderedDict
@@ -39,6 +38,7 @@ from service.batching import BatchLimits
 from service.config import Settings
 from service.errors import ConfigError, EventValidationError
 from service.events import EventKind, LabelEvent, parse_upload
+from service.gc_tuning import tune_gc
 from service.labelbox_client import (
     ImportFailedError,
     ImportState,
@@ -59,7 +59,6 @@ DEFAULT_LOCAL_LABELBOX_URL = "http://127.0.0.1:8181/graphql"
 _ITEM_OVERHEAD = 600
 _ROW_OVERHEAD = 250
 IMPORT_FAILED_MAX_ATTEMPTS = 4
-GC_THRESHOLD_0 = 20_000  # young-generation size of the uploader process (see tune_gc)
 
 
 @dataclass(slots=True)
@@ -397,21 +396,6 @@ async def run_uploader(
             await dlq.stop()
     finally:
         await client.close()
-
-
-def tune_gc() -> None:
-    """Process-wide GC settings for the uploader process (not for library callers).
-
-    Every message allocates a dozen short-lived containers and leaves three long-lived ones in
-    its batch, so with the default thresholds (700, 10, 10) a full collection -- which walks every
-    live object, including everything imported -- ran every ~70k messages. Measured in-process:
-    full collections were ~25 % of the per-message CPU. Freezing what exists after start-up and a
-    larger young generation make them rare; reference counting still frees almost everything at
-    once (the pipeline builds no cycles on the hot path), so memory is unchanged.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(GC_THRESHOLD_0, 10, 10)
 
 
 def main() -> int:

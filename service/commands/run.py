@@ -26,6 +26,7 @@ from consumers.kafka_start import KafkaStartAborted
 from consumers.runtime import RuntimeStatus
 from service.config import Settings
 from service.errors import ConfigError, RunstreamError
+from service.gc_tuning import tune_gc
 from service.health import Probe
 from service.logging_setup import configure_logging
 from service.metric_history import MetricHistory, run_level_values
@@ -50,6 +51,7 @@ def _run(args: argparse.Namespace) -> int:
     configure_logging(settings)
     if not settings.kafka_bootstrap:
         raise ConfigError("RUNSTREAM_KAFKA_BOOTSTRAP is not set; start a broker with 'runstream dev-kafka start'")
+    tune_gc()
     asyncio.run(run_service(settings, args.role, http=not args.no_http))
     return 0
 
