@@ -12,7 +12,8 @@ Uses RUNSTREAM_KAFKA_BOOTSTRAP when set, else starts the dev broker (service.dev
    keyed values, snake_case and camelCase. Drains it with a plain AIOKafkaConsumer (consume and
    discard), then runs the real Aggregator (SQLite, commit interval 1 s) over the same topic;
    the aggregator's time runs from its first batch until the store's offsets reach the end
-   (state durable). Reports both rates and the ratio.
+   (state durable). Reports both rates and the ratio. The process tunes the GC as the service's
+   entry point does (service.gc_tuning.tune_gc; ``--no-gc-tuning`` keeps CPython's defaults).
 2. Times ``parse_event`` alone over the same messages (its share of the aggregator's time).
 3. In a fresh child process (so RSS is the engine's alone): builds a model run with 1,000,000
    leaf values (1M data rows) through the same engine and store, reports RSS after 10k and 1M
@@ -47,6 +48,7 @@ from consumers.aggregator import Aggregator
 from service.aggregation import MessageOps, MetricLeaf, apply_message
 from service.config import Settings
 from service.events import parse_event
+from service.gc_tuning import tune_gc
 from service.kafka_admin import create_topics
 from service.query_api import build_query_app
 from service.state_store import CachedState, SqlStateBackend
@@ -293,8 +295,13 @@ async def main() -> None:
     ap.add_argument("--data-rows", type=int, default=10_000, help="distinct data rows the metrics refer to")
     ap.add_argument("--skip-query", action="store_true", help="skip the 1M-leaf query/RSS child process")
     ap.add_argument("--json", action="store_true", help="print one JSON object with every figure")
+    ap.add_argument(
+        "--no-gc-tuning", action="store_true", help="keep CPython's default GC thresholds (runstream run tunes them)"
+    )
     ap.add_argument("--query-only", type=Path, default=None, help=argparse.SUPPRESS)  # child process mode
     args = ap.parse_args()
+    if not args.no_gc_tuning:
+        tune_gc()  # what the service's entry point (runstream run) does before starting the consumers
     if args.query_only is not None:
         print(json.dumps(await query_bench(args.query_only, args.leaves)))
         return
@@ -341,7 +348,8 @@ async def main() -> None:
             return
         child = await asyncio.to_thread(
             subprocess.run,
-            [sys.executable, __file__, "--query-only", str(tmp), "--leaves", str(args.leaves)],
+            [sys.executable, __file__, "--query-only", str(tmp), "--leaves", str(args.leaves)]
+            + (["--no-gc-tuning"] if args.no_gc_tuning else []),
             check=True,
             capture_output=True,
             text=True,

@@ -25,7 +25,6 @@ topics; the aggregator only counts and logs them (no duplicate DLQ entries per m
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import sys
 import time
@@ -58,7 +57,6 @@ from service.state_store import CachedState, SqlStateBackend, StaleStateError, S
 log = logging.getLogger("runstream.aggregator")
 
 TP = tuple[str, int]
-GC_THRESHOLDS = (50_000, 20, 100)  # see Aggregator.run
 
 
 def ops_from_event(event: PredictionEvent | MetricEvent) -> MessageOps:
@@ -179,12 +177,6 @@ class Aggregator:
         self._consumer = consumer
         interval = s.state_commit_interval_ms / 1000.0
         next_commit = time.monotonic() + interval
-        # The tree update allocates many short-lived containers while the cache holds about a
-        # million long-lived objects; at CPython's default thresholds (700, 10, 10) the cyclic
-        # GC rescans that heap so often that it took ~40 % of the aggregator's time. Nothing
-        # here is cyclic garbage (refcounting frees it), so collect far less often while we run.
-        gc_thresholds = gc.get_threshold()
-        gc.set_threshold(max(gc_thresholds[0], GC_THRESHOLDS[0]), *GC_THRESHOLDS[1:])
         try:
             while not stop.is_set():
                 self.last_progress = time.monotonic()
@@ -205,7 +197,6 @@ class Aggregator:
                 await self._commit_locked()
             await self._kafka_commit()
         finally:
-            gc.set_threshold(*gc_thresholds)
             self._consumer = None
             if self._inflight is not None:  # an error left a commit running: let its thread end
                 await asyncio.wait([self._inflight])
