@@ -214,7 +214,13 @@ async def aggregator_rate(
     stop.set()
     await task
     backend.close()
-    extra = {"commits": float(len(commits)), "rejected": float(agg.stats.rejected), "invalid": float(agg.stats.invalid)}
+    gaps = [b - a for a, b in zip([t_first[0], *commits], commits, strict=False)]
+    extra = {
+        "commits": float(len(commits)),
+        "max_commit_gap_s": max(gaps, default=0.0),
+        "rejected": float(agg.stats.rejected),
+        "invalid": float(agg.stats.invalid),
+    }
     return sum(want.values()) / elapsed, extra
 
 
@@ -336,6 +342,7 @@ async def main() -> None:
         print(
             f"events={total} metrics_per_event={metrics_per_event:.2f} raw_drain={drain:,.0f}/s "
             f"aggregator={agg:,.0f}/s ratio={agg / drain:.1%} commits={extra['commits']:.0f} "
+            f"max_commit_gap={extra['max_commit_gap_s']:.2f}s "
             f"dlq={extra['rejected']:.0f} skipped={extra['invalid']:.0f}"
         )
         parse = parse_rate(values)

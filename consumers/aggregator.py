@@ -11,7 +11,9 @@ Why batches: each poll (up to ``max_batch`` records) is parsed first, then every
 row the batch will read is loaded with one query per table (CachedState.prefetch), then the
 messages are applied in offset order against memory. Why a pipelined commit: the changes
 are encoded to rows at the commit tick and written in a thread while the next batches are
-applied; the next commit (or a rebalance) first waits for it. State and offsets still go in
+applied; the next commit (or a rebalance) first waits for it. A batch that takes longer than
+the interval is committed mid-way (every 2000 messages the deadline is checked), so the
+interval holds however long a poll batch takes. State and offsets still go in
 one transaction, and the cache keeps every row of the in-flight commit, so nothing reads a
 stale row; if the commit is fenced off, everything since the stored offsets is dropped and
 re-read (the usual recovery path).
@@ -147,6 +149,9 @@ class Aggregator:
         self.metrics = metrics if metrics is not None else ConsumerMetrics.create()
         self._commit_seconds = self.metrics.aggregator_commit_seconds.labels(self.group)
         self._inflight: asyncio.Task[None] | None = None
+        self._interval = settings.state_commit_interval_ms / 1000.0
+        self._next_commit = 0.0  # monotonic deadline of the next commit (set by run)
+        self._published = False  # a commit landed since offsets were last mirrored to Kafka
         self._inflight_offsets: dict[TP, int] = {}
         self._inflight_started = 0.0
 
@@ -175,8 +180,7 @@ class Aggregator:
             consumer, f"consumer {self.group}", stop=stop, bootstrap=s.kafka_bootstrap, options=s.kafka_client_options()
         )
         self._consumer = consumer
-        interval = s.state_commit_interval_ms / 1000.0
-        next_commit = time.monotonic() + interval
+        self._next_commit = time.monotonic() + self._interval
         try:
             while not stop.is_set():
                 self.last_progress = time.monotonic()
@@ -184,13 +188,10 @@ class Aggregator:
                 async with self._lock:
                     if batch:
                         await self._process(batch)
-                    published = False
                     if self._inflight is not None and self._inflight.done():
-                        published = await self._finish_commit_locked()
-                    if time.monotonic() >= next_commit:
-                        published = await self._finish_commit_locked() or published
-                        self._start_commit_locked()
-                        next_commit = time.monotonic() + interval
+                        self._published |= await self._finish_commit_locked()
+                    await self._commit_tick_locked()
+                    published, self._published = self._published, False
                 if published:
                     await self._kafka_commit()
             async with self._lock:
@@ -241,6 +242,13 @@ class Aggregator:
             outcomes[(rec.topic, outcome)] += 1
             positions[(rec.topic, rec.partition)] = rec.offset + 1
             if i % 2000 == 1999:
+                # A batch can take longer than the commit interval: commit mid-batch (state and
+                # positions agree after every message) so the interval holds; keep the cache
+                # whole, the rest of the batch was prefetched into it.
+                stale = self.stats.stale
+                await self._commit_tick_locked(evict=False)
+                if self.stats.stale != stale:
+                    break  # fenced off: state was reset and partitions re-seeked; drop the rest
                 await asyncio.sleep(0)  # let the query API and heartbeats in during a big batch
         stats = self.stats
         events = self.metrics.events
@@ -310,8 +318,18 @@ class Aggregator:
             asyncio.to_thread(self.backend.commit, self.group, encoded, offsets, expected)
         )
 
-    async def _finish_commit_locked(self) -> bool:
-        """Wait for the in-flight commit; True if it stored something. Caller holds the lock."""
+    async def _commit_tick_locked(self, *, evict: bool = True) -> None:
+        """At the commit deadline: wait for the in-flight commit, start the next. Caller holds the lock."""
+        if time.monotonic() < self._next_commit:
+            return
+        self._published |= await self._finish_commit_locked(evict=evict)
+        self._start_commit_locked()
+        self._next_commit = time.monotonic() + self._interval
+
+    async def _finish_commit_locked(self, *, evict: bool = True) -> bool:
+        """Wait for the in-flight commit; True if it stored something. Caller holds the lock.
+
+        ``evict=False`` keeps every cached row (mid-batch: the rest of the batch reads them)."""
         task, self._inflight = self._inflight, None
         if task is None:
             return False
@@ -327,7 +345,8 @@ class Aggregator:
             self.state.reset()  # the cache holds rows the store does not: never serve them
             raise
         self._commit_seconds.observe(time.perf_counter() - self._inflight_started)
-        self.state.committed()
+        if evict:
+            self.state.committed()
         self._stored.update(self._inflight_offsets)
         self.stats.commits += 1
         self.stats.last_commit_at = time.time()
