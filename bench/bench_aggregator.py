@@ -217,7 +217,8 @@ async def aggregator_rate(
     gaps = [b - a for a, b in zip([t_first[0], *commits], commits, strict=False)]
     extra = {
         "commits": float(len(commits)),
-        "max_commit_gap_s": max(gaps, default=0.0),
+        "max_commit_gap_s": max(gaps, default=0.0),  # first batch → first commit included
+        "median_commit_gap_s": statistics.median(gaps) if gaps else 0.0,
         "rejected": float(agg.stats.rejected),
         "invalid": float(agg.stats.invalid),
     }
@@ -342,7 +343,7 @@ async def main() -> None:
         print(
             f"events={total} metrics_per_event={metrics_per_event:.2f} raw_drain={drain:,.0f}/s "
             f"aggregator={agg:,.0f}/s ratio={agg / drain:.1%} commits={extra['commits']:.0f} "
-            f"max_commit_gap={extra['max_commit_gap_s']:.2f}s "
+            f"commit_gap_median/max={extra['median_commit_gap_s']:.2f}/{extra['max_commit_gap_s']:.2f}s "
             f"dlq={extra['rejected']:.0f} skipped={extra['invalid']:.0f}"
         )
         parse = parse_rate(values)

@@ -12,7 +12,7 @@ row the batch will read is loaded with one query per table (CachedState.prefetch
 messages are applied in offset order against memory. Why a pipelined commit: the changes
 are encoded to rows at the commit tick and written in a thread while the next batches are
 applied; the next commit (or a rebalance) first waits for it. A batch that takes longer than
-the interval is committed mid-way (every 2000 messages the deadline is checked), so the
+the interval is committed mid-way (every 1000 messages the deadline is checked), so the
 interval holds however long a poll batch takes. State and offsets still go in
 one transaction, and the cache keeps every row of the in-flight commit, so nothing reads a
 stale row; if the commit is fenced off, everything since the stored offsets is dropped and
@@ -241,11 +241,13 @@ class Aggregator:
                     outcome = "dlq"
             outcomes[(rec.topic, outcome)] += 1
             positions[(rec.topic, rec.partition)] = rec.offset + 1
-            if i % 2000 == 1999:
+            if i % 1000 == 999:
                 # A batch can take longer than the commit interval: commit mid-batch (state and
                 # positions agree after every message) so the interval holds; keep the cache
                 # whole, the rest of the batch was prefetched into it.
                 stale = self.stats.stale
+                if self._inflight is not None and self._inflight.done():
+                    self._published |= await self._finish_commit_locked(evict=False)
                 await self._commit_tick_locked(evict=False)
                 if self.stats.stale != stale:
                     break  # fenced off: state was reset and partitions re-seeked; drop the rest
@@ -324,7 +326,8 @@ class Aggregator:
             return
         self._published |= await self._finish_commit_locked(evict=evict)
         self._start_commit_locked()
-        self._next_commit = time.monotonic() + self._interval
+        # from the deadline, not from now: checks are every 1000 messages, so "now" drifts late
+        self._next_commit = max(self._next_commit + self._interval, time.monotonic() + self._interval / 2)
 
     async def _finish_commit_locked(self, *, evict: bool = True) -> bool:
         """Wait for the in-flight commit; True if it stored something. Caller holds the lock.
