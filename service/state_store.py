@@ -57,11 +57,13 @@ _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS rs_runs (run TEXT PRIMARY KEY, updated_at DOUBLE PRECISION NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS rs_metric_defs (run TEXT NOT NULL, metric TEXT NOT NULL,
        aggregation TEXT NOT NULL, PRIMARY KEY (run, metric))""",
-    # one row per (model run, metric, data row): that data row's whole metric tree (leaves and
-    # nodes) as one JSON blob — see Tree. {blob} / {without_rowid} differ per database.
-    """CREATE TABLE IF NOT EXISTS rs_trees (run TEXT NOT NULL, metric TEXT NOT NULL, dr TEXT NOT NULL,
-       tree {blob} NOT NULL, PRIMARY KEY (run, metric, dr)){without_rowid}""",
-    "CREATE INDEX IF NOT EXISTS rs_trees_by_row ON rs_trees (run, dr)",
+    # one row per (model run, data row, metric): that data row's whole metric tree (leaves and
+    # nodes) as one JSON blob — see Tree. Key order (run, dr, metric): a slice reads a data
+    # row's trees by primary key. num = the data row's plain value (as a filter compares it),
+    # indexed for the common filter. WITHOUT ROWID on SQLite: the primary key is the table.
+    """CREATE TABLE IF NOT EXISTS rs_trees (run TEXT NOT NULL, dr TEXT NOT NULL, metric TEXT NOT NULL,
+       tree TEXT NOT NULL, num DOUBLE PRECISION, PRIMARY KEY (run, dr, metric)){without_rowid}""",
+    "CREATE INDEX IF NOT EXISTS rs_trees_by_value ON rs_trees (run, metric, num)",
     """CREATE TABLE IF NOT EXISTS rs_run_aggs (run TEXT NOT NULL, metric TEXT NOT NULL, ck TEXT NOT NULL,
        lvl INTEGER NOT NULL, f TEXT NOT NULL, s TEXT NOT NULL, agg TEXT NOT NULL,
        PRIMARY KEY (run, metric, ck, lvl, f, s))""",
@@ -71,7 +73,7 @@ _SCHEMA = [
 
 # table → (key columns, value columns), for bulk loads
 _TABLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "rs_trees": (("run", "metric", "dr"), ("tree",)),
+    "rs_trees": (("run", "metric", "dr"), ("tree", "num")),
     "rs_run_aggs": (("run", "metric", "ck", "lvl", "f", "s"), ("agg",)),
     "rs_metric_defs": (("run", "metric"), ("aggregation",)),
     "rs_annotations": (("run", "uuid"), ("leaves",)),
@@ -95,13 +97,15 @@ class StaleStateError(StateStoreError):
 # so a tree row is ~3x fewer rows to load, encode and write per event than a row per leaf and
 # node, and a slice query reads a data row's trees.
 
-def encode_tree(t: Tree) -> bytes:
+def encode_tree(t: Tree) -> str:
     """JSON ``[aggregation, [[[level, f, s, src], {ck: value}]...], [[[ck, level, f, s], value]...]]``.
 
     Only the leaves are needed to rebuild the tree (:func:`tree_from_leaves`, exact); the node
     values are there for queries. Confusion matrices are arrays (orjson writes tuples as arrays).
+    Text, not orjson's bytes: each small bytes object orjson returns pins a ~4 KB buffer (80 MB
+    per 20k trees, measured), the decoded str is compact.
     """
-    return orjson.dumps([t.aggregation, list(t.leaves.items()), [(k, n.value) for k, n in t.nodes.items()]])
+    return orjson.dumps([t.aggregation, list(t.leaves.items()), [(k, n.value) for k, n in t.nodes.items()]]).decode()
 
 
 def _value(v: Any) -> Value | None:
@@ -123,6 +127,9 @@ def decode_tree(raw: bytes | str) -> Tree:
 def tree_node_values(raw: bytes | str) -> list[tuple[str, int, str, str, Value | None]]:
     """Only the node values of a stored tree (what queries read): (ck, level, f, s, value)."""
     return [(ck, lvl, f, s, _value(v)) for (ck, lvl, f, s), v in orjson.loads(raw)[2]]
+
+
+_ROOT = ("", LEVEL_DATA_ROW, "", "")  # the data-row node of the plain (not confidence-keyed) value
 
 
 @dataclass
@@ -148,7 +155,9 @@ class Changes:
             if t is None or (not t.leaves and not t.nodes):
                 dels.append(key)
             else:
-                up.append((*key, encode_tree(t)))
+                root = t.nodes.get(_ROOT)
+                v = root.value if root is not None else None
+                up.append((*key, encode_tree(t), numeric_value(v) if v is not None else None))
         _split(self.run_aggs, enc.ragg_up, enc.ragg_del, lambda a: (a.encode(),))
         _split(self.annotations, enc.ann_up, enc.ann_del, lambda leaves: (orjson.dumps(leaves).decode(),))
         return enc
@@ -248,11 +257,11 @@ class SqlStateBackend:
         self._open_reader = reader
         self._reader: Any = None
         self._rlock = threading.Lock()
-        blob, without_rowid = ("BYTEA", "") if kind == "postgres" else ("BLOB", " WITHOUT ROWID")
+        without_rowid = "" if kind == "postgres" else " WITHOUT ROWID"
         with self._lock:
             cur = self._conn.cursor()
             for stmt in _SCHEMA:
-                cur.execute(stmt.format(blob=blob, without_rowid=without_rowid))
+                cur.execute(stmt.format(without_rowid=without_rowid))
             legacy = (
                 "SELECT to_regclass('rs_nodes') IS NOT NULL"
                 if kind == "postgres"
@@ -483,7 +492,7 @@ class SqlStateBackend:
         return [(m, ck, int(lvl), f, s, Agg.decode(a)) for m, ck, lvl, f, s, a in rows]
 
     def _trees_of_rows(self, run: str, rows: Sequence[str]) -> list[tuple[str, str, Any]]:
-        """(metric, data row, tree blob) of every tree of ``rows`` (index rs_trees_by_row)."""
+        """(metric, data row, tree blob) of every tree of ``rows`` (primary key prefix run, dr)."""
         out: list[tuple[str, str, Any]] = []
         for i in range(0, len(rows), 500):
             chunk = list(rows[i : i + 500])
@@ -503,9 +512,20 @@ class SqlStateBackend:
     ) -> list[str]:
         """Data rows whose node (ck, level, f, s) has a numeric value in [lo, hi].
 
-        A scan of the metric's trees in the run (node values live inside the tree rows, there
-        is no per-node value index): O(data rows of the metric), like the slice that follows.
+        The data row's plain value is indexed (rs_trees_by_value); any other node (a feature,
+        a subclass, a confidence key) is found by a scan of the metric's trees in the run —
+        O(data rows of the metric): node values live inside the tree rows.
         """
+        if (ck, level, f, s) == _ROOT:
+            sql = "SELECT dr FROM rs_trees WHERE run=? AND metric=? AND num IS NOT NULL"
+            params: list[Any] = [run, metric]
+            if lo is not None:
+                sql += " AND num >= ?"
+                params.append(lo)
+            if hi is not None:
+                sql += " AND num <= ?"
+                params.append(hi)
+            return [r[0] for r in self._all(sql, params)]
         out: list[str] = []
         want = (ck, level, f, s)
         for dr, tree in self._all("SELECT dr, tree FROM rs_trees WHERE run=? AND metric=?", (run, metric)):
