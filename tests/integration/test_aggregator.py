@@ -273,7 +273,7 @@ def test_cached_state_with_prefetch_equals_memory_state(
         stored = backend.load_many("rs_trees", sorted(trees))
         assert len(stored) == len(trees)
         assert len(backend._all("SELECT 1 FROM rs_trees", ())) == len(trees)  # deletions landed too
-        for run, metric, dr, raw in stored:
+        for run, metric, dr, raw, _num in stored:
             tree = decode_tree(raw)
             assert len(tree.nodes) == sum(1 for k in mem.nodes if (k[0], k[1], k[3]) == (run, metric, dr))
             assert len(tree.leaves) == sum(1 for k in mem.leaves if k[:3] == (run, metric, dr))
