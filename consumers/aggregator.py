@@ -123,7 +123,7 @@ class Aggregator:
         backend: StateBackend,
         *,
         dlq: DlqWriter | None = None,
-        max_cached: int = 100_000,
+        max_cached: int = 50_000,  # cached rows (trees, run aggregates, ...): bounds memory
         max_batch: int = 10_000,
         on_commit: Callable[[], None] | None = None,
         metrics: ConsumerMetrics | None = None,
