@@ -271,7 +271,7 @@ class SqlStateBackend:
             (has_legacy,) = cur.fetchone()
             self._conn.commit()
         if has_legacy:
-            # The per-node layout (rs_leaves/rs_nodes, before 2026-11-26) cannot be read as trees;
+            # The per-node layout (rs_leaves/rs_nodes, up to 6b2f620) cannot be read as trees;
             # serving or extending it would silently give wrong aggregates.
             raise StateStoreError(
                 "state store has the old per-node layout (table rs_nodes); rebuild it: drop the aggregator's "
