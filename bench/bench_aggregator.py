@@ -291,6 +291,16 @@ async def query_bench(tmp: Path, leaves: int) -> dict[str, float]:
                 body = await r.read()
                 assert r.status == 200, body
             filter_lat.append(time.perf_counter() - t)
+        # the same narrow filter on a feature's value (node values inside the stored trees)
+        feature_lat: list[float] = []
+        for k in range(3):
+            lo = (k * 97 % 997) / 997
+            flt = {"metric": "box_iou", "feature": "cat", "min": lo, "max": lo + 0.0005}
+            t = time.perf_counter()
+            async with s.post(qurl, json={"filter": flt}) as r:
+                body = await r.read()
+                assert r.status == 200, body
+            feature_lat.append(time.perf_counter() - t)
     await runner.cleanup()
     api_backend.close()
     backend.close()
@@ -300,6 +310,7 @@ async def query_bench(tmp: Path, leaves: int) -> dict[str, float]:
     out["run_query_p99_ms"] = lat[int(len(lat) * 0.99) - 1] * 1000
     out["slice100_query_p99_ms"] = slice_lat[int(len(slice_lat) * 0.99) - 1] * 1000
     out["filter_query_median_ms"] = statistics.median(filter_lat) * 1000
+    out["feature_filter_query_median_ms"] = statistics.median(feature_lat) * 1000
     return out
 
 
