@@ -88,6 +88,20 @@ def make_rows(n: int, data_rows: list[str]) -> list[dict[str, Any]]:
     return rows
 
 
+async def seed(
+    http: aiohttp.ClientSession, admin_url: str, admin_h: dict[str, str], n_data_rows: int, runs: list[str]
+) -> list[str]:
+    """Register n data rows and the model runs (each holding all of them) through the admin API."""
+    dr_ids = [f"dr-{i:06d}" for i in range(n_data_rows)]
+    data_rows = {"dataRows": [{"id": d} for d in dr_ids]}
+    async with http.post(admin_url + "/data-rows", json=data_rows, headers=admin_h) as r:
+        assert r.status == 200
+    model_runs = [{"id": x, "name": x, "dataRowIds": dr_ids} for x in runs]
+    async with http.post(admin_url + "/model-runs", json={"modelRuns": model_runs}, headers=admin_h) as r:
+        assert r.status == 200
+    return dr_ids
+
+
 async def run(n_rows: int, n_data_rows: int) -> dict[str, Any]:
     tmp = tempfile.mkdtemp(prefix="bench-llb-")
     admin_h = {"Authorization": "Bearer adm"}
@@ -95,17 +109,7 @@ async def run(n_rows: int, n_data_rows: int) -> dict[str, Any]:
         LocalLabelbox(str(Path(tmp) / "b.sqlite3"), api_keys=["k"], admin_token="adm") as srv,
         aiohttp.ClientSession() as http,
     ):
-        dr_ids = [f"dr-{i:06d}" for i in range(n_data_rows)]
-        async with http.post(
-            srv.admin_url + "/data-rows", json={"dataRows": [{"id": d} for d in dr_ids]}, headers=admin_h
-        ) as r:
-            assert r.status == 200
-        async with http.post(
-            srv.admin_url + "/model-runs",
-            json={"modelRuns": [{"id": "bench-run", "name": "bench", "dataRowIds": dr_ids}]},
-            headers=admin_h,
-        ) as r:
-            assert r.status == 200
+        dr_ids = await seed(http, srv.admin_url, admin_h, n_data_rows, ["bench-run"])
         rows = make_rows(n_rows, dr_ids)
         payload = "\n".join(json.dumps(r) for r in rows).encode()  # SDK-style json.dumps lines
 
@@ -207,17 +211,7 @@ async def run_uploader_like(n_rows: int, n_data_rows: int) -> dict[str, Any]:
         LocalLabelbox(str(Path(tmp) / "u.sqlite3"), api_keys=["k"], admin_token="adm") as srv,
         aiohttp.ClientSession() as http,
     ):
-        dr_ids = [f"dr-{i:06d}" for i in range(n_data_rows)]
-        async with http.post(
-            srv.admin_url + "/data-rows", json={"dataRows": [{"id": d} for d in dr_ids]}, headers=admin_h
-        ) as r:
-            assert r.status == 200
-        async with http.post(
-            srv.admin_url + "/model-runs",
-            json={"modelRuns": [{"id": x, "name": x, "dataRowIds": dr_ids} for x in UPLOADER_RUNS]},
-            headers=admin_h,
-        ) as r:
-            assert r.status == 200
+        dr_ids = await seed(http, srv.admin_url, admin_h, n_data_rows, UPLOADER_RUNS)
         batches = []
         for k in range(max(1, n_rows // UPLOADER_BATCH)):
             run = UPLOADER_RUNS[k % len(UPLOADER_RUNS)]
