@@ -625,8 +625,7 @@ def _fast_prediction(
                 uuid_prefix = _PREDICTION_NS + model_run_id.encode() + b"\n"
         except (orjson.JSONEncodeError, UnicodeEncodeError):
             return None
-        h = _sha1(uuid_prefix + content, usedforsecurity=False).hexdigest()
-        row_uuid = f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
+        row_uuid = _uuid5_bytes(uuid_prefix, content)
         out = {"uuid": row_uuid, **out}
     ref = _ref_id(dr_value) if is_id else _ref_gk(dr_value)
     return _prediction_row(ref, row_uuid, name, schema_id, confidence, is_mask, out)
@@ -1470,8 +1469,7 @@ def _fast_upload_predictions(obj: dict[str, Any]) -> UploadRows | None:
                 row_uuid = given
                 line = memoryview(orjson.dumps(out)).tobytes()
             else:
-                h = _sha1(prefix + orjson.dumps(out, option=_SORT), usedforsecurity=False).hexdigest()
-                row_uuid = f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
+                row_uuid = _uuid5_bytes(prefix, orjson.dumps(out, option=_SORT))
                 # == orjson.dumps({"uuid": row_uuid, **out}) (``out`` is never empty); the concatenation
                 # is also the exact-size copy.
                 line = b'{"uuid":"' + row_uuid.encode() + b'",' + orjson.dumps(out)[1:]
