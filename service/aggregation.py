@@ -260,6 +260,9 @@ class Tree:
     leaves: dict[LeafSub, LeafValue] = field(default_factory=dict)
     nodes: dict[NodeSub, NodeState] = field(default_factory=dict)
     aggregation: Aggregation = "ARITHMETIC_MEAN"  # the metric's (set when the tree is created)
+    # The store's copy of the node values it indexes (state_store: raw stored JSON on load, a
+    # dict once encoded), so a commit writes index rows only for the nodes that changed.
+    indexed: Any = field(default=None, compare=False, repr=False)
 
 
 def tree_from_leaves(leaves: dict[LeafSub, LeafValue], aggregation: Aggregation) -> Tree:

@@ -39,6 +39,7 @@ from service.aggregation import (
     MessageOps,
     NodeKey,
     NodeState,
+    NodeSub,
     RunAggKey,
     Tree,
     TreeKey,
@@ -64,6 +65,13 @@ _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS rs_trees (run TEXT NOT NULL, dr TEXT NOT NULL, metric TEXT NOT NULL,
        tree TEXT NOT NULL, num DOUBLE PRECISION, PRIMARY KEY (run, dr, metric)){without_rowid}""",
     "CREATE INDEX IF NOT EXISTS rs_trees_by_value ON rs_trees (run, metric, num)",
+    # one row per numeric node value other than the data row's plain value (that is rs_trees.num):
+    # features, subclasses, confidence keys, so a filter on them is an index range scan instead
+    # of a scan of every tree. Written with the trees (same transaction), only for changed nodes.
+    """CREATE TABLE IF NOT EXISTS rs_node_values (run TEXT NOT NULL, dr TEXT NOT NULL, metric TEXT NOT NULL,
+       ck TEXT NOT NULL, lvl INTEGER NOT NULL, f TEXT NOT NULL, s TEXT NOT NULL, num DOUBLE PRECISION NOT NULL,
+       PRIMARY KEY (run, dr, metric, ck, lvl, f, s)){without_rowid}""",
+    "CREATE INDEX IF NOT EXISTS rs_node_values_by_value ON rs_node_values (run, metric, ck, lvl, f, s, num)",
     """CREATE TABLE IF NOT EXISTS rs_run_aggs (run TEXT NOT NULL, metric TEXT NOT NULL, ck TEXT NOT NULL,
        lvl INTEGER NOT NULL, f TEXT NOT NULL, s TEXT NOT NULL, agg TEXT NOT NULL,
        PRIMARY KEY (run, metric, ck, lvl, f, s))""",
@@ -77,6 +85,7 @@ _TABLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "rs_run_aggs": (("run", "metric", "ck", "lvl", "f", "s"), ("agg",)),
     "rs_metric_defs": (("run", "metric"), ("aggregation",)),
     "rs_annotations": (("run", "uuid"), ("leaves",)),
+    "rs_node_values": (("run", "dr", "metric", "ck", "lvl", "f", "s"), ("num",)),
 }
 _INT_COLS = frozenset({"lvl"})
 
@@ -117,11 +126,13 @@ def _value(v: Any) -> Value | None:
 
 
 def decode_tree(raw: bytes | str) -> Tree:
-    aggregation, leaves_json, _values = orjson.loads(raw)
+    aggregation, leaves_json, values = orjson.loads(raw)
     leaves: dict[LeafSub, LeafValue] = {}
     for (lvl, f, s, src), v in leaves_json:
         leaves[(lvl, f, s, src)] = {ck: cast(Value, _value(x)) for ck, x in v.items()}
-    return tree_from_leaves(leaves, aggregation)
+    t = tree_from_leaves(leaves, aggregation)
+    t.indexed = values  # what rs_node_values holds for this tree: converted only if it is written
+    return t
 
 
 def tree_node_values(raw: bytes | str) -> list[tuple[str, int, str, str, Value | None]]:
@@ -130,6 +141,28 @@ def tree_node_values(raw: bytes | str) -> list[tuple[str, int, str, str, Value |
 
 
 _ROOT = ("", LEVEL_DATA_ROW, "", "")  # the data-row node of the plain (not confidence-keyed) value
+
+
+def _num(v: Value) -> float | None:
+    """The indexed number of a node value (None: not comparable, e.g. F1 undefined, or NaN)."""
+    num = v if type(v) is float else numeric_value(v)
+    return num if num is not None and num == num else None
+
+
+def indexed_values(t: Tree) -> dict[NodeSub, float]:
+    """The node values rs_node_values holds for ``t`` (as of the last encoded commit or the load)."""
+    got = t.indexed
+    if got is None:
+        return {}
+    if type(got) is dict:
+        return cast(dict[NodeSub, float], got)
+    out: dict[NodeSub, float] = {}
+    for (ck, lvl, f, s), v in got:  # the node values as stored in the tree JSON
+        if v is not None and (ck, lvl, f, s) != _ROOT:
+            num = _num(cast(Value, _value(v)))
+            if num is not None:
+                out[(ck, lvl, f, s)] = num
+    return out
 
 
 @dataclass
@@ -146,18 +179,49 @@ class Changes:
         return len(self.trees) + len(self.run_aggs) + len(self.metric_defs) + len(self.annotations)
 
     def encode(self) -> EncodedChanges:
-        """Immutable row tuples; after this the live objects may change without affecting the write."""
+        """Immutable row tuples; after this the live objects may change without affecting the write.
+
+        Encode once: each tree's node values are diffed against what the store indexes
+        (``Tree.indexed``), which is then updated, so only changed node values are written.
+        """
         enc = EncodedChanges(now=time.time())
         enc.runs = sorted(self.runs)
         enc.metric_defs = [(r, m, a) for (r, m), a in self.metric_defs.items()]
         up, dels = enc.tree_up, enc.tree_del
+        nv_up, nv_del = enc.nv_up, enc.nv_del
+        root_key = _ROOT
         for key, t in self.trees.items():
-            if t is None or (not t.leaves and not t.nodes):
+            if t is None:
+                dels.append(key)
+                enc.nv_del_trees.append(key)
+                continue
+            run, metric, dr = key
+            old = indexed_values(t)
+            new: dict[NodeSub, float] = {}
+            values: list[tuple[NodeSub, Value | None]] = []
+            root_num: float | None = None
+            for k, n in t.nodes.items():
+                v = n.value
+                values.append((k, v))
+                if v is None:
+                    continue
+                num = v if type(v) is float else numeric_value(v)
+                if num is None or num != num:
+                    continue
+                if k == root_key:
+                    root_num = num
+                    continue
+                new[k] = num
+                if old.get(k) != num:
+                    nv_up.append((run, dr, metric, *k, num))
+            for k in old:
+                if k not in new:
+                    nv_del.append((run, dr, metric, *k))
+            t.indexed = new
+            if not t.leaves and not t.nodes:
                 dels.append(key)
             else:
-                root = t.nodes.get(_ROOT)
-                v = root.value if root is not None else None
-                up.append((*key, encode_tree(t), numeric_value(v) if v is not None else None))
+                up.append((*key, orjson.dumps([t.aggregation, list(t.leaves.items()), values]).decode(), root_num))
         _split(self.run_aggs, enc.ragg_up, enc.ragg_del, lambda a: (a.encode(),))
         _split(self.annotations, enc.ann_up, enc.ann_del, lambda leaves: (orjson.dumps(leaves).decode(),))
         return enc
@@ -176,12 +240,18 @@ class EncodedChanges:
     ragg_del: list[tuple[Any, ...]] = field(default_factory=list)
     ann_up: list[tuple[Any, ...]] = field(default_factory=list)
     ann_del: list[tuple[Any, ...]] = field(default_factory=list)
+    nv_up: list[tuple[Any, ...]] = field(default_factory=list)  # changed node values
+    nv_del: list[tuple[Any, ...]] = field(default_factory=list)  # nodes gone or no longer numeric
+    nv_del_trees: list[TreeKey] = field(default_factory=list)  # every node value of these trees
 
     def __len__(self) -> int:
         return (
             len(self.metric_defs)
             + len(self.tree_up)
             + len(self.tree_del)
+            + len(self.nv_up)
+            + len(self.nv_del)
+            + len(self.nv_del_trees)
             + len(self.ragg_up)
             + len(self.ragg_del)
             + len(self.ann_up)
@@ -260,14 +330,13 @@ class SqlStateBackend:
         without_rowid = "" if kind == "postgres" else " WITHOUT ROWID"
         with self._lock:
             cur = self._conn.cursor()
+            cur.execute(self._exists("rs_node_values"))
+            (had_node_values,) = cur.fetchone()
             for stmt in _SCHEMA:
                 cur.execute(stmt.format(without_rowid=without_rowid))
-            legacy = (
-                "SELECT to_regclass('rs_nodes') IS NOT NULL"
-                if kind == "postgres"
-                else "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'rs_nodes')"
-            )
-            cur.execute(legacy)
+            if not had_node_values:
+                self._index_stored_trees(cur)
+            cur.execute(self._exists("rs_nodes"))
             (has_legacy,) = cur.fetchone()
             self._conn.commit()
         if has_legacy:
@@ -309,6 +378,22 @@ class SqlStateBackend:
         return cls("postgres", conn, reader=reader)
 
     # ---- helpers
+
+    def _exists(self, table: str) -> str:
+        if self.kind == "postgres":
+            return f"SELECT to_regclass('{table}') IS NOT NULL"
+        return f"SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = '{table}')"
+
+    def _index_stored_trees(self, cur: Any) -> None:
+        """Fill a new rs_node_values from the stored trees (a store written before it existed)."""
+        cur.execute("SELECT run, dr, metric, tree FROM rs_trees")
+        rows = [
+            (run, dr, metric, *k, num)
+            for run, dr, metric, raw in cur.fetchall()
+            for k, num in indexed_values(Tree(indexed=orjson.loads(raw)[2])).items()
+        ]
+        key_cols, val_cols = _TABLES["rs_node_values"]
+        _upsert_delete(cur, self._sql, "rs_node_values", key_cols, val_cols, rows, [])
 
     def _sql(self, sql: str) -> str:
         return sql.replace("?", "%s") if self.kind == "postgres" else sql
@@ -467,8 +552,13 @@ class SqlStateBackend:
                 sql("INSERT INTO rs_metric_defs (run, metric, aggregation) VALUES (?, ?, ?) ON CONFLICT DO NOTHING"),
                 ch.metric_defs,
             )
+        if ch.nv_del_trees:
+            cur.executemany(
+                sql("DELETE FROM rs_node_values WHERE run=? AND metric=? AND dr=?"), sorted(ch.nv_del_trees)
+            )
         for table, up, dels in (
             ("rs_trees", ch.tree_up, ch.tree_del),
+            ("rs_node_values", ch.nv_up, ch.nv_del),
             ("rs_run_aggs", ch.ragg_up, ch.ragg_del),
             ("rs_annotations", ch.ann_up, ch.ann_del),
         ):
@@ -512,31 +602,22 @@ class SqlStateBackend:
     ) -> list[str]:
         """Data rows whose node (ck, level, f, s) has a numeric value in [lo, hi].
 
-        The data row's plain value is indexed (rs_trees_by_value); any other node (a feature,
-        a subclass, a confidence key) is found by a scan of the metric's trees in the run —
-        O(data rows of the metric): node values live inside the tree rows.
+        An index range scan either way: the data row's plain value is ``rs_trees.num``
+        (rs_trees_by_value), every other node's is in rs_node_values (rs_node_values_by_value).
         """
         if (ck, level, f, s) == _ROOT:
             sql = "SELECT dr FROM rs_trees WHERE run=? AND metric=? AND num IS NOT NULL"
             params: list[Any] = [run, metric]
-            if lo is not None:
-                sql += " AND num >= ?"
-                params.append(lo)
-            if hi is not None:
-                sql += " AND num <= ?"
-                params.append(hi)
-            return [r[0] for r in self._all(sql, params)]
-        out: list[str] = []
-        want = (ck, level, f, s)
-        for dr, tree in self._all("SELECT dr, tree FROM rs_trees WHERE run=? AND metric=?", (run, metric)):
-            for nck, nlvl, nf, ns, v in tree_node_values(tree):
-                if (nck, nlvl, nf, ns) != want or v is None:
-                    continue
-                num = numeric_value(v)
-                if num is not None and (lo is None or num >= lo) and (hi is None or num <= hi):
-                    out.append(dr)
-                break
-        return out
+        else:
+            sql = "SELECT dr FROM rs_node_values WHERE run=? AND metric=? AND ck=? AND lvl=? AND f=? AND s=?"
+            params = [run, metric, ck, level, f, s]
+        if lo is not None:
+            sql += " AND num >= ?"
+            params.append(lo)
+        if hi is not None:
+            sql += " AND num <= ?"
+            params.append(hi)
+        return [r[0] for r in self._all(sql, params)]
 
     def known_rows(self, run: str, rows: Sequence[str]) -> list[str]:
         return sorted({dr for _m, dr, tree in self._trees_of_rows(run, rows) if tree_node_values(tree)})

@@ -462,7 +462,53 @@ async def check_api(
                 assert r.status == 200, await r.text()
                 body = await r.json()
             problems += [f"row {dr}: " + p for p in diff(flatten(body["metrics"]), ref.run_level([dr]))]
+        for flt, rows in filter_cases(nodes):
+            async with s.post(f"{url}/v1/model-runs/{run}/metrics/query", json={"filter": flt}) as r:
+                assert r.status == 200, await r.text()
+                body = await r.json()
+            if body["data_row_count"] != len(rows):
+                problems.append(f"filter {flt}: {body['data_row_count']} data rows, want {sorted(rows)}")
+            problems += [f"filter {flt}: " + p for p in diff(flatten(body["metrics"]), ref.run_level(rows))]
     return problems
+
+
+def filter_number(v: Any) -> float | None:
+    """What a filter compares: the value, or F1 for a confusion matrix (None if undefined)."""
+    if isinstance(v, tuple):
+        tp, fp, _tn, fn = v
+        return 2 * tp / (2 * tp + fp + fn) if 2 * tp + fp + fn else None
+    return None if v is None else float(v)
+
+
+def filter_cases(nodes: dict[tuple[Any, ...], Any], limit: int = 16) -> list[tuple[dict[str, Any], list[str]]]:
+    """Filters on every kind of node (data row, feature, subclass, confidence key) with the data
+    rows the reference selects: unbounded, a narrow window around one node's value, at least it."""
+    groups: dict[tuple[Any, ...], dict[str, float]] = {}
+    for (m, ck, dr, f, sc), v in nodes.items():
+        num = filter_number(v)
+        groups.setdefault((m, ck, f, sc), {})
+        if num is not None:
+            groups[(m, ck, f, sc)][dr] = num
+    out: list[tuple[dict[str, Any], list[str]]] = []
+    # nodes below the data row first: those are what the node-value index serves
+    for m, ck, f, sc in sorted(groups, key=lambda g: (g[2] is None, repr(g)))[:limit]:
+        vals = groups[(m, ck, f, sc)]
+        base: dict[str, Any] = {"metric": m}
+        if ck:
+            base["confidence"] = float(ck)
+        if f is not None:
+            base["feature"] = f
+        if sc is not None:
+            base["subclass"] = sc
+        out.append((base, sorted(vals)))
+        finite = sorted(v for v in vals.values() if abs(v) < float("inf"))
+        if finite:
+            v = finite[len(finite) // 2]
+            eps = 1e-9 * max(1.0, abs(v))  # the engine's and the reference's roundings may differ
+            lo, hi = v - eps, v + eps
+            out.append(({**base, "min": lo, "max": hi}, sorted(d for d, x in vals.items() if lo <= x <= hi)))
+            out.append(({**base, "min": lo}, sorted(d for d, x in vals.items() if x >= lo)))
+    return out
 
 
 def sys_executable_ok() -> bool:

@@ -36,6 +36,7 @@ from service.aggregation import (
     MessageOps,
     MetricLeaf,
     apply_message,
+    numeric_value,
 )
 from service.dlq_headers import DlqHeaders
 from service.kafka_admin import create_topics
@@ -277,5 +278,19 @@ def test_cached_state_with_prefetch_equals_memory_state(
             tree = decode_tree(raw)
             assert len(tree.nodes) == sum(1 for k in mem.nodes if (k[0], k[1], k[3]) == (run, metric, dr))
             assert len(tree.leaves) == sum(1 for k in mem.leaves if k[:3] == (run, metric, dr))
+        # filters (indexed node values, every level and confidence key) select what the engine holds
+        want: dict[tuple[Any, ...], dict[str, float]] = {}
+        for (run, metric, ck, dr, lvl, f, s), node in mem.nodes.items():
+            num = None if node.value is None else numeric_value(node.value)
+            group = want.setdefault((run, metric, ck, lvl, f, s), {})
+            if num is not None:
+                group[dr] = num
+        for (run, metric, ck, lvl, f, s), rows in want.items():
+            assert sorted(backend.rows_in_range(run, metric, ck, lvl, f, s, None, None)) == sorted(rows)
+            for dr, num in rows.items():
+                got = backend.rows_in_range(run, metric, ck, lvl, f, s, num, num)
+                assert sorted(got) == sorted(d for d, x in rows.items() if x == num), (dr, num)
+        stored_groups = backend._all("SELECT DISTINCT run, metric, ck, lvl, f, s FROM rs_node_values", ())
+        assert {(r, m, ck, int(lvl), f, s) for r, m, ck, lvl, f, s in stored_groups} <= set(want)
     finally:
         backend.close()

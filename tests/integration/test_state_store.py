@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from service.aggregation import MessageOps, MetricLeaf, apply_message
+from service.aggregation import AnnotationUpdate, MessageOps, MetricLeaf, apply_message
 from service.state_store import CachedState, Changes, SqlStateBackend, StaleStateError
 
 GROUP = "agg"
@@ -103,3 +103,83 @@ def test_groups_do_not_fence_each_other(replicas: tuple[SqlStateBackend, SqlStat
     b.commit("other-group", Changes(), {P0: 99}, {P0: None})
     assert a.load_offsets(GROUP, [P0]) == {P0: 10}
     assert a.load_offsets("other-group", [P0]) == {P0: 99}
+
+
+# ---- filters on nodes below the data row (rs_node_values) ------------------------------------
+
+
+def _leaf(value: dict[str, float], f: str | None = "cat", s: str | None = None, dr: str = "id:d1") -> MetricLeaf:
+    return MetricLeaf("am", "ARITHMETIC_MEAN", dr, f, s, value)  # type: ignore[arg-type]
+
+
+def _apply(backend: SqlStateBackend, state: CachedState, n: int, *leaves: MetricLeaf) -> None:
+    ops = MessageOps("r", metric_rows=list(leaves))
+    state.prefetch([ops])
+    apply_message(state, ops)
+    backend.commit(GROUP, state.take_changes(), {P0: n}, {P0: n - 1 if n > 1 else None})
+    state.committed()
+
+
+def _cat(backend: SqlStateBackend, lo: float, hi: float, ck: str = "", s: str = "") -> list[str]:
+    return sorted(backend.rows_in_range("r", "am", ck, 2 if s else 1, "cat", s, lo, hi))
+
+
+@pytest.mark.parametrize("fresh_cache", [False, True], ids=["same-cache", "cache-per-commit"])
+def test_feature_filter_follows_replaced_values(tmp_path: Path, fresh_cache: bool) -> None:
+    """A replaced leaf moves its feature/subclass/confidence-key nodes out of a range and back in;
+    from the cache (diffed in memory) and from a fresh cache (diffed against the stored tree)."""
+    backend = SqlStateBackend.sqlite(tmp_path / "s.sqlite3")
+    state = CachedState(backend)
+
+    def step(n: int, *leaves: MetricLeaf) -> None:
+        _apply(backend, CachedState(backend) if fresh_cache else state, n, *leaves)
+
+    try:
+        step(1, _leaf({"": 0.25}), _leaf({"": 0.4}, dr="id:d2"), _leaf({"0.5": 0.3}, "cat", "tall"))
+        assert _cat(backend, 0.2, 0.3) == ["id:d1"]
+        assert _cat(backend, 0.2, 0.3, ck="0.5") == ["id:d1"]  # the feature's roll-up of the subclass
+        assert _cat(backend, 0.2, 0.3, ck="0.5", s="tall") == ["id:d1"]
+        step(2, _leaf({"": 0.9}), _leaf({"0.5": 0.7}, "cat", "tall"))  # d1's values leave [0.2, 0.3]
+        assert _cat(backend, 0.2, 0.3) == []
+        assert _cat(backend, 0.2, 0.3, ck="0.5") == [] and _cat(backend, 0.2, 0.3, ck="0.5", s="tall") == []
+        assert _cat(backend, 0.6, 1.0) == ["id:d1"] and _cat(backend, 0.7, 0.7, ck="0.5", s="tall") == ["id:d1"]
+        step(3, _leaf({"": 0.22}, dr="id:d2"), _leaf({"0.5": 0.21}, "cat", "tall"))  # d2 in, d1's subclass in
+        assert _cat(backend, 0.2, 0.3) == ["id:d2"]
+        assert _cat(backend, 0.2, 0.3, ck="0.5", s="tall") == ["id:d1"]
+        assert _cat(backend, 0.0, 1.0) == ["id:d1", "id:d2"]
+    finally:
+        backend.close()
+
+
+def test_node_disappears_from_the_index_with_its_leaf(tmp_path: Path) -> None:
+    """An annotation replaced by one on another feature: the old feature's node is gone from filters."""
+    backend = SqlStateBackend.sqlite(tmp_path / "s.sqlite3")
+    try:
+        for n, f in enumerate(["cat", "dog"], start=1):
+            state = CachedState(backend)
+            ops = MessageOps("r", annotations=[AnnotationUpdate("u1", (_leaf({"": 0.5}, f),))])
+            state.prefetch([ops])
+            apply_message(state, ops)
+            backend.commit(GROUP, state.take_changes(), {P0: n}, {P0: n - 1 if n > 1 else None})
+        assert backend.rows_in_range("r", "am", "", 1, "cat", "", None, None) == []
+        assert backend.rows_in_range("r", "am", "", 1, "dog", "", None, None) == ["id:d1"]
+        assert backend._all("SELECT f FROM rs_node_values", ()) == [("dog",)]
+    finally:
+        backend.close()
+
+
+def test_store_without_node_value_index_is_indexed_on_open(tmp_path: Path) -> None:
+    """A store written before rs_node_values existed gets it filled from its trees when opened."""
+    path = tmp_path / "s.sqlite3"
+    backend = SqlStateBackend.sqlite(path)
+    _apply(backend, CachedState(backend), 1, _leaf({"": 0.25}), _leaf({"0.5": 0.3}, "cat", "tall"))
+    before = sorted(backend._all("SELECT * FROM rs_node_values", ()))
+    assert len(before) == 4  # cat "", data row 0.5, cat 0.5, cat/tall 0.5 (the plain data-row value: rs_trees.num)
+    backend._all("DROP TABLE rs_node_values", ())
+    backend.close()
+    reopened = SqlStateBackend.sqlite(path)
+    try:
+        assert sorted(reopened._all("SELECT * FROM rs_node_values", ())) == before
+        assert reopened.rows_in_range("r", "am", "0.5", 2, "cat", "tall", 0.3, 0.3) == ["id:d1"]
+    finally:
+        reopened.close()
