@@ -238,6 +238,8 @@ class NodeState:
     direct: Agg = field(default_factory=Agg)
     children: Agg = field(default_factory=Agg)
     value: Value | None = None
+    # the number the store indexes for this node (state_store), to write only changed values
+    indexed: float | None = field(default=None, compare=False, repr=False)
 
     def compute(self, aggregation: Aggregation) -> Value | None:
         if self.direct.n > 0:
@@ -260,9 +262,9 @@ class Tree:
     leaves: dict[LeafSub, LeafValue] = field(default_factory=dict)
     nodes: dict[NodeSub, NodeState] = field(default_factory=dict)
     aggregation: Aggregation = "ARITHMETIC_MEAN"  # the metric's (set when the tree is created)
-    # The store's copy of the node values it indexes (state_store: raw stored JSON on load, a
-    # dict once encoded), so a commit writes index rows only for the nodes that changed.
-    indexed: Any = field(default=None, compare=False, repr=False)
+    # how many of its nodes have a value row in the store's index (state_store), so a commit
+    # notices nodes that left the tree; an int, not a copy of the values: memory per cached tree
+    indexed: int = field(default=0, compare=False, repr=False)
 
 
 def tree_from_leaves(leaves: dict[LeafSub, LeafValue], aggregation: Aggregation) -> Tree:

@@ -126,12 +126,19 @@ def _value(v: Any) -> Value | None:
 
 
 def decode_tree(raw: bytes | str) -> Tree:
-    aggregation, leaves_json, values = orjson.loads(raw)
+    aggregation, leaves_json, _values = orjson.loads(raw)
     leaves: dict[LeafSub, LeafValue] = {}
     for (lvl, f, s, src), v in leaves_json:
         leaves[(lvl, f, s, src)] = {ck: cast(Value, _value(x)) for ck, x in v.items()}
     t = tree_from_leaves(leaves, aggregation)
-    t.indexed = values  # what rs_node_values holds for this tree: converted only if it is written
+    # what rs_node_values holds for this tree: the rebuilt values equal the stored ones bit for bit
+    n = 0
+    for k, node in t.nodes.items():
+        v = node.value
+        if v is not None and k != _ROOT:
+            node.indexed = _num(v)
+            n += node.indexed is not None
+    t.indexed = n
     return t
 
 
@@ -149,17 +156,12 @@ def _num(v: Value) -> float | None:
     return num if num is not None and num == num else None
 
 
-def indexed_values(t: Tree) -> dict[NodeSub, float]:
-    """The node values rs_node_values holds for ``t`` (as of the last encoded commit or the load)."""
-    got = t.indexed
-    if got is None:
-        return {}
-    if type(got) is dict:
-        return cast(dict[NodeSub, float], got)
+def stored_node_values(raw: bytes | str) -> dict[NodeSub, float]:
+    """The rs_node_values rows of a stored tree: its numeric node values but the plain data-row one."""
     out: dict[NodeSub, float] = {}
-    for (ck, lvl, f, s), v in got:  # the node values as stored in the tree JSON
+    for ck, lvl, f, s, v in tree_node_values(raw):
         if v is not None and (ck, lvl, f, s) != _ROOT:
-            num = _num(cast(Value, _value(v)))
+            num = _num(v)
             if num is not None:
                 out[(ck, lvl, f, s)] = num
     return out
@@ -181,8 +183,9 @@ class Changes:
     def encode(self) -> EncodedChanges:
         """Immutable row tuples; after this the live objects may change without affecting the write.
 
-        Encode once: each tree's node values are diffed against what the store indexes
-        (``Tree.indexed``), which is then updated, so only changed node values are written.
+        Encode once: each node's value is compared with what the store indexes for it
+        (``NodeState.indexed``, then updated), so only changed node values are written; if an
+        indexed node left the tree (rare: a leaf removed), the tree's index rows are rewritten.
         """
         enc = EncodedChanges(now=time.time())
         enc.runs = sorted(self.runs)
@@ -196,28 +199,38 @@ class Changes:
                 enc.nv_del_trees.append(key)
                 continue
             run, metric, dr = key
-            old = indexed_values(t)
-            new: dict[NodeSub, float] = {}
             values: list[tuple[NodeSub, Value | None]] = []
             root_num: float | None = None
+            start, kept, count = len(nv_up), 0, 0
             for k, n in t.nodes.items():
                 v = n.value
                 values.append((k, v))
-                if v is None:
-                    continue
-                num = v if type(v) is float else numeric_value(v)
-                if num is None or num != num:
-                    continue
+                num = None
+                if v is not None:
+                    num = v if type(v) is float else numeric_value(v)
+                    if num != num:  # NaN
+                        num = None
                 if k == root_key:
                     root_num = num
                     continue
-                new[k] = num
-                if old.get(k) != num:
-                    nv_up.append((run, dr, metric, *k, num))
-            for k in old:
-                if k not in new:
-                    nv_del.append((run, dr, metric, *k))
-            t.indexed = new
+                was = n.indexed
+                if was is not None:
+                    kept += 1
+                if num != was:
+                    if num is None:
+                        nv_del.append((run, dr, metric, *k))
+                    else:
+                        nv_up.append((run, dr, metric, *k, num))
+                    n.indexed = num
+                if num is not None:
+                    count += 1
+            if kept < t.indexed:  # an indexed node is gone from the tree: rewrite its rows
+                del nv_up[start:]
+                enc.nv_del_trees.append(key)
+                nv_up.extend(
+                    (run, dr, metric, *k, n.indexed) for k, n in t.nodes.items() if n.indexed is not None
+                )
+            t.indexed = count
             if not t.leaves and not t.nodes:
                 dels.append(key)
             else:
@@ -390,7 +403,7 @@ class SqlStateBackend:
         rows = [
             (run, dr, metric, *k, num)
             for run, dr, metric, raw in cur.fetchall()
-            for k, num in indexed_values(Tree(indexed=orjson.loads(raw)[2])).items()
+            for k, num in stored_node_values(raw).items()
         ]
         key_cols, val_cols = _TABLES["rs_node_values"]
         _upsert_delete(cur, self._sql, "rs_node_values", key_cols, val_cols, rows, [])
