@@ -291,7 +291,7 @@ async def query_bench(tmp: Path, leaves: int) -> dict[str, float]:
                 body = await r.read()
                 assert r.status == 200, body
             filter_lat.append(time.perf_counter() - t)
-        # the same narrow filter on a feature's value (node values inside the stored trees)
+        # the same narrow filter on a feature's value (rs_node_values, an index range scan)
         feature_lat: list[float] = []
         for k in range(3):
             lo = (k * 97 % 997) / 997
