@@ -675,7 +675,9 @@ def render(steps: list[Step], info: dict[str, str], meta: dict[str, Any], quick:
     add(
         f"Query API at {fmt(ag_main.get('leaves'))} leaf values (fresh child process): GET run metrics p50 "
         f"{fmt(ag_main.get('run_query_p50_ms'), 2)} ms, p99 {fmt(ag_main.get('run_query_p99_ms'), 2)} ms; "
-        f"POST slice of 100 data rows p99 {fmt(ag_main.get('slice100_query_p99_ms'), 2)} ms. RSS of the engine "
+        f"POST slice of 100 data rows p99 {fmt(ag_main.get('slice100_query_p99_ms'), 2)} ms; POST narrow value "
+        f"filter, median: on the data row's value {fmt(ag_main.get('filter_query_median_ms'), 1)} ms, on a "
+        f"feature's value {fmt(ag_main.get('feature_filter_query_median_ms'), 1)} ms. RSS of the engine "
         f"at start {fmt(ag_main.get('rss_mb_at_start'))} MB, after 10k data rows {fmt(rss10k)} MB, after "
         f"{fmt(ag_main.get('leaves'))} data rows {fmt(rss1m)} MB (build {fmt(ag_main.get('build_s'), 1)} s)."
     )
