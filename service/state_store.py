@@ -156,17 +156,6 @@ def _num(v: Value) -> float | None:
     return num if num is not None and num == num else None
 
 
-def stored_node_values(raw: bytes | str) -> dict[NodeSub, float]:
-    """The rs_node_values rows of a stored tree: its numeric node values but the plain data-row one."""
-    out: dict[NodeSub, float] = {}
-    for ck, lvl, f, s, v in tree_node_values(raw):
-        if v is not None and (ck, lvl, f, s) != _ROOT:
-            num = _num(v)
-            if num is not None:
-                out[(ck, lvl, f, s)] = num
-    return out
-
-
 @dataclass
 class Changes:
     """Everything to write in one commit; ``None`` values are deletions."""
@@ -343,12 +332,8 @@ class SqlStateBackend:
         without_rowid = "" if kind == "postgres" else " WITHOUT ROWID"
         with self._lock:
             cur = self._conn.cursor()
-            cur.execute(self._exists("rs_node_values"))
-            (had_node_values,) = cur.fetchone()
             for stmt in _SCHEMA:
                 cur.execute(stmt.format(without_rowid=without_rowid))
-            if not had_node_values:
-                self._index_stored_trees(cur)
             cur.execute(self._exists("rs_nodes"))
             (has_legacy,) = cur.fetchone()
             self._conn.commit()
@@ -396,17 +381,6 @@ class SqlStateBackend:
         if self.kind == "postgres":
             return f"SELECT to_regclass('{table}') IS NOT NULL"
         return f"SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = '{table}')"
-
-    def _index_stored_trees(self, cur: Any) -> None:
-        """Fill a new rs_node_values from the stored trees (a store written before it existed)."""
-        cur.execute("SELECT run, dr, metric, tree FROM rs_trees")
-        rows = [
-            (run, dr, metric, *k, num)
-            for run, dr, metric, raw in cur.fetchall()
-            for k, num in stored_node_values(raw).items()
-        ]
-        key_cols, val_cols = _TABLES["rs_node_values"]
-        _upsert_delete(cur, self._sql, "rs_node_values", key_cols, val_cols, rows, [])
 
     def _sql(self, sql: str) -> str:
         return sql.replace("?", "%s") if self.kind == "postgres" else sql

@@ -166,20 +166,3 @@ def test_node_disappears_from_the_index_with_its_leaf(tmp_path: Path) -> None:
         assert backend._all("SELECT f FROM rs_node_values", ()) == [("dog",)]
     finally:
         backend.close()
-
-
-def test_store_without_node_value_index_is_indexed_on_open(tmp_path: Path) -> None:
-    """A store written before rs_node_values existed gets it filled from its trees when opened."""
-    path = tmp_path / "s.sqlite3"
-    backend = SqlStateBackend.sqlite(path)
-    _apply(backend, CachedState(backend), 1, _leaf({"": 0.25}), _leaf({"0.5": 0.3}, "cat", "tall"))
-    before = sorted(backend._all("SELECT * FROM rs_node_values", ()))
-    assert len(before) == 4  # cat "", data row 0.5, cat 0.5, cat/tall 0.5 (the plain data-row value: rs_trees.num)
-    backend._all("DROP TABLE rs_node_values", ())
-    backend.close()
-    reopened = SqlStateBackend.sqlite(path)
-    try:
-        assert sorted(reopened._all("SELECT * FROM rs_node_values", ())) == before
-        assert reopened.rows_in_range("r", "am", "0.5", 2, "cat", "tall", 0.3, 0.3) == ["id:d1"]
-    finally:
-        reopened.close()
