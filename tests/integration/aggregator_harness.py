@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,9 +21,11 @@ from typing import Any
 import aiohttp
 import orjson
 from aggregate_reference import Leaves, close, node_values, run_values
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from hypothesis import strategies as st
+from kafka_io import end_offsets
 
+from service.devkafka import free_port
 from service.state_store import SqlStateBackend
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -275,30 +276,6 @@ def diff(got: dict[tuple[Any, ...], tuple[Any, int]], want: dict[tuple[Any, ...]
 # Kafka + process helpers
 
 
-async def produce(bootstrap: str, events: list[tuple[str, bytes, bytes]]) -> None:
-    """(topic, key, value) in order."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
-    await producer.start()
-    try:
-        futs = [await producer.send(t, v, key=k) for t, k, v in events]
-        await asyncio.gather(*futs)
-    finally:
-        await producer.stop()
-
-
-async def end_offsets(bootstrap: str, topics: list[str]) -> dict[tuple[str, int], int]:
-    c = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    await c.start()
-    try:
-        cluster = await c._client.fetch_all_metadata()  # partitions_for_topic() knows subscribed topics only
-        tps = [TopicPartition(t, p) for t in topics for p in sorted(cluster.partitions_for_topic(t) or ())]
-        assert len({tp.topic for tp in tps}) == len(topics), f"no metadata for {topics}"
-        ends = await c.end_offsets(tps)
-        return {(tp.topic, tp.partition): o for tp, o in ends.items()}
-    finally:
-        await c.stop()
-
-
 async def read_topic(bootstrap: str, topic: str) -> list[Any]:
     ends = await end_offsets(bootstrap, [topic])
     if not any(ends.values()):
@@ -344,12 +321,6 @@ async def wait_caught_up(bootstrap: str, topics: list[str], group: str, store: s
             await asyncio.sleep(0.1)
     finally:
         backend.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -21,13 +21,13 @@ from aggregator_harness import (
     check_api,
     encode_events,
     event,
-    produce,
     read_topic,
     wait_caught_up,
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import NonInteractiveExampleWarning
+from kafka_io import produce
 
 from service.aggregation import (
     AggregateError,

@@ -23,15 +23,9 @@ from uploader_harness import (
     wait_committed,
 )
 
+from service.devkafka import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def test_batches_of_one_model_run_land_in_offset_order(
@@ -50,7 +44,7 @@ async def test_batches_of_one_model_run_land_in_offset_order(
             (t.metrics, b"mr", event("mr", metrics=[{**metric, "metricValue": 0.9}])),
         ])  # fmt: skip
         s = settings_for(kafka_bootstrap, t, server.url, batch_max_events=1, batch_linger_ms=0)
-        env = {**os.environ, **settings_env(s), "RUNSTREAM_HTTP_PORT": str(_free_port()), "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, **settings_env(s), "RUNSTREAM_HTTP_PORT": str(free_port()), "PYTHONPATH": str(ROOT)}
         with (tmp_path / "uploader.log").open("ab") as log:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "service", "run", "--role", "uploader", cwd=str(ROOT), env=env,

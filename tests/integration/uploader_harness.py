@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
+from kafka_io import end_offsets, produce  # noqa: F401  (produce: re-exported for the uploader tests)
 from prometheus_client import CollectorRegistry
 
 from consumers.runtime import RuntimeStatus
@@ -96,17 +97,6 @@ async def seed(server: LocalLabelbox, *, runs: list[str], data_rows: list[dict[s
         await server.db(lambda r=r: store.create_model_run(name=r, model_id="m", training_metadata=None, run_id=r))
 
 
-async def produce(bootstrap: str, msgs: list[tuple[str, bytes | None, bytes | None]]) -> None:
-    """(topic, key, value) in order; acks=all."""
-    p = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
-    await p.start()
-    try:
-        futs = [await p.send(t, value=v, key=k) for t, k, v in msgs]
-        await asyncio.gather(*futs)
-    finally:
-        await p.stop()
-
-
 DlqEntry = tuple[bytes | None, bytes | None, DlqHeaders]
 
 
@@ -143,24 +133,6 @@ async def committed(bootstrap: str, group: str, topics: list[str]) -> dict[tuple
         if (tp.topic, tp.partition) in out and meta.offset >= 0:
             out[(tp.topic, tp.partition)] = meta.offset
     return out
-
-
-async def end_offsets(bootstrap: str, topics: list[str]) -> dict[tuple[str, int], int]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        described = await admin.describe_topics(topics)
-    finally:
-        await admin.close()
-    tps = [TopicPartition(d["topic"], p["partition"]) for d in described for p in d["partitions"]]
-    assert {tp.topic for tp in tps} == set(topics), described
-    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await c.start()
-    try:
-        ends = await c.end_offsets(tps)
-        return {(tp.topic, tp.partition): o for tp, o in ends.items()}
-    finally:
-        await c.stop()
 
 
 async def wait_until(cond: Callable[[], Awaitable[bool]], timeout: float, what: str, step: float = 0.2) -> None:  # noqa: ASYNC109
