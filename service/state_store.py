@@ -147,6 +147,7 @@ def tree_node_values(raw: bytes | str) -> list[tuple[str, int, str, str, Value |
     return [(ck, lvl, f, s, _value(v)) for (ck, lvl, f, s), v in orjson.loads(raw)[2]]
 
 
+_SCHEMA_LOCK_ID = 0x72756E73  # PostgreSQL advisory lock key that serializes schema creation ("runs")
 _ROOT = ("", LEVEL_DATA_ROW, "", "")  # the data-row node of the plain (not confidence-keyed) value
 
 
@@ -332,6 +333,11 @@ class SqlStateBackend:
         without_rowid = "" if kind == "postgres" else " WITHOUT ROWID"
         with self._lock:
             cur = self._conn.cursor()
+            if kind == "postgres":
+                # CREATE ... IF NOT EXISTS is not safe against a concurrent creator in PostgreSQL
+                # (duplicate key in pg_type): replicas and their query APIs open the store at the
+                # same moment, so schema creation is serialized; the lock ends with the transaction.
+                cur.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK_ID,))
             for stmt in _SCHEMA:
                 cur.execute(stmt.format(without_rowid=without_rowid))
             cur.execute(self._exists("rs_nodes"))

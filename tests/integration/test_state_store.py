@@ -7,6 +7,8 @@ Two SqlStateBackend connections on one database file play two replicas; the stat
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -166,3 +168,49 @@ def test_node_disappears_from_the_index_with_its_leaf(tmp_path: Path) -> None:
         assert backend._all("SELECT f FROM rs_node_values", ()) == [("dog",)]
     finally:
         backend.close()
+
+
+# ---- several processes opening one PostgreSQL store at once -----------------------------------
+
+
+def _open_at_once(dsn: str, n: int) -> list[BaseException]:
+    """Open (and close) n backends on one DSN from n threads released together; what they raised."""
+    barrier = threading.Barrier(n)
+    errors: list[BaseException] = []
+
+    def open_one() -> None:
+        barrier.wait()
+        try:
+            SqlStateBackend.postgres(dsn).close()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_one) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return errors
+
+
+@pytest.mark.postgres
+def test_concurrent_opens_of_a_new_postgres_store(tmp_path: Path) -> None:
+    """Replicas (and each one's query API) open the store at the same moment: creating the schema
+    must not fail one of them. Plain CREATE TABLE IF NOT EXISTS races in PostgreSQL (a duplicate
+    key in pg_type); the drill caught an aggregator exiting 1 from it."""
+    dsn = os.environ.get("RUNSTREAM_TEST_POSTGRES_DSN")
+    if not dsn:
+        pytest.skip("RUNSTREAM_TEST_POSTGRES_DSN is not set (.ci/run starts a private PostgreSQL)")
+    import psycopg
+
+    base, _, _ = dsn.rpartition("/")
+    for attempt in range(5):  # a fresh, empty database per round: the race is only on creation
+        name = f"runstream_open_race_{os.getpid()}_{attempt}"
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            admin.execute(f"CREATE DATABASE {name}")
+        try:
+            errors = _open_at_once(f"{base}/{name}", 8)
+            assert errors == [], f"round {attempt}: {errors[0]!r}"
+        finally:
+            with psycopg.connect(dsn, autocommit=True) as admin:
+                admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
