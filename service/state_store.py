@@ -106,7 +106,7 @@ class StaleStateError(StateStoreError):
 # so a tree row is ~3x fewer rows to load, encode and write per event than a row per leaf and
 # node, and a slice query reads a data row's trees.
 
-def encode_tree(t: Tree) -> str:
+def _tree_json(t: Tree, values: list[tuple[NodeSub, Value | None]]) -> str:
     """JSON ``[aggregation, [[[level, f, s, src], {ck: value}]...], [[[ck, level, f, s], value]...]]``.
 
     Only the leaves are needed to rebuild the tree (:func:`tree_from_leaves`, exact); the node
@@ -114,7 +114,7 @@ def encode_tree(t: Tree) -> str:
     Text, not orjson's bytes: each small bytes object orjson returns pins a ~4 KB buffer (80 MB
     per 20k trees, measured), the decoded str is compact.
     """
-    return orjson.dumps([t.aggregation, list(t.leaves.items()), [(k, n.value) for k, n in t.nodes.items()]]).decode()
+    return orjson.dumps([t.aggregation, list(t.leaves.items()), values]).decode()
 
 
 def _value(v: Any) -> Value | None:
@@ -195,11 +195,7 @@ class Changes:
             for k, n in t.nodes.items():
                 v = n.value
                 values.append((k, v))
-                num = None
-                if v is not None:
-                    num = v if type(v) is float else numeric_value(v)
-                    if num != num:  # NaN
-                        num = None
+                num = None if v is None else _num(v)
                 if k == root_key:
                     root_num = num
                     continue
@@ -224,7 +220,7 @@ class Changes:
             if not t.leaves and not t.nodes:
                 dels.append(key)
             else:
-                up.append((*key, orjson.dumps([t.aggregation, list(t.leaves.items()), values]).decode(), root_num))
+                up.append((*key, _tree_json(t, values), root_num))
         _split(self.run_aggs, enc.ragg_up, enc.ragg_del, lambda a: (a.encode(),))
         _split(self.annotations, enc.ann_up, enc.ann_del, lambda leaves: (orjson.dumps(leaves).decode(),))
         return enc
