@@ -39,6 +39,7 @@ class ConsumerMetrics:
     labelbox_retries: Counter  # {reason}
     ready: Gauge  # {group}: 1 when assigned and working, 0 when stopped or fatal
     aggregator_commit_seconds: Histogram  # {group}: aggregator state + offsets transaction latency
+    rows_superseded: Counter  # {group}: rows left out of an import because a later row has their uuid
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> ConsumerMetrics:
@@ -75,6 +76,9 @@ class ConsumerMetrics:
             aggregator_commit_seconds=Histogram("runstream_aggregator_commit_seconds",
                                                 "Aggregator state + offsets commit latency.", g,
                                                 buckets=_COMMIT_BUCKETS, registry=reg),
+            rows_superseded=Counter("runstream_rows_superseded",
+                                    "Prediction rows not sent because a later row of the batch has their uuid.",
+                                    g, registry=reg),
         )
 
     def observe_labelbox(self, operation: str, status: int | None, seconds: float) -> None:
