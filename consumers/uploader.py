@@ -310,10 +310,14 @@ class UploaderHandler:
         ]
 
     async def _create_and_wait(self, mr: str, name: str, payload: bytes) -> ImportState:
-        created = await self._call(lambda: self._create_or_find(mr, name, payload))
+        creating, running = (self.metrics.imports_in_flight.labels(self.settings.uploader_group, s)
+                             for s in ("creating", "running"))
+        with creating.track_inprogress():
+            created = await self._call(lambda: self._create_or_find(mr, name, payload))
         # A FAILED import is not re-polled: the caller re-imports under a new name.
-        return await self._call(lambda: self.client.wait_import(mr, name, first=created),
-                                no_retry=(ImportFailedError,))
+        with running.track_inprogress():
+            return await self._call(lambda: self.client.wait_import(mr, name, first=created),
+                                    no_retry=(ImportFailedError,))
 
     async def _create_or_find(self, mr: str, name: str, payload: bytes) -> ImportState:
         try:
