@@ -153,7 +153,7 @@ def ops_openapi_paths() -> dict[str, Any]:
     }
     group = {
         "type": "object",
-        "required": ["group"],
+        "required": ["group", "events"],
         "properties": {
             "group": {"type": "string"},
             "lag": {"type": "number", "description": "highwater minus committed, summed over partitions"},
@@ -163,6 +163,7 @@ def ops_openapi_paths() -> dict[str, Any]:
             "paused": {"type": "number"},
             "ready": {"type": "number"},
             "superseded_rows": {"type": "number"},
+            "events": {**count_map, "description": "input messages by outcome (delivered, applied, dlq, ...)"},
         },
     }
     return {

@@ -33,6 +33,7 @@ def _num(v: float) -> int | float:
 def pipeline_status(registry: CollectorRegistry, dlq: dict[str, Any] | None = None) -> dict[str, Any]:
     """``{"groups": [...], "imports": {state: n}, "retries": {reason: n}, "labelbox": {...}, "dlq": ...}``."""
     groups: dict[str, dict[str, int | float]] = defaultdict(dict)
+    events: dict[str, dict[str, int | float]] = defaultdict(dict)  # group -> outcome -> messages
     imports: dict[str, int | float] = {}
     retries: dict[str, int | float] = {}
     requests: dict[str, int | float] = defaultdict(int)
@@ -45,6 +46,10 @@ def pipeline_status(registry: CollectorRegistry, dlq: dict[str, Any] | None = No
             if field is not None and "group" in labels:
                 g = groups[labels["group"]]
                 g[field] = _num(g.get(field, 0) + value)
+            elif name == "runstream_events_total" and "group" in labels:
+                by_outcome = events[labels["group"]]
+                by_outcome[labels["outcome"]] = _num(by_outcome.get(labels["outcome"], 0) + value)
+                groups.setdefault(labels["group"], {})  # a group with only events is listed too
             elif name == "runstream_imports_in_flight":
                 imports[labels["state"]] = _num(imports.get(labels["state"], 0) + value)
             elif name == "runstream_labelbox_retries_total":
@@ -57,7 +62,10 @@ def pipeline_status(registry: CollectorRegistry, dlq: dict[str, Any] | None = No
             elif name == "runstream_dlq_messages_total":
                 dlq_written[labels["error_class"]] = _num(dlq_written[labels["error_class"]] + value)
     return {
-        "groups": [{"group": g, **dict(sorted(v.items()))} for g, v in sorted(groups.items())],
+        "groups": [
+            {"group": g, **dict(sorted(v.items())), "events": dict(sorted(events[g].items()))}
+            for g, v in sorted(groups.items())
+        ],
         "imports": dict(sorted(imports.items())),
         "retries": dict(sorted(retries.items())),
         "labelbox": {

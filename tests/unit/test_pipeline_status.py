@@ -23,10 +23,15 @@ def test_folds_lag_imports_retries_errors_and_dead_letters() -> None:
     m.labelbox_requests.labels("createModelErrorAnalysisPredictionImport", "5xx").inc(3)
     m.labelbox_requests.labels("fetchFile", "error").inc()
     m.dlq_messages.labels("up", "labelbox.row_failed").inc(2)
+    m.events.labels("agg", "preds", "delivered").inc(9)
+    m.events.labels("agg", "mets", "delivered").inc(1)
+    m.events.labels("agg", "mets", "dlq").inc(2)
     doc = pipeline_status(reg, {"total": 6, "by_class": {"schema": 4, "json": 2}, "recent": []})
     up = next(g for g in doc["groups"] if g["group"] == "up")
     assert (up["lag"], up["in_flight_batches"], up["superseded_rows"]) == (12, 2, 4)
-    assert next(g for g in doc["groups"] if g["group"] == "agg")["lag"] == 1
+    agg = next(g for g in doc["groups"] if g["group"] == "agg")
+    assert (agg["lag"], agg["events"]) == (1, {"delivered": 10, "dlq": 2})
+    assert up["events"] == {}
     assert doc["imports"] == {"creating": 1, "running": 3}
     assert doc["retries"] == {"rate_limited": 2}
     assert doc["labelbox"]["requests_by_status"] == {"2xx": 10, "5xx": 3, "error": 1}
