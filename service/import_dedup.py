@@ -29,15 +29,14 @@ def last_versions(messages: Sequence[tuple[Sequence[tuple[str, str]], bytes]]) -
     per row and ``payload`` those rows' NDJSON lines joined by ``b"\\n"`` (one line per row, in order).
     Surviving rows keep their relative order.
     """
-    total = 0
+    uuids = [row[0] for rows, _ in messages for row in rows]
+    if len(set(uuids)) == len(uuids):  # the usual batch: one plain join (a set is the cheap check)
+        return ImportRows(b"\n".join(payload for _, payload in messages), 0)
     last: dict[str, tuple[int, int]] = {}  # uuid -> (message index, row index) of its last row
     for mi, (rows, _) in enumerate(messages):
-        total += len(rows)
         for ri, (uuid, _key) in enumerate(rows):
             last[uuid] = (mi, ri)
-    superseded = total - len(last)
-    if superseded == 0:
-        return ImportRows(b"\n".join(payload for _, payload in messages), 0)
+    superseded = len(uuids) - len(last)
     kept: list[bytes] = []
     for mi, (rows, payload) in enumerate(messages):
         lines = payload.split(b"\n")
