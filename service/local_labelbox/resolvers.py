@@ -105,6 +105,7 @@ class Resolvers:
             "updateModelRunConfig": self.update_config,
             "resetModelRunConfig": self.reset_config,
             "deleteModelRunDataRows": self.delete_run_data_rows,
+            "deleteModelRuns": self.delete_runs,
         }
 
     async def _require_run(self, run_id: str) -> dict[str, Any]:
@@ -182,6 +183,12 @@ class Resolvers:
     async def delete_run_data_rows(self, info: GraphQLResolveInfo[Any], where: dict[str, Any]) -> bool:
         await self._require_run(where["modelRunId"])
         await self._b.db(self._b.store.delete_run_data_rows, where["modelRunId"], where["dataRowIds"])
+        return True
+
+    async def delete_runs(self, info: GraphQLResolveInfo[Any], where: dict[str, Any]) -> bool:
+        for run_id in where["ids"]:
+            await self._require_run(run_id)
+        await self._b.db(self._b.store.delete_model_runs, where["ids"])
         return True
 
     async def assign_split(

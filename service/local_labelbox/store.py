@@ -365,6 +365,23 @@ class Store:
 
         self._tx(run)
 
+    def delete_model_runs(self, run_ids: Sequence[str]) -> None:
+        """Delete runs with everything in them (data row membership, predictions, metrics, imports and
+        their files); the data rows, projects and labels themselves stay."""
+
+        def run() -> None:
+            for run_id in run_ids:
+                self._changed(run_id)
+                self._db.execute(
+                    "DELETE FROM import_files WHERE import_id IN (SELECT id FROM imports WHERE model_run_id=?)",
+                    (run_id,),
+                )
+                for table in ("model_run_data_rows", "predictions", "metrics", "imports"):
+                    self._db.execute(f"DELETE FROM {table} WHERE model_run_id=?", (run_id,))
+                self._db.execute("DELETE FROM model_runs WHERE id=?", (run_id,))
+
+        self._tx(run)
+
     def _fetch_in(self, sql: str, values: Sequence[str]) -> list[tuple[Any, ...]]:
         out: list[tuple[Any, ...]] = []
         values = list(values)

@@ -362,3 +362,26 @@ async def test_uuids_repeated_or_malformed_within_one_import_fail(server: LocalL
     assert statuses[2]["errors"][0]["name"] == "InvalidUuid" and "not-a-uuid" in statuses[2]["errors"][0]["message"]
     (stored,) = await admin.get(f"/model-runs/{w['run']}/predictions")
     assert stored["uuid"] == u and stored["row"]["point"] == {"x": 1, "y": 1}
+
+
+async def test_delete_model_run(server: LocalLabelbox, admin: Admin) -> None:
+    w = await admin.seed_world(2)
+    c = client(server)
+    mr = await asyncio.to_thread(c.get_model_run, w["run"])
+    await asyncio.to_thread(mr.upsert_labels, label_ids=w["labels"])
+    row = {"uuid": U(f"{w['tag']}-del"), "name": "car", "dataRow": {"id": w["dataRows"][0]}, "point": {"x": 1, "y": 1}}
+    imp = await asyncio.to_thread(mr.add_predictions, "to-delete", [row])
+    await asyncio.to_thread(imp.wait_till_done, 0.05)
+    input_url = imp.input_file_url
+    assert await asyncio.to_thread(mr.delete) is None
+    with pytest.raises(lbx.ResourceNotFoundError):
+        await asyncio.to_thread(c.get_model_run, w["run"])
+    async with admin.s.get(f"{admin.base}/model-runs/{w['run']}/counts", headers=admin.h) as r:
+        assert r.status == 404
+    counts = await server.db(server.store.counts, w["run"])
+    assert counts == {"dataRows": 0, "predictions": 0, "metrics": 0, "imports": 0}
+    async with admin.s.get(input_url) as r:
+        assert r.status == 404  # the import's files went with it
+    # the data rows and labels stay: a new run can take them
+    (again,) = (await admin.post("/model-runs", {"modelRuns": [{"name": "again", "dataRowIds": w["dataRows"]}]}))["ids"]
+    assert (await admin.get(f"/model-runs/{again}/counts"))["dataRows"] == 2
