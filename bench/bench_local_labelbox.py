@@ -26,6 +26,7 @@ import resource
 import tempfile
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,7 @@ def make_rows(n: int, data_rows: list[str]) -> list[dict[str, Any]]:
         if k in (0, 1):
             rows.append(
                 {
-                    "uuid": f"pred-{i}",
+                    "uuid": f"00000000-0000-4000-8000-{i:012x}",
                     "name": f"class-{i % 7}",
                     "dataRow": {"id": dr},
                     "bbox": {"top": i % 100, "left": 3, "height": 10, "width": 12},
@@ -191,7 +192,7 @@ UPLOADER_BATCH = 5000
 def _uploader_rows(run: str, k: int, data_rows: list[str]) -> bytes:
     rows = [
         {
-            "uuid": f"{run}-{k}-{i}",
+            "uuid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{run}-{k}-{i}")),
             "dataRow": {"id": data_rows[i % len(data_rows)]},
             "name": "car",
             "confidence": 0.8,

@@ -161,12 +161,13 @@ class DrillStream:
         value = round(rnd.uniform(0.0, 1.0), 4)
         if recent and rnd.random() < self.resend_fraction:
             uuid, _drk, name = rnd.choice(recent)
-            dr_id, gk = self.catalog.rows[run][int(uuid.rsplit("-", 1)[1]) % len(self.catalog.rows[run])]
+            dr_id, gk = self.catalog.rows[run][int(uuid.split("-")[1], 16) % len(self.catalog.rows[run])]
             ref: dict[str, str] = {"id": dr_id} if _drk == "id" else {"globalKey": gk}
         else:
             idx = rnd.randrange(len(self.catalog.rows[run]))
             dr_id, gk = self.catalog.rows[run][idx]
-            uuid = f"u{self.catalog.seed}-{n}-{idx}"
+            # a UUID (Labelbox fails any other uuid) that carries seed, data row index and event number
+            uuid = f"{self.catalog.seed % 16**8:08x}-{idx % 16**4:04x}-4000-8000-{n % 16**12:012x}"
             name = rnd.choice(FEATURES)
             use_id = rnd.random() < 0.5
             ref = {"id": dr_id} if use_id else {"globalKey": gk}

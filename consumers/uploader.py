@@ -39,6 +39,7 @@ from service.config import Settings
 from service.errors import ConfigError, EventValidationError
 from service.events import EventKind, LabelEvent, parse_upload
 from service.gc_tuning import tune_gc
+from service.import_dedup import last_versions
 from service.labelbox_client import (
     ImportFailedError,
     ImportState,
@@ -271,10 +272,12 @@ class UploaderHandler:
             self.known_rows.add((mr, k))
 
     async def _import(self, mr: str, items: list[tuple[Record, Item]]) -> list[Rejection]:
-        payloads = [it.payload for _, it in items if it.rows]
-        if not payloads:
+        if not any(it.rows for _, it in items):
             return []
-        payload = b"\n".join(payloads)
+        # Labelbox fails a uuid repeated within one import: send each uuid's last version only.
+        rows = last_versions([(it.rows, it.payload) for _, it in items if it.rows])
+        self.metrics.rows_superseded.labels(self.settings.uploader_group).inc(rows.superseded)
+        payload = rows.payload
         attempt = 0
         while True:
             name = import_name(mr, items, attempt)
@@ -293,7 +296,7 @@ class UploaderHandler:
         if any(st.status == "FAILURE" for st in statuses):
             for idx, (_, it) in enumerate(items):
                 for uuid, _ in it.rows:
-                    by_uuid.setdefault(uuid, []).append(idx)
+                    by_uuid[uuid] = [idx]  # the message whose version of the row was sent
         failed: dict[int, list[str]] = {}
         for st in statuses:
             if st.status == "FAILURE":
@@ -307,10 +310,14 @@ class UploaderHandler:
         ]
 
     async def _create_and_wait(self, mr: str, name: str, payload: bytes) -> ImportState:
-        created = await self._call(lambda: self._create_or_find(mr, name, payload))
+        creating, running = (self.metrics.imports_in_flight.labels(self.settings.uploader_group, s)
+                             for s in ("creating", "running"))
+        with creating.track_inprogress():
+            created = await self._call(lambda: self._create_or_find(mr, name, payload))
         # A FAILED import is not re-polled: the caller re-imports under a new name.
-        return await self._call(lambda: self.client.wait_import(mr, name, first=created),
-                                no_retry=(ImportFailedError,))
+        with running.track_inprogress():
+            return await self._call(lambda: self.client.wait_import(mr, name, first=created),
+                                    no_retry=(ImportFailedError,))
 
     async def _create_or_find(self, mr: str, name: str, payload: bytes) -> ImportState:
         try:

@@ -39,6 +39,8 @@ class ConsumerMetrics:
     labelbox_retries: Counter  # {reason}
     ready: Gauge  # {group}: 1 when assigned and working, 0 when stopped or fatal
     aggregator_commit_seconds: Histogram  # {group}: aggregator state + offsets transaction latency
+    rows_superseded: Counter  # {group}: rows left out of an import because a later row has their uuid
+    imports_in_flight: Gauge  # {group, state}: prediction imports being created / running in Labelbox
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> ConsumerMetrics:
@@ -75,6 +77,11 @@ class ConsumerMetrics:
             aggregator_commit_seconds=Histogram("runstream_aggregator_commit_seconds",
                                                 "Aggregator state + offsets commit latency.", g,
                                                 buckets=_COMMIT_BUCKETS, registry=reg),
+            rows_superseded=Counter("runstream_rows_superseded",
+                                    "Prediction rows not sent because a later row of the batch has their uuid.",
+                                    g, registry=reg),
+            imports_in_flight=Gauge("runstream_imports_in_flight", "Prediction imports by state (creating, running).",
+                                    [*g, "state"], registry=reg),
         )
 
     def observe_labelbox(self, operation: str, status: int | None, seconds: float) -> None:

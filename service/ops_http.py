@@ -19,6 +19,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from consumers.dlq_monitor import DlqMonitor
 from service.health import Probe, liveness, readiness
 from service.metric_history import MetricHistory
+from service.ops_openapi import ops_openapi_paths
+from service.pipeline_status import pipeline_status
+from service.query_api import MAX_ID_CHARS, OPENAPI_KEY
 
 Snapshot = Callable[[str], Awaitable[dict[str, Any] | None]]
 
@@ -61,8 +64,19 @@ def add_ops_routes(
             return _json({"error": {"status": 404, "message": "the DLQ monitor is not running here"}}, 404)
         return _json(dlq.stats.snapshot())
 
+    def too_long(run: str) -> web.Response | None:
+        if len(run) <= MAX_ID_CHARS:
+            return None
+        message = f"path parameter run: longer than {MAX_ID_CHARS} characters"
+        return _json({"error": {"status": 400, "message": message}}, 400)
+
+    async def pipeline(_: web.Request) -> web.Response:
+        return _json(pipeline_status(registry, dlq.stats.snapshot() if dlq is not None else None))
+
     async def run_history(request: web.Request) -> web.Response:
         run = request.match_info["run"]
+        if (bad := too_long(run)) is not None:
+            return bad
         return _json({"model_run_id": run, "series": history.series(run) if history else []})
 
     async def run_stream(request: web.Request) -> web.StreamResponse:
@@ -70,6 +84,8 @@ def add_ops_routes(
         if snapshot is None:
             return _json({"error": {"status": 404, "message": "live stream unavailable"}}, 404)
         run = request.match_info["run"]
+        if (bad := too_long(run)) is not None:
+            return bad
         first = await snapshot(run)
         if first is None:
             return _json({"error": {"status": 404, "message": f"model run {run!r} has no aggregates"}}, 404)
@@ -95,3 +111,7 @@ def add_ops_routes(
     app.router.add_get("/v1/dlq", dlq_summary)
     app.router.add_get("/v1/model-runs/{run}/history", run_history)
     app.router.add_get("/v1/model-runs/{run}/stream", run_stream)
+    app.router.add_get("/v1/pipeline", pipeline)
+    document = app.get(OPENAPI_KEY)
+    if document is not None:
+        document["paths"].update(ops_openapi_paths())

@@ -260,6 +260,18 @@ class RunstreamProducer:
         await self._send_all("metric", model_run_id, events)
         return len(events)
 
+    async def emit_labels(self, model_run_id: str, labels: Iterable[Any]) -> int:
+        """Labelbox SDK ``Label`` objects (annotations with ``custom_metrics``, ``ScalarMetric``,
+        ``ConfusionMatrixMetric``) for one model run, serialized by the SDK's ``NDJsonConverter``;
+        returns the number of events. Needs the ``runstream[labelbox]`` extra (``MissingExtraError``
+        names it otherwise). Error paths name the label: ``labels[3].metrics[0].metricValue``."""
+        from service.sdk_labels import build_label_row_events
+
+        events = build_label_row_events(model_run_id, labels, max_rows=self._max_rows, max_bytes=self._max_bytes)
+        for kind, values in events.items():
+            await self._send_all(kind, model_run_id, values)
+        return sum(len(v) for v in events.values())
+
     async def upsert_labels(
         self, model_run_id: str, *, label_ids: Sequence[str] | None = None, project_id: str | None = None
     ) -> int:

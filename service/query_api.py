@@ -188,6 +188,10 @@ def run_metrics_document(store: StateBackend, run: str) -> dict[str, Any] | None
     return _run_document(run, store.metric_defs(run), store.run_aggs(run))
 
 
+# The served OpenAPI document; routes mounted next to the query API (ops_http) add their paths to it.
+OPENAPI_KEY: web.AppKey[dict[str, Any]] = web.AppKey("openapi", dict)
+
+
 def build_query_app(store: StateBackend, settings: Settings) -> web.Application:
     """The /v1 API and /openapi.json; other routes (health, metrics, dashboard) may be added to it."""
     token = settings.api_token.get_secret_value() if settings.api_token else None
@@ -311,6 +315,7 @@ def build_query_app(store: StateBackend, settings: Settings) -> web.Application:
         handler_args={"max_line_size": MAX_REQUEST_LINE},
     )
     app[STORE_KEY] = store
+    app[OPENAPI_KEY] = document
     app.router.add_get("/openapi.json", openapi)
     app.router.add_get("/v1/model-runs", list_runs)
     app.router.add_get("/v1/model-runs/{run}/metrics", run_metrics)

@@ -142,6 +142,8 @@ class LocalLabelbox:
 
         app = web.Application(client_max_size=self.max_body_size)
         app.router.add_post("/graphql", self.handle_graphql)
+        # The SDK's experimental calls (ModelRun.assign_data_rows_to_split) go to /_gql.
+        app.router.add_post("/_gql", self.handle_graphql)
         app.router.add_get("/files/imports/{import_id}/{kind}.ndjson", self.handle_file)
         app.router.add_get("/health", self.handle_health)
         app.router.add_routes(admin_routes(self))

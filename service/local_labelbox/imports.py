@@ -9,6 +9,7 @@ the producer side never drift apart.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,9 @@ from service.errors import EventValidationError
 ANNOTATION_PER_DATA_ROW_LIMIT = 5000
 
 ParseRow = Callable[..., Any]
+
+# A uuid as Labelbox accepts it: the canonical 8-4-4-4-12 hex form (any version, either case).
+_is_uuid = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z").match
 
 # Records are the store's statement parameters as they are, so persisting them builds nothing per row.
 # (uuid, data_row_id, name, body, model_run_id, import_id)
@@ -86,7 +90,8 @@ def plan_import(
 ) -> ImportPlan:
     """Validate every line and decide SUCCESS/FAILURE per row.
 
-    A row fails when: its line is not a JSON object; ``parse_row`` rejects it; its data row
+    A row fails when: its line is not a JSON object; its ``uuid`` is not a UUID, or repeats the
+    ``uuid`` of an earlier row of this import (the earlier row stands); ``parse_row`` rejects it; its data row
     (by id or global key) is not in the model run; it puts ``customMetrics`` on a raster
     mask; or its (data row, annotation name) group has more than 5,000 rows in this import
     (every row of such a group fails, as Labelbox rejects the whole group).
@@ -103,6 +108,8 @@ def plan_import(
     groups: dict[tuple[str, str], list[int]] = {}
     # data row id -> its SUCCESS-line middle part, serialized once per data row.
     dr_json: dict[str, bytes] = {}
+    # uuids given by earlier rows of this import: Labelbox fails a repeat instead of upserting it.
+    seen_uuids: set[str] = set()
     loads = orjson.loads
     dumps = orjson.dumps
 
@@ -121,6 +128,22 @@ def plan_import(
         if type(raw) is not dict:
             fail(failure(None, None, "InvalidJson", "line is not a JSON object"))
             continue
+        given_uuid = raw.get("uuid")
+        if type(given_uuid) is str:
+            if not _is_uuid(given_uuid):
+                fail(failure(given_uuid, raw.get("dataRow"), "InvalidUuid", f"uuid {given_uuid!r} is not a UUID"))
+                continue
+            if given_uuid in seen_uuids:
+                fail(
+                    failure(
+                        given_uuid,
+                        raw.get("dataRow"),
+                        "DuplicateUuid",
+                        f"uuid {given_uuid} appears more than once in this import; only its first row is imported",
+                    )
+                )
+                continue
+            seen_uuids.add(given_uuid)
         try:
             parsed = parse_row(raw, model_run_id=model_run_id)
         except EventValidationError as exc:

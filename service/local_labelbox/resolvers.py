@@ -56,6 +56,17 @@ def lb_error(message: str, code: str, status: int | None = None) -> GraphQLError
     return GraphQLError(message, extensions=ext)
 
 
+def camel_keys(metadata: Any) -> Any:
+    """A JSON object's top-level keys in camelCase (``batch_size`` -> ``batchSize``); other values as they are."""
+    if not isinstance(metadata, dict):
+        return metadata
+    out: dict[str, Any] = {}
+    for key, value in metadata.items():
+        head, *rest = key.split("_")
+        out[head + "".join(p[:1].upper() + p[1:] for p in rest)] = value
+    return out
+
+
 def import_json(rec: ImportRecord, origin: str) -> dict[str, Any]:
     """The 8-field import object; status/error URLs appear only once FINISHED."""
     base = f"{origin}/files/imports/{rec.id}"
@@ -89,6 +100,12 @@ class Resolvers:
             "createMEAModelRunProjectLabelRegistrationTask": self.register_project,
             "createMEAModelRunDataRowRegistrationTask": self.register_data_rows,
             "createModelErrorAnalysisPredictionImport": self.create_import,
+            "createAssignDataRowsToDataSplitTask": self.assign_split,
+            "assignDataRowsToDataSplitTaskStatus": self.split_task_status,
+            "updateModelRunConfig": self.update_config,
+            "resetModelRunConfig": self.reset_config,
+            "deleteModelRunDataRows": self.delete_run_data_rows,
+            "deleteModelRuns": self.delete_runs,
         }
 
     async def _require_run(self, run_id: str) -> dict[str, Any]:
@@ -143,11 +160,45 @@ class Resolvers:
 
     async def create_model_run(self, info: GraphQLResolveInfo[Any], data: dict[str, Any]) -> dict[str, Any]:
         store = self._b.store
+        # Labelbox stores the config's top-level keys camel-cased (batch_size -> batchSize).
+        metadata = camel_keys(data.get("trainingMetadata"))
         return await self._b.db(
-            lambda: store.create_model_run(
-                name=data["name"], model_id=data["modelId"], training_metadata=data.get("trainingMetadata")
-            )
+            lambda: store.create_model_run(name=data["name"], model_id=data["modelId"], training_metadata=metadata)
         )
+
+    async def update_config(
+        self, info: GraphQLResolveInfo[Any], modelRun: dict[str, Any], data: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Merges ``config`` into the run's training metadata (keys as given, not camel-cased)."""
+        await self._require_run(modelRun["id"])
+        config = data.get("config")
+        if config is not None and not isinstance(config, dict):
+            raise lb_error("config must be a JSON object", "INTERNAL_SERVER_ERROR", 400)
+        return await self._b.db(self._b.store.update_training_metadata, modelRun["id"], config or {}, False)
+
+    async def reset_config(self, info: GraphQLResolveInfo[Any], modelRun: dict[str, Any]) -> dict[str, Any]:
+        await self._require_run(modelRun["id"])
+        return await self._b.db(self._b.store.update_training_metadata, modelRun["id"], None, True)
+
+    async def delete_run_data_rows(self, info: GraphQLResolveInfo[Any], where: dict[str, Any]) -> bool:
+        await self._require_run(where["modelRunId"])
+        await self._b.db(self._b.store.delete_run_data_rows, where["modelRunId"], where["dataRowIds"])
+        return True
+
+    async def delete_runs(self, info: GraphQLResolveInfo[Any], where: dict[str, Any]) -> bool:
+        for run_id in where["ids"]:
+            await self._require_run(run_id)
+        await self._b.db(self._b.store.delete_model_runs, where["ids"])
+        return True
+
+    async def assign_split(
+        self, info: GraphQLResolveInfo[Any], modelRun: dict[str, Any], data: dict[str, Any]
+    ) -> str:
+        await self._require_run(modelRun["id"])
+        return await self._b.db(self._b.store.assign_split, modelRun["id"], data["assignments"])
+
+    async def split_task_status(self, info: GraphQLResolveInfo[Any], where: dict[str, Any]) -> dict[str, Any]:
+        return await self._task_status(where["id"], "split")
 
     async def register_labels(self, info: GraphQLResolveInfo[Any], where: dict[str, Any], data: dict[str, Any]) -> str:
         await self._require_run(where["id"])

@@ -306,6 +306,82 @@ class Store:
         result: str = self._tx(run)
         return result
 
+    def assign_split(self, run_id: str, assignments: Sequence[dict[str, Any]]) -> str:
+        """Set the data split of the run's data rows (by id or global key); a data row that is not in
+        the run fails the whole task and changes nothing."""
+
+        def run() -> str:
+            ids, gks = self.run_members(run_id)
+            updates: list[tuple[str, str, str]] = []
+            missing: list[str] = []
+            for a in assignments:
+                row_ids = list(a.get("dataRowIds") or [])
+                keys = list(a.get("globalKeys") or [])
+                if not row_ids and not keys:
+                    return self._task("split", "Each assignment needs dataRowIds or globalKeys")
+                missing += [f"data row id {i}" for i in row_ids if i not in ids]
+                missing += [f"global key {k}" for k in keys if k not in gks]
+                targets = [i for i in row_ids if i in ids] + [gks[k] for k in keys if k in gks]
+                updates += [(a["split"], run_id, dr) for dr in targets]
+            if missing:
+                return self._task("split", f"Data rows not in model run {run_id}: {', '.join(missing[:20])}")
+            self._db.executemany(
+                "UPDATE model_run_data_rows SET data_split=? WHERE model_run_id=? AND data_row_id=?", updates
+            )
+            return self._task("split", None)
+
+        result: str = self._tx(run)
+        return result
+
+    def update_training_metadata(self, run_id: str, config: dict[str, Any] | None, reset: bool) -> dict[str, Any]:
+        """Merge ``config`` into the run's training metadata, or clear it (``reset``); the run after."""
+
+        def run() -> None:
+            current = self.get_model_run(run_id)
+            assert current is not None
+            merged = None if reset else {**(current["trainingMetadata"] or {}), **(config or {})}
+            self._db.execute(
+                "UPDATE model_runs SET training_metadata=?, updated_at=? WHERE id=?",
+                (orjson.dumps(merged).decode(), iso_now(), run_id),
+            )
+
+        self._tx(run)
+        out = self.get_model_run(run_id)
+        assert out is not None
+        return out
+
+    def delete_run_data_rows(self, run_id: str, data_row_ids: Sequence[str]) -> None:
+        """Take data rows out of a run, with their predictions and metrics in it; unknown ids are ignored."""
+
+        def run() -> None:
+            self._changed(run_id)
+            for table in ("model_run_data_rows", "predictions", "metrics"):
+                for i in range(0, len(data_row_ids), 500):
+                    chunk = list(data_row_ids[i : i + 500])
+                    self._db.execute(
+                        f"DELETE FROM {table} WHERE model_run_id=? AND data_row_id IN ({','.join('?' * len(chunk))})",
+                        [run_id, *chunk],
+                    )
+
+        self._tx(run)
+
+    def delete_model_runs(self, run_ids: Sequence[str]) -> None:
+        """Delete runs with everything in them (data row membership, predictions, metrics, imports and
+        their files); the data rows, projects and labels themselves stay."""
+
+        def run() -> None:
+            for run_id in run_ids:
+                self._changed(run_id)
+                self._db.execute(
+                    "DELETE FROM import_files WHERE import_id IN (SELECT id FROM imports WHERE model_run_id=?)",
+                    (run_id,),
+                )
+                for table in ("model_run_data_rows", "predictions", "metrics", "imports"):
+                    self._db.execute(f"DELETE FROM {table} WHERE model_run_id=?", (run_id,))
+                self._db.execute("DELETE FROM model_runs WHERE id=?", (run_id,))
+
+        self._tx(run)
+
     def _fetch_in(self, sql: str, values: Sequence[str]) -> list[tuple[Any, ...]]:
         out: list[tuple[Any, ...]] = []
         values = list(values)

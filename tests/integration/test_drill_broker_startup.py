@@ -59,7 +59,7 @@ async def test_processes_started_before_the_broker_wait_for_it(tmp_path: Path) -
             producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
             await producer.start()
             try:
-                row = {"uuid": "u1", "dataRow": {"id": "d1"}, "name": "cat",
+                row = {"uuid": "0b9e4a0c-3f5e-4d3a-9c57-7e1c2a9b1f10", "dataRow": {"id": "d1"}, "name": "cat",
                        "bbox": {"top": 1, "left": 2, "height": 3, "width": 4},
                        "customMetrics": [{"name": "cm_iou", "value": 0.5}]}  # fmt: skip
                 await producer.send_and_wait("p", orjson.dumps({"model_run_id": "mr", "predictions": [row]}), key=b"mr")

@@ -177,7 +177,8 @@ async def test_fault_import_failed(server: LocalLabelbox, http: aiohttp.ClientSe
     await admin(http, server, "POST", "/faults", {"kind": "import_failed", "count": 1})
     c = sdk(server)
     mr = await asyncio.to_thread(c.get_model_run, "mr1")
-    row = {"uuid": "u1", "name": "car", "dataRow": {"id": "d1"}, "bbox": {"top": 1, "left": 1, "height": 1, "width": 1}}
+    row = {"uuid": "0b9e4a0c-3f5e-4d3a-9c57-7e1c2a9b1f10", "name": "car", "dataRow": {"id": "d1"},
+           "bbox": {"top": 1, "left": 1, "height": 1, "width": 1}}
     imp = await asyncio.to_thread(mr.add_predictions, "bad", [row])
     await asyncio.to_thread(imp.wait_till_done, 0.05)
     assert imp.state.value == "FAILED"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import uuid
 from pathlib import Path
 
 import orjson
@@ -12,6 +13,11 @@ from service.local_labelbox.imports import plan_import
 from service.local_labelbox.store import Store
 
 BOX = {"top": 1, "left": 1, "height": 1, "width": 1}
+
+
+def U(name: str) -> str:
+    """A UUID per name (rows with a uuid must carry a UUID)."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, name))
 
 
 def _import(store: Store, name: str, rows: list[dict[str, object]]) -> None:
@@ -33,26 +39,26 @@ def _seed(store: Store) -> None:
 
 
 ROWS: list[dict[str, object]] = [
-    {"uuid": "a", "name": "car", "dataRow": {"id": "d1"}, "bbox": BOX, "confidence": 0.1},
+    {"uuid": U("a"), "name": "car", "dataRow": {"id": "d1"}, "bbox": BOX, "confidence": 0.1},
     {"dataRow": {"id": "d2"}, "metricValue": 0.1, "metricName": "m", "featureName": "car"},
-    {"uuid": "b", "name": "car", "dataRow": {"id": "d2"}, "bbox": BOX},
-    # Same uuid / same metric key again, later in the same import: the later row wins.
-    {"uuid": "a", "name": "bus", "dataRow": {"globalKey": "g1"}, "bbox": BOX, "confidence": 0.9},
+    {"uuid": U("b"), "name": "car", "dataRow": {"id": "d2"}, "bbox": BOX},
+    # Same uuid again in the same import: the repeat fails (Labelbox's rule), the first row stands.
+    # Same metric key again: the later row wins.
+    {"uuid": U("a"), "name": "bus", "dataRow": {"globalKey": "g1"}, "bbox": BOX, "confidence": 0.9},
     {"dataRow": {"id": "d2"}, "metricValue": 0.7, "metricName": "m", "featureName": "car"},
 ]
 
 
-def test_repeated_keys_in_one_import_last_row_wins_and_replay_is_harmless(tmp_path: Path) -> None:
+def test_repeated_keys_in_one_import_and_replay_is_harmless(tmp_path: Path) -> None:
     db = str(tmp_path / "s.sqlite3")
     store = Store(db)
     _seed(store)
     _import(store, "first", ROWS)
     preds = store.predictions("mr")
     metrics = store.metrics("mr")
-    assert [(p["uuid"], p["dataRowId"], p["row"]["name"], p["row"]["confidence"]) for p in preds[:1]] == [
-        ("a", "d1", "bus", 0.9)
-    ]
-    assert [p["uuid"] for p in preds] == ["a", "b"]
+    first = [(p["dataRowId"], p["row"]["name"], p["row"]["confidence"]) for p in preds if p["uuid"] == U("a")]
+    assert first == [("d1", "car", 0.1)]
+    assert sorted(p["uuid"] for p in preds) == sorted([U("a"), U("b")])
     assert [(m["dataRowId"], m["metricName"], m["featureName"], m["metricValue"]) for m in metrics] == [
         ("d2", "m", "car", 0.7)
     ]
@@ -94,7 +100,7 @@ def test_counts_follow_every_write_of_the_run(tmp_path: Path) -> None:
     _import(store, "first", ROWS)
     assert store.counts("mr") == {"dataRows": 2, "predictions": 2, "metrics": 1, "imports": 1}
     assert store.counts("other") == {"dataRows": 0, "predictions": 0, "metrics": 0, "imports": 0}
-    _import(store, "more", [{"uuid": "c", "name": "car", "dataRow": {"id": "d1"}, "bbox": BOX}])
+    _import(store, "more", [{"uuid": U("c"), "name": "car", "dataRow": {"id": "d1"}, "bbox": BOX}])
     store.register_data_rows("mr", ["d3"], None)
     assert store.counts("mr") == {"dataRows": 3, "predictions": 3, "metrics": 1, "imports": 2}
     assert store.create_import("mr", "more", "file", None, b"", False) is None  # name taken: no change

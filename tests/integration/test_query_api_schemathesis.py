@@ -16,10 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import hypothesis
+import orjson
 import pytest
 import requests
 import schemathesis
+from aiohttp import web
 from hypothesis import HealthCheck, settings
+from prometheus_client import CollectorRegistry
+from pydantic import SecretStr
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -28,11 +32,48 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
-from test_query_api import RUN, TOKEN, populate, start_app
+from test_query_api import RUN, TOKEN, populate
+
+from consumers.dlq_monitor import DlqMonitor
+from service.config import Settings
+from service.dlq_headers import DlqHeaders
+from service.metric_history import MetricHistory
+from service.metrics import ConsumerMetrics
+from service.ops_http import add_ops_routes
+from service.query_api import build_query_app, run_metrics_document
+from service.state_store import SqlStateBackend
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 MAX_EXAMPLES = 40
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+async def start_app(store: Path, token: str) -> tuple[web.AppRunner, SqlStateBackend, str]:
+    """The query API with the ops routes mounted as `runstream run` mounts them (DLQ, pipeline,
+    history, live stream), fed with a few values so that every document has content."""
+    backend = SqlStateBackend.sqlite(store)
+    settings = Settings(_env_file=None, api_token=SecretStr(token))  # type: ignore[call-arg]
+    app = build_query_app(backend, settings)
+    registry = CollectorRegistry()
+    metrics = ConsumerMetrics.create(registry)
+    metrics.consumer_lag.labels("g", "t", "0").set(3)
+    metrics.labelbox_requests.labels("createModelErrorAnalysisPredictionImport", "5xx").inc()
+    metrics.imports_in_flight.labels("g", "running").inc()
+    dlq = DlqMonitor(settings)  # never started: its stats are filled by hand
+    headers = DlqHeaders(error_class="schema", error_message="metrics[0].value: must be a number",
+                         source_topic="t", source_partition=0, source_offset=7, consumer_group="g")  # fmt: skip
+    dlq.stats.add(0, 0, headers.to_kafka())
+    history = MetricHistory()
+    history.record(RUN, 1.0, [("am", "", 0.5), ("am", "cat", 0.25)])
+    add_ops_routes(
+        app, probes=[], registry=registry, dlq=dlq, history=history, stream_interval_s=0.1,
+        snapshot=lambda run: asyncio.to_thread(run_metrics_document, backend, run),
+    )  # fmt: skip
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, backend, f"http://127.0.0.1:{runner.addresses[0][1]}"
 
 
 class ThreadedApi:
@@ -89,7 +130,13 @@ OPERATIONS = [
     ("GET", "/v1/model-runs/{run}/metrics"),
     ("GET", "/v1/model-runs/{run}/data-rows/{dr}/metrics"),
     ("POST", "/v1/model-runs/{run}/metrics/query"),
+    ("GET", "/v1/dlq"),
+    ("GET", "/v1/pipeline"),
+    ("GET", "/v1/model-runs/{run}/history"),
+    ("GET", "/v1/model-runs/{run}/stream"),
 ]
+NO_PARAMETERS = {"/v1/model-runs", "/v1/dlq", "/v1/pipeline"}
+STREAM = "/v1/model-runs/{run}/stream"  # an endless body: tested by test_live_stream_conforms
 
 
 def test_operations_are_all_covered(api_schema: Any) -> None:
@@ -101,8 +148,10 @@ def test_operations_are_all_covered(api_schema: Any) -> None:
 @pytest.mark.parametrize(("method", "path"), OPERATIONS, ids=[f"{m} {p}" for m, p in OPERATIONS])
 def test_api_conforms_to_its_openapi_document(api_schema: Any, method: str, path: str, mode: GenerationMode) -> None:
     op = api_schema[path][method]
-    if mode == GenerationMode.NEGATIVE and path == "/v1/model-runs":
+    if mode == GenerationMode.NEGATIVE and path in NO_PARAMETERS:
         pytest.skip("no parameters and no body: nothing to make invalid")
+    if path == STREAM:
+        pytest.skip("server-sent events never end; test_live_stream_conforms reads the first event")
     seen: Counter[int] = Counter()
     with requests.Session() as session:
         # Generated run ids never exist; half the cases use the populated run so that real aggregates
@@ -142,6 +191,8 @@ def test_known_run_paths_conform(server: ThreadedApi, api_schema: Any) -> None:
     with requests.Session() as s:
         for result in api_schema.get_all_operations():
             op = result.ok()
+            if op.path == STREAM:
+                continue
             params: dict[str, str] = {}
             if "{run}" in op.path:
                 params["run"] = RUN
@@ -158,3 +209,26 @@ def test_known_run_paths_conform(server: ThreadedApi, api_schema: Any) -> None:
                 case = op.Case(**kw)
                 response = case.call_and_validate(session=s, headers=AUTH, checks=CHECKS)
                 assert response.status_code == 200, response.text
+
+
+def test_live_stream_conforms(server: ThreadedApi) -> None:
+    """The first server-sent event is the run's metrics document; unknown and too long runs are
+    the documented JSON errors."""
+    doc = requests.get(server.url + "/openapi.json", timeout=10).json()
+    responses = doc["paths"][STREAM]["get"]["responses"]
+    assert list(responses["200"]["content"]) == ["text/event-stream"]
+    with requests.get(f"{server.url}/v1/model-runs/{RUN}/stream", headers=AUTH, stream=True, timeout=10) as r:
+        assert r.status_code == 200 and r.headers["Content-Type"] == "text/event-stream"
+        lines = r.iter_lines()
+        assert next(lines) == b"event: metrics"
+        data = next(lines)
+    assert data.startswith(b"data: ")
+    body = orjson.loads(data[len(b"data: "):])
+    assert body["model_run_id"] == RUN and body["metrics"]
+    metrics_doc = requests.get(f"{server.url}/v1/model-runs/{RUN}/metrics", headers=AUTH, timeout=10).json()
+    assert body == metrics_doc
+    for run, status in (("no-such-run", 404), ("x" * 5000, 400)):
+        r = requests.get(f"{server.url}/v1/model-runs/{run}/stream", headers=AUTH, timeout=10)
+        assert str(status) in responses and r.status_code == status, (status, r.status_code, r.text)
+        assert r.headers["Content-Type"].startswith("application/json") and "message" in r.json()["error"]
+    assert requests.get(f"{server.url}/v1/model-runs/{RUN}/stream", timeout=10).status_code == 401

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import orjson
 import pytest
 from hypothesis import given
@@ -97,6 +99,11 @@ def test_cursor_edges() -> None:
 BOX = {"top": 1, "left": 1, "height": 1, "width": 1}
 
 
+def U(name: str) -> str:
+    """A UUID per name (rows with a uuid must carry a UUID)."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, name))
+
+
 def nd(rows: list[dict[str, object]]) -> bytes:
     return b"\n".join(orjson.dumps(r) for r in rows)
 
@@ -116,18 +123,18 @@ def plan(rows: list[dict[str, object]] | bytes, ids: set[str] | None = None):  #
 def test_status_rows_success_and_failures() -> None:
     p = plan(
         [
-            {"uuid": "a", "name": "car", "dataRow": {"id": "d1"}, "bbox": BOX},
-            {"uuid": "b", "name": "car", "dataRow": {"globalKey": "g1"}, "bbox": BOX},
-            {"uuid": "c", "name": "car", "dataRow": {"id": "d9"}, "bbox": BOX},
-            {"uuid": "e", "name": "car", "dataRow": {"globalKey": "g9"}, "bbox": BOX},
+            {"uuid": U("a"), "name": "car", "dataRow": {"id": "d1"}, "bbox": BOX},
+            {"uuid": U("b"), "name": "car", "dataRow": {"globalKey": "g1"}, "bbox": BOX},
+            {"uuid": U("c"), "name": "car", "dataRow": {"id": "d9"}, "bbox": BOX},
+            {"uuid": U("e"), "name": "car", "dataRow": {"globalKey": "g9"}, "bbox": BOX},
             {"dataRow": {"id": "d2"}, "metricValue": [1, 2], "metricName": "cm", "aggregation": "CONFUSION_MATRIX"},
             {"dataRow": {"id": "d2"}, "metricValue": 0.5, "metricName": "m"},
         ]
         ,
     )
     s = p.statuses
-    assert s[0] == {"uuid": "a", "dataRow": {"id": "d1"}, "status": "SUCCESS"}
-    assert s[1] == {"uuid": "b", "dataRow": {"id": "d1"}, "status": "SUCCESS"}
+    assert s[0] == {"uuid": U("a"), "dataRow": {"id": "d1"}, "status": "SUCCESS"}
+    assert s[1] == {"uuid": U("b"), "dataRow": {"id": "d1"}, "status": "SUCCESS"}
     assert s[2]["status"] == "FAILURE" and s[2]["dataRow"] == {"id": "d9"}
     assert s[2]["errors"][0]["name"] == "DataRowNotInModelRun"
     assert s[3]["dataRow"] == {"globalKey": "g9"} and "g9" in s[3]["errors"][0]["message"]
@@ -139,7 +146,7 @@ def test_status_rows_success_and_failures() -> None:
 
 def test_bad_lines_and_mask_custom_metrics() -> None:
     payload = b'{"x": \n[1]\n\n' + orjson.dumps(
-        {"uuid": "m", "name": "seg", "dataRow": {"id": "d1"}, "mask": {"png": "x"},
+        {"uuid": U("m"), "name": "seg", "dataRow": {"id": "d1"}, "mask": {"png": "x"},
          "customMetrics": [{"name": "iou", "value": 0.1}]}
     )
     s = plan(payload).statuses
@@ -148,17 +155,46 @@ def test_bad_lines_and_mask_custom_metrics() -> None:
 
 
 def test_annotation_limit_fails_whole_group_only() -> None:
-    rows = [{"uuid": f"u{i}", "name": "car", "dataRow": {"id": "d1"}, "bbox": BOX}
+    rows = [{"uuid": U(f"u{i}"), "name": "car", "dataRow": {"id": "d1"}, "bbox": BOX}
             for i in range(ANNOTATION_PER_DATA_ROW_LIMIT + 1)]
-    rows.append({"uuid": "other", "name": "dog", "dataRow": {"id": "d1"}, "bbox": BOX})
+    rows.append({"uuid": U("other"), "name": "dog", "dataRow": {"id": "d1"}, "bbox": BOX})
     p = plan(rows)
     assert p.failures == ANNOTATION_PER_DATA_ROW_LIMIT + 1
     assert p.statuses[-1]["status"] == "SUCCESS"
-    assert [pr[0] for pr in p.predictions] == ["other"]
+    assert [pr[0] for pr in p.predictions] == [U("other")]
     assert p.statuses[0]["errors"][0]["name"] == "AnnotationLimitExceeded"
 
 
 def test_exactly_at_limit_is_fine() -> None:
-    rows = [{"uuid": f"u{i}", "name": "car", "dataRow": {"id": "d1"}, "bbox": BOX}
+    rows = [{"uuid": U(f"u{i}"), "name": "car", "dataRow": {"id": "d1"}, "bbox": BOX}
             for i in range(ANNOTATION_PER_DATA_ROW_LIMIT)]
     assert plan(rows).failures == 0
+
+
+def test_a_uuid_repeated_in_one_import_fails_the_repeat() -> None:
+    first = {"uuid": U("x"), "name": "car", "dataRow": {"id": "d1"}, "bbox": BOX, "confidence": 0.1}
+    again = {**first, "confidence": 0.9}
+    metric = {"uuid": U("x"), "dataRow": {"id": "d2"}, "metricValue": 0.5, "metricName": "m"}
+    p = plan([first, again, metric])
+    s = p.statuses
+    assert s[0] == {"uuid": U("x"), "dataRow": {"id": "d1"}, "status": "SUCCESS"}
+    for repeat in s[1:]:
+        assert repeat["status"] == "FAILURE" and repeat["uuid"] == U("x")
+        assert repeat["errors"][0]["name"] == "DuplicateUuid" and U("x") in repeat["errors"][0]["message"]
+    assert [orjson.loads(pr[3])["confidence"] for pr in p.predictions] == [0.1]  # the first row stands
+    assert p.metrics == [] and p.failures == 2
+    # rows without a uuid (metric rows as the SDK writes them) are never repeats
+    assert plan([{k: v for k, v in metric.items() if k != "uuid"}] * 2).failures == 0
+
+
+def test_a_uuid_that_is_not_a_uuid_fails() -> None:
+    good = str(uuid.uuid4()).upper()
+    rows = [
+        {"uuid": "pred-1", "name": "car", "dataRow": {"id": "d1"}, "bbox": BOX},
+        {"uuid": good[:-1], "dataRow": {"id": "d2"}, "metricValue": 0.5, "metricName": "m"},
+        {"uuid": good, "name": "car", "dataRow": {"id": "d1"}, "bbox": BOX},
+    ]
+    s = plan(rows).statuses
+    assert [x["status"] for x in s] == ["FAILURE", "FAILURE", "SUCCESS"]
+    assert s[0]["errors"][0] == {"name": "InvalidUuid", "message": "uuid 'pred-1' is not a UUID"}
+    assert s[1]["errors"][0]["name"] == "InvalidUuid" and s[1]["dataRow"] == {"id": "d2"}
