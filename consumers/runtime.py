@@ -91,14 +91,15 @@ class RuntimeStatus:
     joined: bool = False  # completed at least one group join (an assignment may be empty)
     assigned: tuple[tuple[str, int], ...] = ()
     fatal: str | None = None
+    outage: str | None = None  # a dependency failing right now (e.g. DLQ writes); retried, not fatal
     stopping: bool = False
     rebalancing: bool = False
     last_progress: float = field(default_factory=time.monotonic)
 
     @property
     def ready(self) -> bool:
-        return (self.started and self.joined and self.fatal is None and not self.stopping
-                and not self.rebalancing)
+        return (self.started and self.joined and self.fatal is None and self.outage is None
+                and not self.stopping and not self.rebalancing)
 
 
 @dataclass(frozen=True)
@@ -152,6 +153,8 @@ class ConsumerRuntime(Generic[W]):
         self._consumer: AIOKafkaConsumer | None = None
         self._fatal_event = asyncio.Event()
         self._g = config.group_id
+        if dlq.on_failing is None:
+            dlq.on_failing = self._on_dlq_failing
 
     # ---------------------------------------------------------------- public
 
@@ -333,15 +336,23 @@ class ConsumerRuntime(Generic[W]):
             self._inflight_bytes -= batch.size_bytes
             self._commit_wakeup.set()
 
+    def _on_dlq_failing(self, reason: str | None) -> None:
+        self.status.outage = None if reason is None else f"DLQ writes failing (retrying): {reason}"
+        if self.status.fatal is None and not self.status.stopping:
+            self.metrics.ready.labels(self._g).set(1 if reason is None else 0)
+
     async def _dead_letter(self, rejections: Sequence[Rejection]) -> bool:
-        """Write rejections to the DLQ and wait for every ack; False when nothing may be marked done."""
+        """Write rejections to the DLQ and wait for every ack; False when nothing may be marked done.
+
+        DlqWriter retries every broker error (an outage holds the partition's commits, nothing
+        else); what reaches the except clause here is a bug, and stops the pipeline visibly."""
         if not rejections:
             return True
         if self.status.fatal is not None:
             return False
         try:
             await asyncio.gather(*(self._dlq_one(r) for r in rejections))
-        except Exception as exc:  # not retriable (retriable ones are retried in DlqWriter)
+        except Exception as exc:
             self.log.exception("DLQ write failed")
             self._set_fatal(f"DLQ write failed: {exc!r}")
             return False

@@ -42,6 +42,11 @@ class Settings(BaseSettings):
     uploader_group: str = "runstream-uploader"
     aggregator_group: str = "runstream-aggregator"
     max_message_bytes: int = Field(default=1_048_576, gt=0, description="Raw message size limit.")
+    dlq_max_message_bytes: int = Field(
+        default=2_097_152, gt=0,
+        description="max.message.bytes set on the DLQ topic by 'topics create': an input letter (1 MiB "
+                    "broker default) plus its headers; larger letters are stored truncated.",
+    )
 
     # Labelbox
     labelbox_url: str | None = Field(

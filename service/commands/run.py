@@ -150,6 +150,8 @@ async def run_service(settings: Settings, role: str, *, http: bool = True) -> No
 def _uploader_not_ready(status: RuntimeStatus) -> str | None:
     if status.fatal:
         return status.fatal
+    if status.outage:
+        return status.outage
     if not status.started:
         return "not started"
     if status.stopping:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import aiohttp
 
+from service.commands.topics import dlq_topic_configs
 from service.config import Settings
 from service.demo_data import demo_catalog
 from service.devkafka import free_port
@@ -57,7 +58,8 @@ async def _up(args: argparse.Namespace) -> int:
         bootstrap = await stack.start_broker()
         print(f"Kafka        {bootstrap}" + (" (dev broker started)" if stack.broker else " (configured)"))
         topics = [settings.topic_predictions, settings.topic_metrics, settings.topic_labels, settings.topic_dlq]
-        await create_topics(bootstrap, topics, partitions=6, **settings.kafka_client_options())
+        await create_topics(bootstrap, topics, partitions=6, configs=dlq_topic_configs(settings),
+                            **settings.kafka_client_options())
         lb_url = await stack.start_labelbox(catalog)
         print(f"Labelbox     {lb_url}" + (" (local API, demo catalog seeded)" if stack.labelbox_admin else ""))
         stack.env.update({
