@@ -26,6 +26,7 @@ from aiokafka.errors import KafkaError
 
 from consumers.dlq import DlqWriter
 from consumers.kafka_start import start_kafka_client
+from consumers.shutdown import bounded
 from service.batching import Batch, Batcher, BatchLimits
 from service.dlq_headers import DlqHeaders
 from service.errors import RunstreamError
@@ -189,16 +190,16 @@ class ConsumerRuntime(Generic[W]):
             self.metrics.ready.labels(self._g).set(0)
             if self.status.fatal is None:
                 await self._finish_in_flight(cfg.shutdown_grace_s, "shutdown")
-                await self._commit()
-                self.log.info("final commit done", in_flight=self.tracker.in_flight(),
-                              buffered_bytes=self.buffered_bytes)
+                wanted = self.tracker.committable()
+                if await bounded(self._commit(), "final offset commit", uncommitted=_tp_text(wanted)):
+                    self.log.info("final commit done", in_flight=self.tracker.in_flight(),
+                                  buffered_bytes=self.buffered_bytes)
             else:
                 await self._abandon_all()
             committer.cancel()
             lag_task.cancel()
             await asyncio.gather(committer, lag_task, return_exceptions=True)
-            with contextlib.suppress(Exception):
-                await consumer.stop()  # leaves the group
+            await bounded(consumer.stop(), f"leaving group {cfg.group_id}")
             self._consumer = None
             self.log.info("consumer stopped", group=cfg.group_id, fatal=self.status.fatal)
         if self.status.fatal is not None:
@@ -467,8 +468,8 @@ class ConsumerRuntime(Generic[W]):
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=grace_s)
             if pending:
-                self.log.warning("abandoning in-flight work after grace period", why=why,
-                                 tasks=len(pending), grace_s=grace_s)
+                self.log.warning("abandoning in-flight work after grace period (re-delivered to the next owner)",
+                                 why=why, tasks=len(pending), grace_s=grace_s, in_flight=self.tracker.in_flight())
                 for t in pending:
                     t.cancel()
                 await asyncio.gather(*pending, return_exceptions=True)
@@ -502,6 +503,10 @@ class ConsumerRuntime(Generic[W]):
         if self.status.fatal is None:
             self.metrics.ready.labels(self._g).set(1)
         self.log.info("partitions assigned", partitions=len(assigned))
+
+
+def _tp_text(offsets: dict[tuple[str, int], int]) -> str:
+    return ", ".join(f"{t}/{p}@{o}" for (t, p), o in sorted(offsets.items())) or "none"
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
