@@ -116,22 +116,7 @@ class DlqWriter:
 
     async def topic_limit(self) -> int:
         """The DLQ topic's effective ``max.message.bytes`` (the broker default when not overridden)."""
-        admin = AIOKafkaAdminClient(bootstrap_servers=self._bootstrap, **self._options)
-        try:
-            await asyncio.wait_for(admin.start(), 10)
-            wanted = ConfigResource(ConfigResourceType.TOPIC, self.topic, {"max.message.bytes": ""})
-            resp = await asyncio.wait_for(admin.describe_configs([wanted]), 10)
-            for r in resp:
-                for res in r.resources:
-                    for entry in res[4]:
-                        if entry[0] == "max.message.bytes" and entry[1]:
-                            return min(int(entry[1]), self._max_request_size)
-        except Exception as exc:  # any failure here only costs the default limit
-            log.warning("cannot read max.message.bytes of %s (%r); assuming %d", self.topic, exc, DEFAULT_TOPIC_LIMIT)
-        finally:
-            with contextlib.suppress(Exception):
-                await admin.close()
-        return DEFAULT_TOPIC_LIMIT
+        return min(await topic_max_message_bytes(self._bootstrap, self.topic, self._options), self._max_request_size)
 
     def _set_failing(self, reason: str | None) -> None:
         if reason == self.failing:
@@ -172,17 +157,44 @@ class DlqWriter:
     def _fit(
         self, key: bytes | None, value: bytes | None, headers: DlqHeaders, limit: int
     ) -> tuple[bytes | None, list[tuple[str, bytes]]]:
-        kafka_headers = headers.to_kafka()
-        if key is None and value is None:
-            return b"", [*kafka_headers, ("runstream.original.null", b"key,value")]
-        if value is None:
-            return None, kafka_headers
-        # The truncation headers themselves take room: reserve it before fitting.
-        room = limit - _FRAMING - len(key or b"") - _headers_size(kafka_headers) - 120
-        fitted, size, digest = fit_value(value, room)
-        if size is None:
-            return value, kafka_headers
-        log.warning("dead letter truncated to fit the DLQ topic: %d of %d bytes kept (%s %s/%d)",
-                    len(fitted), size, headers.source_topic, headers.source_partition, headers.source_offset)
-        truncated = headers.model_copy(update={"original_size": size, "original_sha256": digest})
-        return fitted, truncated.to_kafka()
+        return dead_letter_record(key, value, headers, limit)
+
+
+async def topic_max_message_bytes(bootstrap: str, topic: str, options: dict[str, Any]) -> int:
+    """A topic's effective ``max.message.bytes``; DEFAULT_TOPIC_LIMIT when it cannot be read."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **options)
+    try:
+        await asyncio.wait_for(admin.start(), 10)
+        wanted = ConfigResource(ConfigResourceType.TOPIC, topic, {"max.message.bytes": ""})
+        resp = await asyncio.wait_for(admin.describe_configs([wanted]), 10)
+        for r in resp:
+            for res in r.resources:
+                for entry in res[4]:
+                    if entry[0] == "max.message.bytes" and entry[1]:
+                        return int(entry[1])
+    except Exception as exc:  # any failure here only costs the default limit
+        log.warning("cannot read max.message.bytes of %s (%r); assuming %d", topic, exc, DEFAULT_TOPIC_LIMIT)
+    finally:
+        with contextlib.suppress(Exception):
+            await admin.close()
+    return DEFAULT_TOPIC_LIMIT
+
+
+def dead_letter_record(
+    key: bytes | None, value: bytes | None, headers: DlqHeaders, limit: int
+) -> tuple[bytes | None, list[tuple[str, bytes]]]:
+    """The value and Kafka headers to write for one dead letter so that it fits ``limit`` bytes."""
+    kafka_headers = headers.to_kafka()
+    if key is None and value is None:
+        return b"", [*kafka_headers, ("runstream.original.null", b"key,value")]
+    if value is None:
+        return None, kafka_headers
+    # The truncation headers themselves take room: reserve it before fitting.
+    room = limit - _FRAMING - len(key or b"") - _headers_size(kafka_headers) - 120
+    fitted, size, digest = fit_value(value, room)
+    if size is None:
+        return value, kafka_headers
+    log.warning("dead letter truncated to fit the DLQ topic: %d of %d bytes kept (%s %s/%d)",
+                len(fitted), size, headers.source_topic, headers.source_partition, headers.source_offset)
+    truncated = headers.model_copy(update={"original_size": size, "original_sha256": digest})
+    return fitted, truncated.to_kafka()

@@ -25,6 +25,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
 from consumers.dlq import DlqWriter
+from consumers.dlq_txn import Letter, TransactionalDlq
 from consumers.kafka_start import start_kafka_client
 from consumers.shutdown import bounded
 from service.batching import Batch, Batcher, BatchLimits
@@ -128,7 +129,7 @@ class ConsumerRuntime(Generic[W]):
         self,
         config: RuntimeConfig,
         handler: BatchHandler[W],
-        dlq: DlqWriter,
+        dlq: DlqWriter | TransactionalDlq,
         metrics: ConsumerMetrics,
         status: RuntimeStatus | None = None,
         log: Any = None,
@@ -351,6 +352,15 @@ class ConsumerRuntime(Generic[W]):
             return True
         if self.status.fatal is not None:
             return False
+        if isinstance(self.dlq, TransactionalDlq):
+            # Written by the transaction that commits past the message (exactly once): see consumers/dlq_txn.py.
+            for r in rejections:
+                self.dlq.add(r.record.topic, r.record.partition,
+                             Letter(r.record.offset, r.record.key, r.record.value, self._headers(r)))
+                self.log.info("dead-lettered (written with the next commit)", error_class=r.error_class,
+                              error=r.message, topic=r.record.topic, partition=r.record.partition,
+                              offset=r.record.offset)
+            return True
         try:
             await asyncio.gather(*(self._dlq_one(r) for r in rejections))
         except Exception as exc:
@@ -359,8 +369,8 @@ class ConsumerRuntime(Generic[W]):
             return False
         return True
 
-    async def _dlq_one(self, r: Rejection) -> None:
-        headers = DlqHeaders(
+    def _headers(self, r: Rejection) -> DlqHeaders:
+        return DlqHeaders(
             error_class=r.error_class,
             error_message=r.message,
             source_topic=r.record.topic,
@@ -368,7 +378,10 @@ class ConsumerRuntime(Generic[W]):
             source_offset=r.record.offset,
             consumer_group=self.config.group_id,
         )
-        await self.dlq.send(r.record.key, r.record.value, headers)
+
+    async def _dlq_one(self, r: Rejection) -> None:
+        assert isinstance(self.dlq, DlqWriter)
+        await self.dlq.send(r.record.key, r.record.value, self._headers(r))
         self.metrics.dlq_messages.labels(self._g, r.error_class).inc()
         self.metrics.events.labels(self._g, r.record.topic, "dlq").inc()
         self.log.info("dead-lettered", error_class=r.error_class, error=r.message, topic=r.record.topic,
@@ -415,7 +428,9 @@ class ConsumerRuntime(Generic[W]):
 
     async def _committer(self) -> None:
         while True:
-            await self._commit_wakeup.wait()
+            # Also once a second without a completion: a commit that failed (broker outage) is retried.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._commit_wakeup.wait(), 1.0)
             self._commit_wakeup.clear()
             await self._commit()
             await asyncio.sleep(0.02)  # coalesce bursts of completions
@@ -430,11 +445,19 @@ class ConsumerRuntime(Generic[W]):
             offsets = {tp: o for tp, o in offsets.items() if TopicPartition(*tp) in assigned}
             if not offsets:
                 return
-            try:
-                await consumer.commit({TopicPartition(t, p): o for (t, p), o in offsets.items()})
-            except KafkaError as exc:
-                self.log.warning("commit failed; will retry after the next completion", error=repr(exc))
-                return
+            if isinstance(self.dlq, TransactionalDlq):
+                written = await self.dlq.commit(offsets)
+                if written is None:
+                    return  # the transaction failed (the DLQ says why); retried after the next completion
+                for le in written:
+                    self.metrics.dlq_messages.labels(self._g, le.headers.error_class).inc()
+                    self.metrics.events.labels(self._g, le.headers.source_topic, "dlq").inc()
+            else:
+                try:
+                    await consumer.commit({TopicPartition(t, p): o for (t, p), o in offsets.items()})
+                except KafkaError as exc:
+                    self.log.warning("commit failed; will retry after the next completion", error=repr(exc))
+                    return
             self.tracker.committed(offsets)
             self.metrics.commits.labels(self._g).inc()
 
@@ -474,8 +497,13 @@ class ConsumerRuntime(Generic[W]):
                     t.cancel()
                 await asyncio.gather(*pending, return_exceptions=True)
 
+    def _forget_letters(self) -> None:
+        if isinstance(self.dlq, TransactionalDlq):
+            self.dlq.forget()
+
     async def _abandon_all(self) -> None:
         self.batcher.drain()  # never processed: re-fetched by whoever owns the partitions next
+        self._forget_letters()
         tasks = set(self._tasks)
         for t in tasks:
             t.cancel()
@@ -491,6 +519,7 @@ class ConsumerRuntime(Generic[W]):
         else:
             await self._abandon_all()
         self.tracker.forget()
+        self._forget_letters()  # uncommitted letters: the partitions' next owner re-evaluates their messages
         self.log.info("partitions revoked", partitions=len(revoked),
                       seconds=round(time.monotonic() - started, 3))
 

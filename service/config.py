@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     topic_labels: str = "runstream.labels"
     topic_dlq: str = "runstream.dlq"
     uploader_group: str = "runstream-uploader"
+    transactional_id: str | None = Field(
+        default=None, description="The uploader's Kafka transactional id; unset: <group>-<host>-<pid>."
+    )
     aggregator_group: str = "runstream-aggregator"
     max_message_bytes: int = Field(default=1_048_576, gt=0, description="Raw message size limit.")
     dlq_max_message_bytes: int = Field(
