@@ -56,6 +56,10 @@ class Letter:
     headers: DlqHeaders
 
 
+def _size(le: Letter) -> int:
+    return len(le.value or b"") + len(le.key or b"") + 200
+
+
 class TransactionalDlq:
     """``add`` letters as messages are rejected; ``commit(offsets)`` writes the due ones with the offsets."""
 
@@ -81,7 +85,9 @@ class TransactionalDlq:
         self._txn_timeout_ms = transaction_timeout_ms
         self._commit_timeout_s = commit_timeout_s
         self._producer: AIOKafkaProducer | None = None
+        self._broken = False  # a cancelled transaction left the producer in an unknown state
         self._pending: dict[TP, list[Letter]] = {}
+        self.pending_bytes = 0
         self.limit = max_request_size
         self.on_failing = on_failing
         self.failing: str | None = None
@@ -109,7 +115,7 @@ class TransactionalDlq:
         self.limit = min(await topic_max_message_bytes(self._bootstrap, self.topic, self._options),
                          self._max_request_size)
 
-    async def stop(self, timeout_s: float = 5.0) -> None:
+    async def stop(self, timeout_s: float = 2.0) -> None:
         if self.pending:
             log.warning("DLQ: %d dead letter(s) not committed at stop; their messages are re-evaluated by the "
                         "next owner", self.pending)
@@ -117,6 +123,7 @@ class TransactionalDlq:
 
     async def _discard_producer(self, timeout_s: float = 3.0) -> None:
         producer, self._producer = self._producer, None
+        self._broken = False
         if producer is not None:
             await bounded(producer.stop(), "DLQ transactional producer stop", timeout_s)
 
@@ -124,10 +131,12 @@ class TransactionalDlq:
 
     def add(self, topic: str, partition: int, letter: Letter) -> None:
         self._pending.setdefault((topic, partition), []).append(letter)
+        self.pending_bytes += _size(letter)
 
     def forget(self) -> None:
         """Drop every waiting letter: the partitions were given up, or the pipeline stopped."""
         self._pending.clear()
+        self.pending_bytes = 0
 
     @property
     def pending(self) -> int:
@@ -155,7 +164,9 @@ class TransactionalDlq:
         try:
             await asyncio.wait_for(self._transaction(due, offsets), self._commit_timeout_s)
         except asyncio.CancelledError:
-            await self._discard_producer()
+            # Shutdown cut the transaction short: the producer's state is unknown, replace it
+            # (stop() closes it, bounded); nothing is awaited here, the caller is leaving.
+            self._broken = True
             raise
         except MessageSizeTooLargeError as exc:
             self.limit = max(1024, self.limit // 2)  # the topic's limit is smaller than read: fit tighter
@@ -166,6 +177,7 @@ class TransactionalDlq:
             self._set_failing(repr(exc) if not isinstance(exc, TimeoutError) else "transaction timed out")
             await self._discard_producer()
             return None
+        self.pending_bytes -= sum(_size(le) for _, le in due)
         for tp, off in offsets.items():
             rest = [le for le in self._pending.get(tp, ()) if le.offset >= off]
             if rest:
@@ -176,6 +188,8 @@ class TransactionalDlq:
         return [le for _, le in due]
 
     async def _transaction(self, due: list[tuple[TP, Letter]], offsets: dict[TP, int]) -> None:
+        if self._broken:
+            await self._discard_producer()
         if self._producer is None:
             producer = self._new_producer()
             try:

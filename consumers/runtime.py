@@ -162,7 +162,8 @@ class ConsumerRuntime(Generic[W]):
 
     @property
     def buffered_bytes(self) -> int:
-        return self.batcher.buffered_bytes + self._inflight_bytes
+        letters = self.dlq.pending_bytes if isinstance(self.dlq, TransactionalDlq) else 0  # waiting for a commit
+        return self.batcher.buffered_bytes + self._inflight_bytes + letters
 
     async def run(self, stop: asyncio.Event) -> None:
         cfg = self.config

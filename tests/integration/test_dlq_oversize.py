@@ -36,6 +36,7 @@ from uploader_harness import (
     wait_until,
 )
 
+from consumers.dlq import topic_max_message_bytes
 from service.commands.dlq import replay
 from service.config import Settings
 from service.dlq_headers import DlqHeaders
@@ -149,3 +150,18 @@ async def test_letter_too_large_even_compressed_is_truncated_with_size_and_hash_
     stats = await replay(Settings(kafka_bootstrap=kafka_bootstrap, topic_dlq=t.dlq), out=out)
     assert stats.total_replayed == 0 and stats.truncated == 1
     assert "truncated dead letter" in out.getvalue() and str(len(big)) in out.getvalue()
+
+
+async def test_topics_create_sets_the_dlq_topics_max_message_bytes(
+    kafka_bootstrap: str, unique_id: Callable[[str], str]
+) -> None:
+    dlq = unique_id("dlq")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNSTREAM_")}
+    env.update({"PYTHONPATH": str(ROOT), "RUNSTREAM_KAFKA_BOOTSTRAP": kafka_bootstrap, "RUNSTREAM_TOPIC_DLQ": dlq,
+                "RUNSTREAM_TOPIC_PREDICTIONS": unique_id("p"), "RUNSTREAM_TOPIC_METRICS": unique_id("m"),
+                "RUNSTREAM_TOPIC_LABELS": unique_id("l"), "RUNSTREAM_DLQ_MAX_MESSAGE_BYTES": "3145728"})
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "service", "topics", "create", "--partitions",
+                                                "1", cwd=str(ROOT), env=env)
+    assert await proc.wait() == 0
+    assert await topic_max_message_bytes(kafka_bootstrap, dlq, {}) == 3_145_728
+    assert await topic_max_message_bytes(kafka_bootstrap, env["RUNSTREAM_TOPIC_METRICS"], {}) == 1_048_588
