@@ -319,7 +319,7 @@ class Drill:
         r0 = 0.55 * t
         out += [(r0, "add_consumer", "u2"), (r0 + max(15.0, 0.08 * t), "remove_consumer", "u2")]
         if p.outage_sigterm:
-            out.append((0.7 * t, "outage_sigterm", "u1,a1"))
+            out.append((0.7 * t, "outage_sigterm", "uploader,aggregator"))
         return sorted(out)
 
     async def run_scenario(self, started: float) -> None:
@@ -344,15 +344,20 @@ class Drill:
                 self.log(f"restarted {target}")
         elif action == "broker_restart":
             assert self.kafka is not None
+            await self.locks.setdefault("broker", asyncio.Lock()).acquire()  # never overlaps the outage
             self.broker_busy = True
             self.log("broker: stopping (keeping its data dir and ports)")
             await asyncio.to_thread(self.kafka.stop)
             await asyncio.sleep(2)
             await asyncio.to_thread(self.kafka.start)
             self.broker_busy = False
+            self.locks["broker"].release()
             self.log("broker: started again")
         elif action == "outage_sigterm":
-            await self.outage_sigterm(target.split(","))
+            # The member of each role restarted least often: one that is running, not starting up.
+            names = [min((n for n in self.procs if self.procs[n].role == role and n != "u2"),
+                         key=lambda n: (self.procs[n].starts, n)) for role in target.split(",")]
+            await self.outage_sigterm(names)
         elif action == "fault_503_on":
             await self.admin("POST", "faults", {"kind": "http_error", "status": 503, "fraction": 1.0})
             self.log(f"labelbox: every /graphql request answers 503 for {self.plan.fault_window_s:.0f} s")
@@ -379,12 +384,27 @@ class Drill:
             if code != 0:
                 self.unexpected_exits.append(f"{target} exited {code} on SIGTERM")
 
+    async def wait_ready(self, names: list[str], timeout_s: float) -> None:
+        """Until each process answers /readyz 200 (consuming), or the timeout."""
+        deadline = time.monotonic() + timeout_s
+        async with aiohttp.ClientSession() as http:
+            for n in names:
+                url = f"http://127.0.0.1:{self.procs[n].env['RUNSTREAM_HTTP_PORT']}/readyz"
+                while time.monotonic() < deadline:
+                    with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
+                        async with http.get(url, timeout=aiohttp.ClientTimeout(total=2)) as r:
+                            if r.status == 200:
+                                break
+                    await asyncio.sleep(0.5)
+
     async def outage_sigterm(self, names: list[str]) -> None:
         """Broker down, then SIGTERM: each process must exit 0 within its grace period + a few seconds."""
         assert self.kafka is not None
         async with contextlib.AsyncExitStack() as stack:
+            await stack.enter_async_context(self.locks.setdefault("broker", asyncio.Lock()))
             for n in names:
                 await stack.enter_async_context(self.locks.setdefault(n, asyncio.Lock()))
+            await self.wait_ready(names, 30.0)
             self.broker_busy = True
             self.expected_down.update(names)
             self.log(f"broker: stopping for an outage; then SIGTERM {', '.join(names)}")
@@ -394,11 +414,13 @@ class Drill:
             async def term(n: str) -> None:
                 proc = self.procs[n]
                 grace = float(proc.env.get("RUNSTREAM_SHUTDOWN_GRACE_S", "30"))
+                was_running = proc.alive()
                 t0 = time.monotonic()
                 code = await asyncio.to_thread(proc.stop, grace + 30)
                 took = time.monotonic() - t0
-                self.outage_exits.append(f"{n}: exit {code} in {took:.1f} s (grace {grace:.0f} s)")
-                if code != 0 or took > grace + 8:
+                self.outage_exits.append(f"{n}: exit {code} in {took:.1f} s (grace {grace:.0f} s)"
+                                         + ("" if was_running else " [had already exited]"))
+                if code != 0 or took > grace + 8 or not was_running:
                     self.outage_exit_bad.append(self.outage_exits[-1])
                 self.log(f"SIGTERM during the outage: {self.outage_exits[-1]}")
 
@@ -766,6 +788,7 @@ class Drill:
             facts["produced"] = self.produced
             facts["producer_resends"] = self.producer_resends
             facts["kills"] = {n: p.kills for n, p in self.procs.items() if p.kills}
+            facts["outage_exits"] = self.outage_exits
         finally:
             for p in self.procs.values():
                 if p.alive():
@@ -802,6 +825,7 @@ def render(plan: Plan, checks: list[Check], facts: dict[str, Any], cmd: str, wal
         "added and removed",
         f"- poison by kind: {facts.get('poison', {})}",
         f"- DLQ by (group, class): {facts.get('dlq_by_class', {})}",
+        f"- SIGTERM during a broker outage: {'; '.join(facts.get('outage_exits', [])) or 'not run'}",
         f"- imports by state: {facts.get('imports_by_state', {})}",
         f"- peak RSS per process (MB, {facts.get('rss_samples', 0)} samples): "
         + ", ".join(f"{k} {v:.0f}" for k, v in facts.get("rss_peaks", {}).items()),

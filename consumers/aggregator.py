@@ -367,8 +367,10 @@ class Aggregator:
         if not offsets:
             return
         try:
-            await consumer.commit(offsets)
-        except (KafkaError, AssertionError) as exc:
+            # Bounded: with the broker gone, commit() waits for a coordinator forever and the loop
+            # would never see a stop request.
+            await asyncio.wait_for(consumer.commit(offsets), 5.0)
+        except (KafkaError, AssertionError, TimeoutError) as exc:
             log.debug("kafka offset commit skipped: %r", exc)
 
     async def _load_and_seek(self, partitions: set[TP]) -> None:

@@ -109,8 +109,12 @@ class TransactionalDlq:
     async def start(self, stop: asyncio.Event | None = None) -> None:
         """Start the producer (this fences an earlier producer with the same transactional id)."""
         producer = self._new_producer()
-        await start_kafka_client(producer, "DLQ transactional producer", stop=stop, bootstrap=self._bootstrap,
-                                 options=self._options)
+        try:
+            await start_kafka_client(producer, "DLQ transactional producer", stop=stop, bootstrap=self._bootstrap,
+                                     options=self._options)
+        except BaseException:
+            await bounded(producer.stop(), "DLQ transactional producer stop", 1.0)
+            raise
         self._producer = producer
         self.limit = min(await topic_max_message_bytes(self._bootstrap, self.topic, self._options),
                          self._max_request_size)

@@ -193,9 +193,13 @@ class ConsumerRuntime(Generic[W]):
             if self.status.fatal is None:
                 await self._finish_in_flight(cfg.shutdown_grace_s, "shutdown")
                 wanted = self.tracker.committable()
-                if await bounded(self._commit(), "final offset commit", uncommitted=_tp_text(wanted)):
+                done = asyncio.ensure_future(self._commit())
+                if await bounded(done, "final offset commit", uncommitted=_tp_text(wanted)) and done.result():
                     self.log.info("final commit done", in_flight=self.tracker.in_flight(),
                                   buffered_bytes=self.buffered_bytes)
+                else:
+                    self.log.warning("final commit failed: these offsets stay uncommitted and their messages are "
+                                     "re-delivered to the next owner", offsets=_tp_text(wanted))
             else:
                 await self._abandon_all()
             committer.cancel()
@@ -436,20 +440,21 @@ class ConsumerRuntime(Generic[W]):
             await self._commit()
             await asyncio.sleep(0.02)  # coalesce bursts of completions
 
-    async def _commit(self) -> None:
+    async def _commit(self) -> bool:
+        """Commit what is committable; False when a commit was attempted and failed."""
         consumer = self._consumer
         if consumer is None or self.status.fatal is not None:
-            return
+            return False
         async with self._commit_lock:
             offsets = self.tracker.committable()
             assigned = consumer.assignment()
             offsets = {tp: o for tp, o in offsets.items() if TopicPartition(*tp) in assigned}
             if not offsets:
-                return
+                return True
             if isinstance(self.dlq, TransactionalDlq):
                 written = await self.dlq.commit(offsets)
                 if written is None:
-                    return  # the transaction failed (the DLQ says why); retried after the next completion
+                    return False  # the transaction failed (the DLQ says why); retried after the next completion
                 for le in written:
                     self.metrics.dlq_messages.labels(self._g, le.headers.error_class).inc()
                     self.metrics.events.labels(self._g, le.headers.source_topic, "dlq").inc()
@@ -458,9 +463,10 @@ class ConsumerRuntime(Generic[W]):
                     await consumer.commit({TopicPartition(t, p): o for (t, p), o in offsets.items()})
                 except KafkaError as exc:
                     self.log.warning("commit failed; will retry after the next completion", error=repr(exc))
-                    return
+                    return False
             self.tracker.committed(offsets)
             self.metrics.commits.labels(self._g).inc()
+            return True
 
     async def _lag_reporter(self) -> None:
         while True:
