@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from uploader_harness import (
+    committed,
     event,
     local_labelbox,
     make_topics,
@@ -26,6 +27,10 @@ from uploader_harness import (
     wait_committed,
     wait_until,
 )
+
+from consumers.dlq_txn import Letter, TransactionalDlq
+from service.devkafka import free_port
+from service.dlq_headers import DlqHeaders
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -84,3 +89,32 @@ async def test_kill_9_after_rejections_before_commit_leaves_each_poison_message_
     per_offset = Counter((h.source_topic, h.source_partition, h.source_offset) for _, _, h in letters)
     assert len(per_offset) == poison, per_offset
     assert set(per_offset.values()) == {1}, f"dead letters written more than once: {per_offset}"
+
+
+async def test_a_failing_transaction_is_an_outage_that_keeps_its_letters(
+    kafka_bootstrap: str, new_topic: Callable[..., Awaitable[str]], unique_id: Callable[[str], str]
+) -> None:
+    reasons: list[str | None] = []
+    dead = TransactionalDlq(f"127.0.0.1:{free_port()}", "dlq", "g", unique_id("txn"), on_failing=reasons.append,
+                            commit_timeout_s=3)  # nothing listens: the broker is "down"
+    h = DlqHeaders(error_class="json", error_message="m", source_topic="src", source_partition=0, source_offset=4,
+                   consumer_group="g")
+    dead.add("src", 0, Letter(4, b"k", b"v", h))
+    assert await dead.commit({("src", 0): 5}) is None
+    assert dead.failing and reasons and reasons[-1] == dead.failing and dead.pending == 1
+    await dead.stop()
+
+    # the same letter and offsets, committed once the broker answers
+    src, dlq = await new_topic(partitions=1), await new_topic(partitions=1, prefix="dlq")
+    group = unique_id("g")
+    live = TransactionalDlq(kafka_bootstrap, dlq, group, unique_id("txn"), on_failing=reasons.append)
+    await live.start()
+    try:
+        live.add(src, 0, Letter(4, b"k", b"v", h.model_copy(update={"source_topic": src})))
+        written = await live.commit({(src, 0): 5})
+        assert written is not None and len(written) == 1 and live.pending == 0 and live.failing is None
+    finally:
+        await live.stop()
+    (entry,) = await read_dlq(kafka_bootstrap, dlq, expect=1, timeout=10)
+    assert entry[0] == b"k" and entry[1] == b"v"
+    assert (await committed(kafka_bootstrap, group, [src]))[(src, 0)] == 5
