@@ -61,6 +61,10 @@ DLQ_TOPIC = "runstream.dlq"
 GROUPS = {"uploader": "runstream-uploader", "aggregator": "runstream-aggregator"}
 PARTITIONS = 6
 RSS_BOUNDS_MB = {"uploader": 300.0, "aggregator": 400.0}
+# Poison injected by the drill itself rather than the stream: a ~1.6 MB metric event sent
+# gzip-compressed (it passes the broker's 1 MiB limit compressed, and is too_large for the service).
+EXTRA_POISON: dict[str, tuple[str, str, str]] = {"oversized_compressed": ("metric", "uploader", "too_large")}
+ALL_POISON = POISON | EXTRA_POISON
 console = Console(highlight=False)
 
 
@@ -78,13 +82,15 @@ class Plan:
     fault_window_s: float = 30.0
     drain_timeout_s: float = 900.0
     strict_dlq: bool = False
+    compressed_oversized: int = 3  # how many 1.6 MB gzip-compressed metric events
+    outage_sigterm: bool = True  # SIGTERM an uploader and an aggregator while the broker is down
 
     @classmethod
     def from_args(cls, a: argparse.Namespace) -> Plan:
         if a.short:
             return cls(events=a.events or 20_000, rate=a.rate or 500.0, seed=a.seed, short=True, runs=6,
                        rows_per_run=200, uploader_kills=1, aggregator_kills=1, broker_restarts=1,
-                       fault_window_s=6.0, drain_timeout_s=240.0)  # fmt: skip
+                       fault_window_s=6.0, drain_timeout_s=240.0, compressed_oversized=2)  # fmt: skip
         return cls(events=a.events or 1_000_000, rate=a.rate or 3_000.0, seed=a.seed, short=False)
 
 
@@ -116,6 +122,8 @@ class Drill:
     t0: float = field(default_factory=time.monotonic)
     broker_busy: bool = False
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    outage_exits: list[str] = field(default_factory=list)  # SIGTERM during a broker outage: name, code, s
+    outage_exit_bad: list[str] = field(default_factory=list)
 
     # ------------------------------------------------------------------ helpers
     def log(self, msg: str) -> None:
@@ -146,6 +154,8 @@ class Drill:
             "RUNSTREAM_RETRY_MAX_S": "5",
             "RUNSTREAM_SHUTDOWN_GRACE_S": "20",
             "RUNSTREAM_HTTP_PORT": str(free_port()),
+            # Stable per replica: a restarted uploader fences its killed predecessor's open transaction.
+            "RUNSTREAM_TRANSACTIONAL_ID": f"drill-{name}",
         }
         return ServiceProcess(name, "uploader", ["run", "--role", "uploader"], env, self.work / f"{name}.log")
 
@@ -207,8 +217,28 @@ class Drill:
         producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True,
                                     linger_ms=20, request_timeout_ms=30_000, max_request_size=1_048_576)  # fmt: skip
         await producer.start()
+        big = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True,
+                               compression_type="gzip", max_request_size=4 * 1_048_576)  # fmt: skip
+        await big.start()
+        n_big = plan.compressed_oversized
+        big_at = {int(plan.events * (i + 1) / (n_big + 1)) for i in range(n_big)}
         pending: list[tuple[asyncio.Future[Any], Produced]] = []
         start = time.monotonic()
+
+        async def send_big(n: int) -> None:
+            run = catalog.runs[n % len(catalog.runs)]
+            rows = [{"dataRow": {"id": catalog.rows[run][i % len(catalog.rows[run])][0]},
+                     "metricName": f"big_{i}", "metricValue": 0.5} for i in range(23_000)]  # fmt: skip
+            value = orjson.dumps({"model_run_id": run, "metrics": rows, "seq": n})
+            self.poison_digests[digest(value)] = "oversized_compressed"
+            while True:
+                try:
+                    await big.send_and_wait(TOPICS["metric"], value, key=run.encode())
+                    self.log(f"producer: sent a {len(value) / 1e6:.1f} MB metric event gzip-compressed")
+                    return
+                except KafkaError as exc:
+                    self.log(f"producer: big send failed ({exc!r}); retrying")
+                    await asyncio.sleep(1)
 
         async def settle(block: bool) -> None:
             nonlocal pending
@@ -238,6 +268,8 @@ class Drill:
 
         try:
             for msg in DrillStream(catalog, plan.events):
+                if self.produced in big_at:
+                    await send_big(self.produced)
                 if msg.poison is not None:
                     self.poison_digests[digest(msg.value)] = msg.poison
                 await send(msg)
@@ -253,6 +285,7 @@ class Drill:
             await producer.flush()
         finally:
             await producer.stop()
+            await big.stop()
         self.produce_seconds = time.monotonic() - start
         self.log(
             f"producer: {self.produced:,} events in {self.produce_seconds:.0f} s "
@@ -285,6 +318,8 @@ class Drill:
         ]
         r0 = 0.55 * t
         out += [(r0, "add_consumer", "u2"), (r0 + max(15.0, 0.08 * t), "remove_consumer", "u2")]
+        if p.outage_sigterm:
+            out.append((0.7 * t, "outage_sigterm", "uploader,aggregator"))
         return sorted(out)
 
     async def run_scenario(self, started: float) -> None:
@@ -309,13 +344,20 @@ class Drill:
                 self.log(f"restarted {target}")
         elif action == "broker_restart":
             assert self.kafka is not None
+            await self.locks.setdefault("broker", asyncio.Lock()).acquire()  # never overlaps the outage
             self.broker_busy = True
             self.log("broker: stopping (keeping its data dir and ports)")
             await asyncio.to_thread(self.kafka.stop)
             await asyncio.sleep(2)
             await asyncio.to_thread(self.kafka.start)
             self.broker_busy = False
+            self.locks["broker"].release()
             self.log("broker: started again")
+        elif action == "outage_sigterm":
+            # The member of each role restarted least often: one that is running, not starting up.
+            names = [min((n for n in self.procs if self.procs[n].role == role and n != "u2"),
+                         key=lambda n: (self.procs[n].starts, n)) for role in target.split(",")]
+            await self.outage_sigterm(names)
         elif action == "fault_503_on":
             await self.admin("POST", "faults", {"kind": "http_error", "status": 503, "fraction": 1.0})
             self.log(f"labelbox: every /graphql request answers 503 for {self.plan.fault_window_s:.0f} s")
@@ -341,6 +383,55 @@ class Drill:
             self.log(f"rebalance: stopped {target} (exit {code})")
             if code != 0:
                 self.unexpected_exits.append(f"{target} exited {code} on SIGTERM")
+
+    async def wait_ready(self, names: list[str], timeout_s: float) -> None:
+        """Until each process answers /readyz 200 (consuming), or the timeout."""
+        deadline = time.monotonic() + timeout_s
+        async with aiohttp.ClientSession() as http:
+            for n in names:
+                url = f"http://127.0.0.1:{self.procs[n].env['RUNSTREAM_HTTP_PORT']}/readyz"
+                while time.monotonic() < deadline:
+                    with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
+                        async with http.get(url, timeout=aiohttp.ClientTimeout(total=2)) as r:
+                            if r.status == 200:
+                                break
+                    await asyncio.sleep(0.5)
+
+    async def outage_sigterm(self, names: list[str]) -> None:
+        """Broker down, then SIGTERM: each process must exit 0 within its grace period + a few seconds."""
+        assert self.kafka is not None
+        async with contextlib.AsyncExitStack() as stack:
+            await stack.enter_async_context(self.locks.setdefault("broker", asyncio.Lock()))
+            for n in names:
+                await stack.enter_async_context(self.locks.setdefault(n, asyncio.Lock()))
+            await self.wait_ready(names, 30.0)
+            self.broker_busy = True
+            self.expected_down.update(names)
+            self.log(f"broker: stopping for an outage; then SIGTERM {', '.join(names)}")
+            await asyncio.to_thread(self.kafka.stop)
+            await asyncio.sleep(3)
+
+            async def term(n: str) -> None:
+                proc = self.procs[n]
+                grace = float(proc.env.get("RUNSTREAM_SHUTDOWN_GRACE_S", "30"))
+                was_running = proc.alive()
+                t0 = time.monotonic()
+                code = await asyncio.to_thread(proc.stop, grace + 30)
+                took = time.monotonic() - t0
+                self.outage_exits.append(f"{n}: exit {code} in {took:.1f} s (grace {grace:.0f} s)"
+                                         + ("" if was_running else " [had already exited]"))
+                if code != 0 or took > grace + 8 or not was_running:
+                    self.outage_exit_bad.append(self.outage_exits[-1])
+                self.log(f"SIGTERM during the outage: {self.outage_exits[-1]}")
+
+            await asyncio.gather(*(term(n) for n in names))
+            await asyncio.to_thread(self.kafka.start)
+            self.broker_busy = False
+            self.log("broker: started again after the outage")
+            for n in names:
+                self.procs[n].start()
+                self.expected_down.discard(n)
+            self.log(f"restarted {', '.join(names)}")
 
     # ------------------------------------------------------------------ watching
     async def watch(self, stop: asyncio.Event) -> None:
@@ -417,8 +508,9 @@ class Drill:
     # ------------------------------------------------------------------ verification
     async def read_topic(self, topics: list[str]) -> list[Any]:
         ends = await self.end_offsets(topics)
+        # read_committed: the uploader writes dead letters in transactions (aborted ones are not letters)
         c = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
-                             max_partition_fetch_bytes=2_097_152)  # fmt: skip
+                             max_partition_fetch_bytes=8_388_608, isolation_level="read_committed")  # fmt: skip
         await c.start()
         out: list[Any] = []
         try:
@@ -430,10 +522,10 @@ class Drill:
             pos = {(tp.topic, tp.partition): 0 for tp in tps}
             while any(pos[k] < ends[k] for k in pos):
                 batch = await c.getmany(timeout_ms=1000, max_records=20_000)
-                for tp, recs in batch.items():
+                for recs in batch.values():
                     out.extend(recs)
-                    if recs:
-                        pos[(tp.topic, tp.partition)] = recs[-1].offset + 1
+                for tp in tps:  # the position passes transaction markers, which are never records
+                    pos[(tp.topic, tp.partition)] = await c.position(tp)
         finally:
             await c.stop()
         out.sort(key=lambda r: (r.topic, r.partition, r.offset))
@@ -463,7 +555,7 @@ class Drill:
             poison = self.poison_digests.get(d)
             if poison is not None:
                 poison_count[poison] += 1
-                _k, role, cls = POISON[poison]
+                _k, role, cls = ALL_POISON[poison]
                 exp_dlq[(role, r.topic, r.partition, r.offset)] = (cls, d)
             else:
                 valid += 1
@@ -490,8 +582,9 @@ class Drill:
                     ]
         facts["valid"] = valid
         facts["poison"] = dict(poison_count)
-        checks.append(Check("poison kinds exercised", f"{len(POISON)}", f"{len(poison_count)}",
-                            len(poison_count) == len(POISON), sorted(set(POISON) - set(poison_count))))  # fmt: skip
+        kinds = ALL_POISON if self.plan.compressed_oversized else POISON
+        checks.append(Check("poison kinds exercised", f"{len(kinds)}", f"{len(poison_count)}",
+                            len(poison_count) == len(kinds), sorted(set(kinds) - set(poison_count))))  # fmt: skip
         checks.append(Check("generator tags = reference verdicts", "0 mismatches", f"{len(ref_mismatch)}",
                             not ref_mismatch, ref_mismatch[:10]))  # fmt: skip
 
@@ -524,10 +617,18 @@ class Drill:
         )
         checks.append(Check("DLQ entries for valid events / unknown sources", "0", f"{len(unexpected)}",
                             not unexpected, unexpected[:10]))  # fmt: skip
+        # The uploader writes dead letters in the transaction of its offset commit: exactly once.
+        # The aggregator's aggregate.* letters are at-least-once (written before its store commit).
+        up_dups = {k: n for k, n in dups.items() if k[0] == "uploader"}
+        ag_dups = {k: n for k, n in dups.items() if k[0] != "uploader"}
+        facts["dlq_duplicates_uploader"] = sum(n - 1 for n in up_dups.values())
+        checks.append(Check("uploader DLQ: each poison message exactly once", "0 re-deliveries",
+                            f"{facts['dlq_duplicates_uploader']}", not up_dups,
+                            [f"{k} x{n}" for k, n in list(up_dups.items())[:10]]))  # fmt: skip
         want_dups = "0" if self.plan.strict_dlq else "reported (at-least-once)"
-        checks.append(Check("DLQ re-deliveries of one (group, offset)", want_dups, f"{facts['dlq_duplicates']}",
-                            not (self.plan.strict_dlq and dups),
-                            [f"{k} x{n}" for k, n in list(dups.items())[:10]]))  # fmt: skip
+        checks.append(Check("aggregator DLQ re-deliveries of one (group, offset)", want_dups,
+                            f"{sum(n - 1 for n in ag_dups.values())}", not (self.plan.strict_dlq and ag_dups),
+                            [f"{k} x{n}" for k, n in list(ag_dups.items())[:10]]))  # fmt: skip
 
         # ---- Labelbox store (SQLite file of the local API, read-only)
         db = sqlite3.connect(f"file:{self.work / 'labelbox.sqlite3'}?mode=ro", uri=True)
@@ -668,6 +769,11 @@ class Drill:
                 if code != 0:
                     self.unexpected_exits.append(f"{name} exited {code} on SIGTERM")
             checks += await self.verify_offsets(stopped=True)
+            if plan.outage_sigterm:
+                checks.append(Check("SIGTERM during a broker outage: exit 0 within grace + 8 s",
+                                     "2 processes", f"{len(self.outage_exits) - len(self.outage_exit_bad)} ok",
+                                     len(self.outage_exits) == 2 and not self.outage_exit_bad,
+                                     self.outage_exits))  # fmt: skip
             checks.append(Check("no unexpected process exits; SIGTERM exits 0", "none",
                                 f"{len(self.unexpected_exits)}", not self.unexpected_exits,
                                 self.unexpected_exits + exits))  # fmt: skip
@@ -682,6 +788,7 @@ class Drill:
             facts["produced"] = self.produced
             facts["producer_resends"] = self.producer_resends
             facts["kills"] = {n: p.kills for n, p in self.procs.items() if p.kills}
+            facts["outage_exits"] = self.outage_exits
         finally:
             for p in self.procs.values():
                 if p.alive():
@@ -718,6 +825,7 @@ def render(plan: Plan, checks: list[Check], facts: dict[str, Any], cmd: str, wal
         "added and removed",
         f"- poison by kind: {facts.get('poison', {})}",
         f"- DLQ by (group, class): {facts.get('dlq_by_class', {})}",
+        f"- SIGTERM during a broker outage: {'; '.join(facts.get('outage_exits', [])) or 'not run'}",
         f"- imports by state: {facts.get('imports_by_state', {})}",
         f"- peak RSS per process (MB, {facts.get('rss_samples', 0)} samples): "
         + ", ".join(f"{k} {v:.0f}" for k, v in facts.get("rss_peaks", {}).items()),
@@ -740,7 +848,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--strict-dlq",
         action="store_true",
-        help="fail on DLQ re-deliveries of one (group, source offset) (the DLQ is at-least-once)",
+        help="also fail on the aggregator's DLQ re-deliveries of one source offset (its aggregate.* letters are "
+             "at-least-once; the uploader's are always checked to be exactly once)",
     )
     ap.add_argument("--keep", action="store_true", help="keep the working directory (logs) even on success")
     args = ap.parse_args(argv)

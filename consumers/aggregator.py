@@ -41,6 +41,7 @@ from prometheus_client import CollectorRegistry
 
 from consumers.dlq import DlqWriter
 from consumers.kafka_start import start_kafka_client
+from consumers.shutdown import bounded
 from service.aggregation import (
     AggregateError,
     AnnotationUpdate,
@@ -196,14 +197,14 @@ class Aggregator:
                     await self._kafka_commit()
             async with self._lock:
                 await self._commit_locked()
-            await self._kafka_commit()
+            await bounded(self._kafka_commit(), "Kafka offset mirror commit")
         finally:
             self._consumer = None
             if self._inflight is not None:  # an error left a commit running: let its thread end
                 await asyncio.wait([self._inflight])
                 self._inflight = None
             try:
-                await consumer.stop()
+                await bounded(consumer.stop(), f"leaving group {self.group}")
             finally:
                 if self._own_dlq and self._dlq is not None:
                     await self._dlq.stop()
@@ -366,8 +367,10 @@ class Aggregator:
         if not offsets:
             return
         try:
-            await consumer.commit(offsets)
-        except (KafkaError, AssertionError) as exc:
+            # Bounded: with the broker gone, commit() waits for a coordinator forever and the loop
+            # would never see a stop request.
+            await asyncio.wait_for(consumer.commit(offsets), 5.0)
+        except (KafkaError, AssertionError, TimeoutError) as exc:
             log.debug("kafka offset commit skipped: %r", exc)
 
     async def _load_and_seek(self, partitions: set[TP]) -> None:

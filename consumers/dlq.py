@@ -5,23 +5,60 @@ source coordinates travel in headers (service.dlq_headers). ``send`` returns onl
 the broker acknowledged the write (acks=all, idempotent producer), because the caller
 commits the source offset right after: a DLQ write must be durable before the offset
 moves (the ErrantRecordReporter guarantee of Kafka Connect, peers.md §1.1).
+
+A dead letter always fits: letters are gzip-compressed by the producer, and a value that
+exceeds the DLQ topic's ``max.message.bytes`` even compressed is stored truncated, with its
+original size and SHA-256 in headers (``fit_value``). A write that still fails (broker down,
+topic misconfigured) is retried with backoff as an outage: ``failing`` names the cause
+while it lasts, so readiness can report it, and no partition is given up because of it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
+import logging
 import random
+import time
+import zlib
+from collections.abc import Callable
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError, KafkaTimeoutError
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
 from consumers.kafka_start import start_kafka_client
 from service.dlq_headers import DlqHeaders
 
+log = logging.getLogger("runstream.dlq")
+
+# Kafka's default max.message.bytes (broker message.max.bytes): assumed when the topic's own
+# value cannot be read.
+DEFAULT_TOPIC_LIMIT = 1_048_588
+# Room for the record batch header, the record's own framing and varints.
+_FRAMING = 1024
+
+
+def _headers_size(headers: list[tuple[str, bytes]]) -> int:
+    return sum(len(k) + len(v) + 10 for k, v in headers)
+
+
+def fit_value(value: bytes, room: int) -> tuple[bytes, int | None, str | None]:
+    """``(value, None, None)`` when ``value`` fits ``room`` bytes once gzip-compressed; else a prefix
+    that does, with the original size and SHA-256 hex digest. Pure; the estimate uses zlib at a lower
+    level than the producer's gzip (9), so the real compressed size is at most the estimate."""
+    if len(value) <= room or len(zlib.compress(value, 6)) + 64 <= room:
+        return value, None, None
+    # Incompressible bytes grow by a few bytes per 16 KiB block under deflate: keep 1 % spare.
+    keep = max(0, int(room * 0.99) - 64)
+    return value[:keep], len(value), hashlib.sha256(value).hexdigest()
+
 
 class DlqWriter:
-    """start() / send() / stop(); transient broker errors are retried with backoff until sent."""
+    """start() / send() / stop(); any broker error is retried with backoff until the letter is sent."""
 
     def __init__(
         self,
@@ -29,22 +66,29 @@ class DlqWriter:
         topic: str,
         *,
         client_options: dict[str, Any] | None = None,
-        max_request_size: int = 8 * 1_048_576,
+        max_request_size: int = 64 * 1_048_576,
         retry_max_s: float = 10.0,
+        on_failing: Callable[[str | None], None] | None = None,
     ) -> None:
         self.topic = topic
         self._bootstrap = bootstrap
         self._options = dict(client_options or {})
+        self._max_request_size = max_request_size
         self._producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap,
             acks="all",
             enable_idempotence=True,
             linger_ms=5,
+            compression_type="gzip",
             max_request_size=max_request_size,
             **(client_options or {}),
         )
         self._retry_max_s = retry_max_s
         self._started = False
+        self.limit = DEFAULT_TOPIC_LIMIT
+        self.on_failing = on_failing
+        self.failing: str | None = None  # why writes fail right now (None: they do not)
+        self._failing_since = 0.0
 
     async def start(self, stop: asyncio.Event | None = None) -> None:
         """Start the producer; ``stop`` ends a wait for an unreachable broker (KafkaStartAborted)."""
@@ -52,11 +96,16 @@ class DlqWriter:
             self._producer, "DLQ producer", stop=stop, bootstrap=self._bootstrap, options=self._options
         )
         self._started = True
+        self.limit = await self.topic_limit()
 
-    async def stop(self) -> None:
+    async def stop(self, timeout_s: float = 5.0) -> None:
+        """Flush and close; bounded, because a producer with unsent letters waits for the broker."""
         if self._started:
             self._started = False
-            await self._producer.stop()
+            try:
+                await asyncio.wait_for(self._producer.stop(), timeout_s)
+            except TimeoutError:
+                log.warning("DLQ producer did not stop within %.0f s (broker unreachable?); abandoned", timeout_s)
 
     async def __aenter__(self) -> DlqWriter:
         await self.start()
@@ -65,24 +114,87 @@ class DlqWriter:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
+    async def topic_limit(self) -> int:
+        """The DLQ topic's effective ``max.message.bytes`` (the broker default when not overridden)."""
+        return min(await topic_max_message_bytes(self._bootstrap, self.topic, self._options), self._max_request_size)
+
+    def _set_failing(self, reason: str | None) -> None:
+        if reason == self.failing:
+            return
+        if reason is None:
+            log.warning("DLQ writes recovered after %.1f s", time.monotonic() - self._failing_since)
+        elif self.failing is None:
+            self._failing_since = time.monotonic()
+            log.error("DLQ write failed; retrying with backoff until it succeeds: %s", reason)
+        self.failing = reason
+        if self.on_failing is not None:
+            self.on_failing(reason)
+
     async def send(self, key: bytes | None, value: bytes | None, headers: DlqHeaders) -> None:
         """Write one message and wait for the broker's ack; retried until it succeeds.
 
         Kafka clients cannot produce a record with neither key nor value; such a source
         record is written with an empty value and a ``runstream.original.null`` header.
         """
-        kafka_headers = headers.to_kafka()
-        if key is None and value is None:
-            value = b""
-            kafka_headers.append(("runstream.original.null", b"key,value"))
         delay = 0.1
+        limit = self.limit
         while True:
+            v, kafka_headers = self._fit(key, value, headers, limit)
             try:
-                await self._producer.send_and_wait(self.topic, value=value, key=key, headers=kafka_headers)
+                await self._producer.send_and_wait(self.topic, value=v, key=key, headers=kafka_headers)
+                self._set_failing(None)
                 return
+            except MessageSizeTooLargeError as exc:
+                # The topic's limit shrank, or the estimate was off: re-read it, and fit tighter.
+                self._set_failing(f"{exc!r}")
+                self.limit = await self.topic_limit()
+                limit = min(self.limit, limit // 2)
             except KafkaError as exc:
-                if not getattr(exc, "retriable", False) and not isinstance(exc, KafkaTimeoutError):
-                    # Non-retriable (e.g. record too large): surface it, the caller cannot commit.
-                    raise
+                self._set_failing(f"{exc!r}")
             await asyncio.sleep(random.uniform(0, delay))
             delay = min(self._retry_max_s, delay * 2)
+
+    def _fit(
+        self, key: bytes | None, value: bytes | None, headers: DlqHeaders, limit: int
+    ) -> tuple[bytes | None, list[tuple[str, bytes]]]:
+        return dead_letter_record(key, value, headers, limit)
+
+
+async def topic_max_message_bytes(bootstrap: str, topic: str, options: dict[str, Any]) -> int:
+    """A topic's effective ``max.message.bytes``; DEFAULT_TOPIC_LIMIT when it cannot be read."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **options)
+    try:
+        await asyncio.wait_for(admin.start(), 10)
+        wanted = ConfigResource(ConfigResourceType.TOPIC, topic, {"max.message.bytes": ""})
+        resp = await asyncio.wait_for(admin.describe_configs([wanted]), 10)
+        for r in resp:
+            for res in r.resources:
+                for entry in res[4]:
+                    if entry[0] == "max.message.bytes" and entry[1]:
+                        return int(entry[1])
+    except Exception as exc:  # any failure here only costs the default limit
+        log.warning("cannot read max.message.bytes of %s (%r); assuming %d", topic, exc, DEFAULT_TOPIC_LIMIT)
+    finally:
+        with contextlib.suppress(Exception):
+            await admin.close()
+    return DEFAULT_TOPIC_LIMIT
+
+
+def dead_letter_record(
+    key: bytes | None, value: bytes | None, headers: DlqHeaders, limit: int
+) -> tuple[bytes | None, list[tuple[str, bytes]]]:
+    """The value and Kafka headers to write for one dead letter so that it fits ``limit`` bytes."""
+    kafka_headers = headers.to_kafka()
+    if key is None and value is None:
+        return b"", [*kafka_headers, ("runstream.original.null", b"key,value")]
+    if value is None:
+        return None, kafka_headers
+    # The truncation headers themselves take room: reserve it before fitting.
+    room = limit - _FRAMING - len(key or b"") - _headers_size(kafka_headers) - 120
+    fitted, size, digest = fit_value(value, room)
+    if size is None:
+        return value, kafka_headers
+    log.warning("dead letter truncated to fit the DLQ topic: %d of %d bytes kept (%s %s/%d)",
+                len(fitted), size, headers.source_topic, headers.source_partition, headers.source_offset)
+    truncated = headers.model_copy(update={"original_size": size, "original_sha256": digest})
+    return fitted, truncated.to_kafka()

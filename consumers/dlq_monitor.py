@@ -81,7 +81,8 @@ class DlqMonitor:
         self._consumer: AIOKafkaConsumer | None = None
 
     async def start(self) -> None:
-        consumer = make_consumer(self._settings, [], group_id=None)
+        # read_committed: letters of an aborted uploader transaction were never dead letters.
+        consumer = make_consumer(self._settings, [], group_id=None, isolation_level="read_committed")
         await start_client(consumer, self._settings)
         self._consumer = consumer
         self._task = asyncio.create_task(self._tail(consumer), name="dlq-monitor")

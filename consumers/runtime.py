@@ -25,7 +25,9 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
 from consumers.dlq import DlqWriter
+from consumers.dlq_txn import Letter, TransactionalDlq
 from consumers.kafka_start import start_kafka_client
+from consumers.shutdown import bounded
 from service.batching import Batch, Batcher, BatchLimits
 from service.dlq_headers import DlqHeaders
 from service.errors import RunstreamError
@@ -91,14 +93,15 @@ class RuntimeStatus:
     joined: bool = False  # completed at least one group join (an assignment may be empty)
     assigned: tuple[tuple[str, int], ...] = ()
     fatal: str | None = None
+    outage: str | None = None  # a dependency failing right now (e.g. DLQ writes); retried, not fatal
     stopping: bool = False
     rebalancing: bool = False
     last_progress: float = field(default_factory=time.monotonic)
 
     @property
     def ready(self) -> bool:
-        return (self.started and self.joined and self.fatal is None and not self.stopping
-                and not self.rebalancing)
+        return (self.started and self.joined and self.fatal is None and self.outage is None
+                and not self.stopping and not self.rebalancing)
 
 
 @dataclass(frozen=True)
@@ -126,7 +129,7 @@ class ConsumerRuntime(Generic[W]):
         self,
         config: RuntimeConfig,
         handler: BatchHandler[W],
-        dlq: DlqWriter,
+        dlq: DlqWriter | TransactionalDlq,
         metrics: ConsumerMetrics,
         status: RuntimeStatus | None = None,
         log: Any = None,
@@ -152,12 +155,15 @@ class ConsumerRuntime(Generic[W]):
         self._consumer: AIOKafkaConsumer | None = None
         self._fatal_event = asyncio.Event()
         self._g = config.group_id
+        if dlq.on_failing is None:
+            dlq.on_failing = self._on_dlq_failing
 
     # ---------------------------------------------------------------- public
 
     @property
     def buffered_bytes(self) -> int:
-        return self.batcher.buffered_bytes + self._inflight_bytes
+        letters = self.dlq.pending_bytes if isinstance(self.dlq, TransactionalDlq) else 0  # waiting for a commit
+        return self.batcher.buffered_bytes + self._inflight_bytes + letters
 
     async def run(self, stop: asyncio.Event) -> None:
         cfg = self.config
@@ -186,16 +192,20 @@ class ConsumerRuntime(Generic[W]):
             self.metrics.ready.labels(self._g).set(0)
             if self.status.fatal is None:
                 await self._finish_in_flight(cfg.shutdown_grace_s, "shutdown")
-                await self._commit()
-                self.log.info("final commit done", in_flight=self.tracker.in_flight(),
-                              buffered_bytes=self.buffered_bytes)
+                wanted = self.tracker.committable()
+                done = asyncio.ensure_future(self._commit())
+                if await bounded(done, "final offset commit", uncommitted=_tp_text(wanted)) and done.result():
+                    self.log.info("final commit done", in_flight=self.tracker.in_flight(),
+                                  buffered_bytes=self.buffered_bytes)
+                else:
+                    self.log.warning("final commit failed: these offsets stay uncommitted and their messages are "
+                                     "re-delivered to the next owner", offsets=_tp_text(wanted))
             else:
                 await self._abandon_all()
             committer.cancel()
             lag_task.cancel()
             await asyncio.gather(committer, lag_task, return_exceptions=True)
-            with contextlib.suppress(Exception):
-                await consumer.stop()  # leaves the group
+            await bounded(consumer.stop(), f"leaving group {cfg.group_id}")
             self._consumer = None
             self.log.info("consumer stopped", group=cfg.group_id, fatal=self.status.fatal)
         if self.status.fatal is not None:
@@ -333,22 +343,39 @@ class ConsumerRuntime(Generic[W]):
             self._inflight_bytes -= batch.size_bytes
             self._commit_wakeup.set()
 
+    def _on_dlq_failing(self, reason: str | None) -> None:
+        self.status.outage = None if reason is None else f"DLQ writes failing (retrying): {reason}"
+        if self.status.fatal is None and not self.status.stopping:
+            self.metrics.ready.labels(self._g).set(1 if reason is None else 0)
+
     async def _dead_letter(self, rejections: Sequence[Rejection]) -> bool:
-        """Write rejections to the DLQ and wait for every ack; False when nothing may be marked done."""
+        """Write rejections to the DLQ and wait for every ack; False when nothing may be marked done.
+
+        DlqWriter retries every broker error (an outage holds the partition's commits, nothing
+        else); what reaches the except clause here is a bug, and stops the pipeline visibly."""
         if not rejections:
             return True
         if self.status.fatal is not None:
             return False
+        if isinstance(self.dlq, TransactionalDlq):
+            # Written by the transaction that commits past the message (exactly once): see consumers/dlq_txn.py.
+            for r in rejections:
+                self.dlq.add(r.record.topic, r.record.partition,
+                             Letter(r.record.offset, r.record.key, r.record.value, self._headers(r)))
+                self.log.info("dead-lettered (written with the next commit)", error_class=r.error_class,
+                              error=r.message, topic=r.record.topic, partition=r.record.partition,
+                              offset=r.record.offset)
+            return True
         try:
             await asyncio.gather(*(self._dlq_one(r) for r in rejections))
-        except Exception as exc:  # not retriable (retriable ones are retried in DlqWriter)
+        except Exception as exc:
             self.log.exception("DLQ write failed")
             self._set_fatal(f"DLQ write failed: {exc!r}")
             return False
         return True
 
-    async def _dlq_one(self, r: Rejection) -> None:
-        headers = DlqHeaders(
+    def _headers(self, r: Rejection) -> DlqHeaders:
+        return DlqHeaders(
             error_class=r.error_class,
             error_message=r.message,
             source_topic=r.record.topic,
@@ -356,7 +383,10 @@ class ConsumerRuntime(Generic[W]):
             source_offset=r.record.offset,
             consumer_group=self.config.group_id,
         )
-        await self.dlq.send(r.record.key, r.record.value, headers)
+
+    async def _dlq_one(self, r: Rejection) -> None:
+        assert isinstance(self.dlq, DlqWriter)
+        await self.dlq.send(r.record.key, r.record.value, self._headers(r))
         self.metrics.dlq_messages.labels(self._g, r.error_class).inc()
         self.metrics.events.labels(self._g, r.record.topic, "dlq").inc()
         self.log.info("dead-lettered", error_class=r.error_class, error=r.message, topic=r.record.topic,
@@ -403,28 +433,40 @@ class ConsumerRuntime(Generic[W]):
 
     async def _committer(self) -> None:
         while True:
-            await self._commit_wakeup.wait()
+            # Also once a second without a completion: a commit that failed (broker outage) is retried.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._commit_wakeup.wait(), 1.0)
             self._commit_wakeup.clear()
             await self._commit()
             await asyncio.sleep(0.02)  # coalesce bursts of completions
 
-    async def _commit(self) -> None:
+    async def _commit(self) -> bool:
+        """Commit what is committable; False when a commit was attempted and failed."""
         consumer = self._consumer
         if consumer is None or self.status.fatal is not None:
-            return
+            return False
         async with self._commit_lock:
             offsets = self.tracker.committable()
             assigned = consumer.assignment()
             offsets = {tp: o for tp, o in offsets.items() if TopicPartition(*tp) in assigned}
             if not offsets:
-                return
-            try:
-                await consumer.commit({TopicPartition(t, p): o for (t, p), o in offsets.items()})
-            except KafkaError as exc:
-                self.log.warning("commit failed; will retry after the next completion", error=repr(exc))
-                return
+                return True
+            if isinstance(self.dlq, TransactionalDlq):
+                written = await self.dlq.commit(offsets)
+                if written is None:
+                    return False  # the transaction failed (the DLQ says why); retried after the next completion
+                for le in written:
+                    self.metrics.dlq_messages.labels(self._g, le.headers.error_class).inc()
+                    self.metrics.events.labels(self._g, le.headers.source_topic, "dlq").inc()
+            else:
+                try:
+                    await consumer.commit({TopicPartition(t, p): o for (t, p), o in offsets.items()})
+                except KafkaError as exc:
+                    self.log.warning("commit failed; will retry after the next completion", error=repr(exc))
+                    return False
             self.tracker.committed(offsets)
             self.metrics.commits.labels(self._g).inc()
+            return True
 
     async def _lag_reporter(self) -> None:
         while True:
@@ -456,14 +498,19 @@ class ConsumerRuntime(Generic[W]):
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=grace_s)
             if pending:
-                self.log.warning("abandoning in-flight work after grace period", why=why,
-                                 tasks=len(pending), grace_s=grace_s)
+                self.log.warning("abandoning in-flight work after grace period (re-delivered to the next owner)",
+                                 why=why, tasks=len(pending), grace_s=grace_s, in_flight=self.tracker.in_flight())
                 for t in pending:
                     t.cancel()
                 await asyncio.gather(*pending, return_exceptions=True)
 
+    def _forget_letters(self) -> None:
+        if isinstance(self.dlq, TransactionalDlq):
+            self.dlq.forget()
+
     async def _abandon_all(self) -> None:
         self.batcher.drain()  # never processed: re-fetched by whoever owns the partitions next
+        self._forget_letters()
         tasks = set(self._tasks)
         for t in tasks:
             t.cancel()
@@ -479,6 +526,7 @@ class ConsumerRuntime(Generic[W]):
         else:
             await self._abandon_all()
         self.tracker.forget()
+        self._forget_letters()  # uncommitted letters: the partitions' next owner re-evaluates their messages
         self.log.info("partitions revoked", partitions=len(revoked),
                       seconds=round(time.monotonic() - started, 3))
 
@@ -491,6 +539,10 @@ class ConsumerRuntime(Generic[W]):
         if self.status.fatal is None:
             self.metrics.ready.labels(self._g).set(1)
         self.log.info("partitions assigned", partitions=len(assigned))
+
+
+def _tp_text(offsets: dict[tuple[str, int], int]) -> str:
+    return ", ".join(f"{t}/{p}@{o}" for (t, p), o in sorted(offsets.items())) or "none"
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]

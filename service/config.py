@@ -40,8 +40,16 @@ class Settings(BaseSettings):
     topic_labels: str = "runstream.labels"
     topic_dlq: str = "runstream.dlq"
     uploader_group: str = "runstream-uploader"
+    transactional_id: str | None = Field(
+        default=None, description="The uploader's Kafka transactional id; unset: <group>-<host>-<pid>."
+    )
     aggregator_group: str = "runstream-aggregator"
     max_message_bytes: int = Field(default=1_048_576, gt=0, description="Raw message size limit.")
+    dlq_max_message_bytes: int = Field(
+        default=2_097_152, gt=0,
+        description="max.message.bytes set on the DLQ topic by 'topics create': an input letter (1 MiB "
+                    "broker default) plus its headers; larger letters are stored truncated.",
+    )
 
     # Labelbox
     labelbox_url: str | None = Field(

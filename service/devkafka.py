@@ -18,7 +18,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -121,6 +121,7 @@ class DevKafka:
     extra_properties: dict[str, str] = field(default_factory=dict)
     format_args: list[str] = field(default_factory=list)  # e.g. --add-scram for SCRAM users
     start_timeout_s: float = 90.0
+    preexec_fn: Callable[[], None] | None = field(default=None, repr=False)  # e.g. a parent-death signal
     pid: int | None = None
     _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
@@ -189,6 +190,7 @@ class DevKafka:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # Ctrl-C in a terminal reaches us, not the broker directly
+                preexec_fn=self.preexec_fn,
             )
         self.pid = self._proc.pid
         self._wait_ready(log_offset)

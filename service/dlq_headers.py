@@ -3,6 +3,11 @@
 The original key and value stay untouched; everything runstream knows about the failure travels
 in these headers so ``dlq replay`` can send the message back to its source topic and an operator
 can read the reason with any Kafka tool.
+
+One exception keeps a DLQ write from ever failing on size: a value that does not fit the DLQ
+topic's ``max.message.bytes`` even compressed is stored truncated, and then
+``runstream.original.size`` (bytes of the original value) and ``runstream.original.sha256`` (hex
+SHA-256 of the original value) say so; ``dlq replay`` refuses such letters.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from service.errors import DlqHeaderError
 
@@ -40,6 +45,11 @@ _HEADERS = {
     "consumer_group": "runstream.consumer.group",
     "failed_at": "runstream.failed.at",
 }
+# Present only on a truncated letter: the value is a prefix of the original.
+_OPTIONAL_HEADERS = {
+    "original_size": "runstream.original.size",
+    "original_sha256": "runstream.original.sha256",
+}
 
 
 def _now() -> datetime:
@@ -60,6 +70,19 @@ class DlqHeaders(BaseModel):
     source_offset: int = Field(ge=0)
     consumer_group: str = Field(min_length=1)
     failed_at: datetime = Field(default_factory=_now)
+    original_size: int | None = Field(default=None, ge=0)
+    original_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> DlqHeaders:
+        if (self.original_size is None) != (self.original_sha256 is None):
+            raise ValueError("runstream.original.size and runstream.original.sha256 go together")
+        return self
+
+    @property
+    def truncated(self) -> bool:
+        """The stored value is a prefix of the original (which was too large for the DLQ topic)."""
+        return self.original_size is not None
 
     @field_validator("error_message")
     @classmethod
@@ -78,7 +101,7 @@ class DlqHeaders(BaseModel):
     def to_kafka(self) -> list[tuple[str, bytes]]:
         """Header list for aiokafka ``send(headers=...)``; all values UTF-8 text."""
         failed_at = self.failed_at.isoformat(timespec="microseconds").replace("+00:00", "Z")
-        return [
+        out = [
             ("runstream.error.class", self.error_class.encode()),
             ("runstream.error.message", self.error_message.encode("utf-8", "replace")),
             ("runstream.source.topic", self.source_topic.encode("utf-8", "replace")),
@@ -87,12 +110,17 @@ class DlqHeaders(BaseModel):
             ("runstream.consumer.group", self.consumer_group.encode("utf-8", "replace")),
             ("runstream.failed.at", failed_at.encode()),
         ]
+        if self.original_size is not None:
+            out.append(("runstream.original.size", str(self.original_size).encode()))
+        if self.original_sha256 is not None:
+            out.append(("runstream.original.sha256", self.original_sha256.encode()))
+        return out
 
     @classmethod
     def from_kafka(cls, headers: Iterable[tuple[str, bytes | None]] | None) -> DlqHeaders:
         """Read the runstream headers back; other headers are ignored, a missing or bad one raises DlqHeaderError."""
         found: dict[str, str] = {}
-        wanted = {h: f for f, h in _HEADERS.items()}
+        wanted = {h: f for f, h in (_HEADERS | _OPTIONAL_HEADERS).items()}
         for key, value in headers or ():
             field = wanted.get(key)
             if field is None:
@@ -114,5 +142,5 @@ class DlqHeaders(BaseModel):
         except ValidationError as exc:
             err = exc.errors()[0]
             field = str(err["loc"][0]) if err["loc"] else ""
-            header = _HEADERS.get(field, field)
+            header = (_HEADERS | _OPTIONAL_HEADERS).get(field, field)
             raise DlqHeaderError(header, f"invalid value {found.get(field)!r}: {err['msg']}") from None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -11,9 +11,15 @@ from aiokafka.errors import TopicAlreadyExistsError
 
 
 async def create_topics(
-    bootstrap: str, names: Iterable[str], *, partitions: int, replication: int = 1, **client_opts: Any
+    bootstrap: str,
+    names: Iterable[str],
+    *,
+    partitions: int,
+    replication: int = 1,
+    configs: Mapping[str, Mapping[str, str]] | None = None,
+    **client_opts: Any,
 ) -> list[str]:
-    """Create the topics that do not exist yet; return the names created."""
+    """Create the topics that do not exist yet (``configs``: per-topic settings); return the names created."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client_opts)
     await admin.start()
     try:
@@ -23,7 +29,10 @@ async def create_topics(
             return []
         # A concurrent creator winning the race is what we wanted anyway.
         with contextlib.suppress(TopicAlreadyExistsError):
-            await admin.create_topics([NewTopic(n, partitions, replication) for n in wanted])
+            await admin.create_topics([
+                NewTopic(n, partitions, replication, topic_configs=dict((configs or {}).get(n, {})))
+                for n in wanted
+            ])
         return wanted
     finally:
         await admin.close()

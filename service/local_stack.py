@@ -4,18 +4,23 @@ Each part runs as its own process (as in production), started only when the user
 point runstream at a real one (``RUNSTREAM_KAFKA_BOOTSTRAP`` / ``RUNSTREAM_LABELBOX_URL``).
 Stopping happens in reverse order: producers first, the broker last, so nothing in flight
 is cut off.
+
+Children never outlive ``runstream up``, however it ends: each gets a parent-death signal
+(``die_with_parent``: SIGTERM when up's process is gone, Linux ``PR_SET_PDEATHSIG``), so a crash,
+SIGKILL or a closed terminal still stops them through their own orderly shutdown.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import signal
 import socket
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +38,28 @@ LOCAL_ADMIN_TOKEN = "local-admin"
 
 class LocalStackError(RunstreamError):
     """A part of the local stack failed to start."""
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None] | None:
+    """A ``preexec_fn`` making the child receive ``sig`` when its parent dies (Linux; None elsewhere).
+
+    The kernel ties the signal to the *thread* that forked: fork from a thread that lives as long
+    as the parent (the main thread, or an executor thread, which lasts until the loop closes).
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return preexec
 
 
 def port_is_free(host: str, port: int) -> bool:
@@ -80,7 +107,8 @@ class LocalStack:
     async def start_broker(self) -> str:
         if self.settings.kafka_bootstrap:
             return self.settings.kafka_bootstrap
-        self.broker = DevKafka(data_dir=(self.data_dir / f"kafka-{int(time.time())}").resolve())
+        self.broker = DevKafka(data_dir=(self.data_dir / f"kafka-{int(time.time())}").resolve(),
+                               preexec_fn=die_with_parent())
         await asyncio.to_thread(self.broker.start)
         return self.broker.bootstrap
 
@@ -93,6 +121,7 @@ class LocalStack:
                 stdout=out or asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,  # Ctrl-C reaches us; we stop children in order
+                preexec_fn=die_with_parent(),
             )  # fmt: skip
         finally:
             if out:

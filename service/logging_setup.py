@@ -16,6 +16,7 @@ from typing import Any, TextIO
 import structlog
 
 from service.config import Settings
+from service.log_collapse import RepeatCollapser
 
 REDACTED = "***"
 
@@ -54,8 +55,12 @@ def make_redactor(secrets: Iterable[str]) -> structlog.types.Processor:
     return redact
 
 
-def configure_logging(settings: Settings, *, level: int = logging.INFO, stream: TextIO | None = None) -> None:
-    """JSON lines on stderr (or ``stream``) for structlog and stdlib loggers alike."""
+def configure_logging(
+    settings: Settings, *, level: int = logging.INFO, stream: TextIO | None = None
+) -> RepeatCollapser:
+    """JSON lines on stderr (or ``stream``) for structlog and stdlib loggers alike; repeated Kafka
+    client errors are collapsed (service.log_collapse), and the returned collapser knows whether
+    such an outage is going on."""
     redact = make_redactor(secrets_of(settings))
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
@@ -80,7 +85,14 @@ def configure_logging(settings: Settings, *, level: int = logging.INFO, stream: 
     )
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(formatter)
+    collapser = RepeatCollapser().start()
+    handler.addFilter(collapser)
     root = logging.getLogger()
+    for old in root.handlers:
+        for f in old.filters:
+            if isinstance(f, RepeatCollapser):
+                f.stop()
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    return collapser

@@ -7,7 +7,8 @@ and are re-dead-lettered during the replay are not replayed in a loop). Replayin
 is harmless: prediction uuids and metric upsert keys make imports idempotent.
 
 Original key and value bytes are sent unchanged; a ``runstream.replay.dlq.offset`` header
-records where the copy came from.
+records where the copy came from. A truncated letter (``runstream.original.size`` set: the
+original did not fit the DLQ topic) is refused, never replayed: its value is only a prefix.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class ReplayStats:
     replayed: Counter[str] = field(default_factory=Counter)  # error class -> count
     skipped: int = 0
     unreadable: int = 0
+    truncated: int = 0  # refused: only a prefix of the original value is stored
 
     @property
     def total_replayed(self) -> int:
@@ -61,7 +63,9 @@ async def replay(
     if not parts:
         raise ConfigError(f"DLQ topic {topic!r} does not exist")
     stats = ReplayStats()
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, **opts)
+    # read_committed: letters of an aborted uploader transaction are not dead letters.
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                isolation_level="read_committed", **opts)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, **opts)
     await consumer.start()
     await producer.start()
@@ -93,6 +97,14 @@ async def replay(
                         continue
                     if error_classes and h.error_class not in error_classes:
                         stats.skipped += 1
+                        continue
+                    if h.truncated:
+                        stats.truncated += 1
+                        if out:
+                            print(f"refuse {tp.partition}/{r.offset}: truncated dead letter — only "
+                                  f"{len(r.value or b'')} of its {h.original_size} bytes are stored "
+                                  f"(sha256 {h.original_sha256}); re-send the original from its producer",
+                                  file=out)
                         continue
                     stats.replayed[h.error_class] += 1
                     if out:
@@ -141,5 +153,6 @@ def _run_replay(args: argparse.Namespace) -> int:
     by_class = ", ".join(f"{k}={v}" for k, v in sorted(stats.replayed.items())) or "none"
     verb = "would replay" if args.dry_run else "replayed"
     print(f"{verb} {stats.total_replayed} of {stats.scanned} scanned ({by_class}); "
-          f"skipped {stats.skipped} by filter, {stats.unreadable} without readable headers")
+          f"skipped {stats.skipped} by filter, {stats.unreadable} without readable headers"
+          + (f"; refused {stats.truncated} truncated (not replayable)" if stats.truncated else ""))
     return 0

@@ -3,6 +3,11 @@
 The aggregator role also serves the query API (build_query_app) on http_host:http_port,
 reading the state store through its own connection. SIGTERM/SIGINT set one stop event
 that every role watches, so shutdown is orderly (final commit, leave the group, exit 0).
+
+Shutdown is bounded whether the broker answers or not: the roles get
+``RUNSTREAM_SHUTDOWN_GRACE_S`` + ``SHUTDOWN_SLACK_S`` to finish, commit and leave; a role still
+running then is cancelled (and what it abandons is logged), and a watchdog thread ends the
+process if even that does not finish (a thread blocked in I/O cannot be cancelled).
 """
 
 from __future__ import annotations
@@ -12,7 +17,9 @@ import asyncio
 import contextlib
 import importlib
 import logging
+import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any, cast
@@ -24,10 +31,12 @@ from consumers.aggregator import Aggregator, run_aggregator
 from consumers.dlq_monitor import DlqMonitor
 from consumers.kafka_start import KafkaStartAborted
 from consumers.runtime import RuntimeStatus
+from consumers.shutdown import bounded
 from service.config import Settings
 from service.errors import ConfigError, RunstreamError
 from service.gc_tuning import tune_gc
 from service.health import Probe
+from service.log_collapse import RepeatCollapser
 from service.logging_setup import configure_logging
 from service.metric_history import MetricHistory, run_level_values
 from service.metrics import ConsumerMetrics
@@ -37,6 +46,10 @@ from service.state_store import StateBackend, open_backend
 
 log = logging.getLogger("runstream.run")
 ROLES = ("uploader", "aggregator", "all")
+# After the grace period: the final commits and leaving the group, each bounded in the roles.
+SHUTDOWN_SLACK_S = 4.0
+# After the roles were cancelled: the last resort.
+WATCHDOG_EXTRA_S = 4.0
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -48,12 +61,23 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     settings = Settings()
-    configure_logging(settings)
+    collapser = configure_logging(settings)
     if not settings.kafka_bootstrap:
         raise ConfigError("RUNSTREAM_KAFKA_BOOTSTRAP is not set; start a broker with 'runstream dev-kafka start'")
     tune_gc()
-    asyncio.run(run_service(settings, args.role, http=not args.no_http))
+    asyncio.run(run_service(settings, args.role, http=not args.no_http, outage=collapser, watchdog=True))
     return 0
+
+
+def _watchdog(limit_s: float) -> None:
+    """Last resort after a stop request: end the process if the orderly path is stuck."""
+    def run() -> None:
+        time.sleep(limit_s)
+        log.error("shutdown did not finish within %.0f s of the stop request; exiting now", limit_s)
+        logging.shutdown()
+        os._exit(1)
+
+    threading.Thread(target=run, name="shutdown-watchdog", daemon=True).start()
 
 
 def _uploader_entry() -> Callable[..., Coroutine[Any, Any, None]]:
@@ -73,7 +97,14 @@ def _uploader_entry() -> Callable[..., Coroutine[Any, Any, None]]:
     return cast(Callable[..., Coroutine[Any, Any, None]], fn)
 
 
-async def run_service(settings: Settings, role: str, *, http: bool = True) -> None:
+async def run_service(
+    settings: Settings,
+    role: str,
+    *,
+    http: bool = True,
+    outage: RepeatCollapser | None = None,
+    watchdog: bool = False,
+) -> None:
     """Run the chosen role(s) until SIGTERM/SIGINT; the first role to fail stops the others.
 
     Every process serves /healthz, /readyz and /metrics (probes and scraping need them per
@@ -87,6 +118,9 @@ async def run_service(settings: Settings, role: str, *, http: bool = True) -> No
     registry = CollectorRegistry()
     metrics = ConsumerMetrics.create(registry)  # one set of families, shared by both roles
     probes: list[Probe] = []
+    if outage is not None:
+        registry.register(outage.collector())
+        probes.append(Probe("kafka", time.monotonic, outage.outage_reason))
     tasks: list[asyncio.Task[Any]] = []
     background: list[asyncio.Task[Any]] = []
     runner: web.AppRunner | None = None
@@ -128,8 +162,18 @@ async def run_service(settings: Settings, role: str, *, http: bool = True) -> No
         stopper = asyncio.create_task(stop.wait())
         await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
         stop.set()
-        await asyncio.gather(*tasks, return_exceptions=True)
         stopper.cancel()
+        deadline = settings.shutdown_grace_s + SHUTDOWN_SLACK_S
+        if watchdog:  # only when this process is the service (it ends the process)
+            _watchdog(deadline + WATCHDOG_EXTRA_S)
+        _, pending = await asyncio.wait(tasks, timeout=deadline)
+        if pending:
+            log.warning("shutdown: %s still running %.0f s after the stop request; abandoning it (uncommitted "
+                        "messages are re-delivered to the next owner)", ", ".join(t.get_name() for t in pending),
+                        deadline)
+            for t in pending:
+                t.cancel()
+            await asyncio.wait(pending, timeout=2.0)
         for t in tasks:
             if t.done() and not t.cancelled() and t.exception() is not None:
                 if isinstance(t.exception(), KafkaStartAborted):
@@ -140,7 +184,7 @@ async def run_service(settings: Settings, role: str, *, http: bool = True) -> No
             b.cancel()
         await asyncio.gather(*background, return_exceptions=True)
         if monitor is not None:
-            await monitor.stop()
+            await bounded(monitor.stop(), "DLQ monitor stop")
         if runner is not None:
             await runner.cleanup()
         if api_backend is not None:
@@ -150,6 +194,8 @@ async def run_service(settings: Settings, role: str, *, http: bool = True) -> No
 def _uploader_not_ready(status: RuntimeStatus) -> str | None:
     if status.fatal:
         return status.fatal
+    if status.outage:
+        return status.outage
     if not status.started:
         return "not started"
     if status.stopping:

@@ -10,6 +10,12 @@ from service.errors import ConfigError
 from service.kafka_admin import create_topics
 
 
+def dlq_topic_configs(settings: Settings) -> dict[str, dict[str, str]]:
+    """The DLQ topic's limit is set on purpose, not inherited: it must hold any input message plus
+    its headers (larger letters are stored truncated, see consumers/dlq.py)."""
+    return {settings.topic_dlq: {"max.message.bytes": str(settings.dlq_max_message_bytes)}}
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("topics", help="create runstream's Kafka topics")
     p.add_argument("action", choices=["create"], help="what to do")
@@ -29,6 +35,7 @@ def _run(args: argparse.Namespace) -> int:
             names,
             partitions=args.partitions,
             replication=args.replication,
+            configs=dlq_topic_configs(settings),
             **settings.kafka_client_options(),
         )
     )

@@ -4,6 +4,10 @@ Starts what is not configured — the dev broker without ``RUNSTREAM_KAFKA_BOOTS
 local Labelbox-compatible API (seeded with the demo catalog) without
 ``RUNSTREAM_LABELBOX_URL`` — then the service (uploader + aggregator + HTTP API) and the demo
 stream, prints where to look and a live summary, and stops everything on Ctrl-C.
+
+A closed stdout (``runstream up | head``, a ``tee`` killed by Ctrl-C) never ends ``up`` early:
+output goes to /dev/null from then on and the stack keeps running until a signal, and then stops
+in order. SIGHUP (terminal closed) stops it like Ctrl-C.
 """
 
 from __future__ import annotations
@@ -11,12 +15,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
+import sys
 import time
 from pathlib import Path
 
 import aiohttp
 
+from service.commands.topics import dlq_topic_configs
 from service.config import Settings
 from service.demo_data import demo_catalog
 from service.devkafka import free_port
@@ -40,12 +47,23 @@ def _run(args: argparse.Namespace) -> int:
     return asyncio.run(_up(args))
 
 
+def say(text: str = "") -> None:
+    """print() that survives a closed stdout: the first failed write sends stdout to /dev/null."""
+    try:
+        print(text, flush=True)
+    except (BrokenPipeError, ValueError, OSError):
+        with contextlib.suppress(OSError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # also keeps the interpreter's exit flush quiet
+            os.close(devnull)
+
+
 async def _up(args: argparse.Namespace) -> int:
     settings = Settings()
     args.data_dir.mkdir(parents=True, exist_ok=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, stop.set)
     http_port = settings.http_port
     if http_port == 0 or not port_is_free(settings.http_host, http_port):
@@ -55,11 +73,12 @@ async def _up(args: argparse.Namespace) -> int:
     try:
         t0 = time.monotonic()
         bootstrap = await stack.start_broker()
-        print(f"Kafka        {bootstrap}" + (" (dev broker started)" if stack.broker else " (configured)"))
+        say(f"Kafka        {bootstrap}" + (" (dev broker started)" if stack.broker else " (configured)"))
         topics = [settings.topic_predictions, settings.topic_metrics, settings.topic_labels, settings.topic_dlq]
-        await create_topics(bootstrap, topics, partitions=6, **settings.kafka_client_options())
+        await create_topics(bootstrap, topics, partitions=6, configs=dlq_topic_configs(settings),
+                            **settings.kafka_client_options())
         lb_url = await stack.start_labelbox(catalog)
-        print(f"Labelbox     {lb_url}" + (" (local API, demo catalog seeded)" if stack.labelbox_admin else ""))
+        say(f"Labelbox     {lb_url}" + (" (local API, demo catalog seeded)" if stack.labelbox_admin else ""))
         stack.env.update({
             "RUNSTREAM_KAFKA_BOOTSTRAP": bootstrap,
             "RUNSTREAM_LABELBOX_URL": lb_url,
@@ -69,22 +88,22 @@ async def _up(args: argparse.Namespace) -> int:
         await stack.spawn("service", "run", "--role", "all", log=stack.data_dir / "service.log")
         base = f"http://{settings.http_host}:{http_port}"
         await stack.wait_http(base + "/healthz", "service")
-        print(f"Service      {base}  (logs: {stack.data_dir / 'service.log'})")
-        print(f"Dashboard    {base}/")
-        print(f"API          {base}/v1/model-runs   OpenAPI {base}/openapi.json   Prometheus {base}/metrics")
+        say(f"Service      {base}  (logs: {stack.data_dir / 'service.log'})")
+        say(f"Dashboard    {base}/")
+        say(f"API          {base}/v1/model-runs   OpenAPI {base}/openapi.json   Prometheus {base}/metrics")
         if not args.no_demo:
             await stack.spawn(
                 "demo", "demo", "--rate", str(args.rate), "--model-runs", str(args.model_runs),
                 "--data-rows", str(args.data_rows), "--duration", str(args.duration or 10**9),
                 log=stack.data_dir / "demo.log",
             )  # fmt: skip
-            print(f"Demo stream  {args.rate:g} events/s, {args.model_runs} model runs, a few bad events on purpose")
-        print(f"ready in {time.monotonic() - t0:.1f} s — Ctrl-C stops everything\n")
+            say(f"Demo stream  {args.rate:g} events/s, {args.model_runs} model runs, a few bad events on purpose")
+        say(f"ready in {time.monotonic() - t0:.1f} s — Ctrl-C stops everything\n")
         await _summaries(stack, settings, base, stop, args)
     finally:
-        print("stopping…")
+        say("stopping…")
         await stack.stop()
-        print("stopped")
+        say("stopped")
     return 0
 
 
@@ -102,12 +121,12 @@ async def _summaries(
                 timeout = min(timeout, max(0.0, deadline - time.monotonic()))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=timeout)
-            print(await _summary_line(http, stack, base, api_headers, admin_headers))
+            say(await _summary_line(http, stack, base, api_headers, admin_headers))
             if deadline is not None and time.monotonic() >= deadline:
                 return
             for name, proc in stack.procs.items():
                 if proc.returncode is not None and name != "demo":
-                    print(f"{name} exited with code {proc.returncode}; see {stack.data_dir / (name + '.log')}")
+                    say(f"{name} exited with code {proc.returncode}; see {stack.data_dir / (name + '.log')}")
                     return
 
 

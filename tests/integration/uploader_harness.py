@@ -102,7 +102,7 @@ DlqEntry = tuple[bytes | None, bytes | None, DlqHeaders]
 
 async def read_dlq(bootstrap: str, topic: str, expect: int, timeout: float = 30) -> list[DlqEntry]:  # noqa: ASYNC109
     c = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                         enable_auto_commit=False)
+                         enable_auto_commit=False, isolation_level="read_committed")
     await c.start()
     out: list[DlqEntry] = []
     try:
