@@ -7,8 +7,10 @@ NDJSON bytes of their rows, not the parsed models) so memory accounting is hones
 Per flushed batch (``process``): coalesced label registrations, data-row registration for
 rows not yet known to be in the run (bounded cache), one NDJSON prediction import, wait,
 status file → FAILURE rows dead-lettered per source message. Transient errors are retried
-(service.retry_policy); a permanent error bisects the batch until the offending messages
-are isolated; an auth error stops the pipeline (FatalPipelineError).
+(service.retry_policy); a permanent error is settled at its scope (service.error_scope): one
+about the model run dead-letters the run's messages at once and is remembered for a while
+(service.run_verdicts), any other bisects the batch until the offending messages are
+isolated; an auth error stops the pipeline (FatalPipelineError).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import signal
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -36,10 +39,12 @@ from consumers.runtime import (
 )
 from service.batching import BatchLimits
 from service.config import Settings
+from service.error_scope import Scope
 from service.errors import ConfigError, EventValidationError
 from service.events import EventKind, LabelEvent, parse_upload
 from service.gc_tuning import tune_gc
 from service.labelbox_client import (
+    AuthorizationError,
     ImportFailedError,
     ImportState,
     LabelboxClient,
@@ -49,7 +54,9 @@ from service.labelbox_client import (
     TaskFailedError,
 )
 from service.metrics import ConsumerMetrics
-from service.retry_policy import Classification, Outcome, classify, retrying
+from service.retry_policy import Classification, Outcome, classify, error_scope, retrying
+from service.run_verdicts import ERROR_CLASS as MODEL_RUN_ERROR_CLASS
+from service.run_verdicts import RunVerdicts
 
 T = TypeVar("T")
 Step = Callable[[str, list[tuple[Record, "Item"]]], Awaitable[list[Rejection]]]
@@ -77,6 +84,17 @@ class _NoRetry(Exception):
     def __init__(self, inner: BaseException) -> None:
         super().__init__(str(inner))
         self.inner = inner
+
+
+class _RunRejected(Exception):
+    """Labelbox rejected the model run itself: ``items`` are the step's messages not yet settled,
+    ``settled`` the rejections of messages a bisection had already settled."""
+
+    def __init__(self, text: str, items: list[tuple[Record, Item]]) -> None:
+        super().__init__(text)
+        self.text = text
+        self.items = items
+        self.settled: list[Rejection] = []
 
 
 class LruSet:
@@ -136,6 +154,10 @@ class UploaderHandler:
         self.topic_kinds = topic_kinds
         self.log = log if log is not None else structlog.get_logger("runstream.uploader")
         self.known_rows = LruSet(cache_size)
+        self.verdicts = RunVerdicts(settings.model_run_reject_ttl_s)
+        self.clock: Callable[[], float] = time.monotonic
+        metrics.rejected_model_runs.labels(settings.uploader_group).set_function(
+            lambda: self.verdicts.count(self.clock()))
 
     # ------------------------------------------------------------------ intake (sync)
 
@@ -147,6 +169,8 @@ class UploaderHandler:
             up = parse_upload(kind, record.value, max_bytes=self.settings.max_message_bytes)
         except EventValidationError as exc:
             return Rejection(record, exc.error_class, str(exc))
+        if self.verdicts and (v := self.verdicts.get(up.model_run_id, self.clock())) is not None:
+            return Rejection(record, MODEL_RUN_ERROR_CLASS, v.message)  # no Labelbox call while it holds
         size = len(record.value or b"") + len(record.key or b"") + _ITEM_OVERHEAD
         if isinstance(up, LabelEvent):
             return Accepted(up.model_run_id, Item(up.model_run_id, [], label=up), size)
@@ -163,12 +187,32 @@ class UploaderHandler:
     async def process(self, key: str, items: list[tuple[Record, Item]]) -> list[Rejection]:
         """Labels first (they add data rows to the run), then one import of all rows.
         Each step bisects only its own messages when Labelbox rejects them."""
+        if self.verdicts and (v := self.verdicts.get(key, self.clock())) is not None:
+            return [Rejection(rec, MODEL_RUN_ERROR_CLASS, v.message) for rec, _ in items]
         labels = [x for x in items if x[1].label is not None]
         rows = [x for x in items if x[1].label is None]
-        rejected = await self._bisect(key, labels, self._deliver_labels) if labels else []
+        try:
+            rejected = await self._bisect(key, labels, self._deliver_labels) if labels else []
+        except _RunRejected as exc:
+            return exc.settled + self._reject_run(key, exc.text, exc.items + rows)
         if rows:
-            rejected += await self._bisect(key, rows, self._deliver_rows)
+            try:
+                rejected += await self._bisect(key, rows, self._deliver_rows)
+            except _RunRejected as exc:
+                return rejected + exc.settled + self._reject_run(key, exc.text, exc.items)
+        if self.verdicts.accepted(key):
+            self.log.info("Labelbox accepts the model run again", model_run=key)
         return rejected
+
+    def _reject_run(self, mr: str, text: str, items: list[tuple[Record, Item]]) -> list[Rejection]:
+        """Dead-letter the run's unsettled messages in one step and remember the verdict; the one
+        log line per period is here (later messages are dead-lettered at intake, silently)."""
+        v = self.verdicts.reject(mr, text, self.clock())
+        self.metrics.model_run_rejections.labels(self.settings.uploader_group).inc()
+        self.log.warning("Labelbox rejects the model run: its messages go to the DLQ without Labelbox calls "
+                         "until the verdict expires", model_run=mr, error=text, error_class=MODEL_RUN_ERROR_CLASS,
+                         messages=len(items), verdict_s=self.verdicts.ttl_s, period=v.periods)
+        return [Rejection(rec, MODEL_RUN_ERROR_CLASS, v.message) for rec, _ in items]
 
     async def _bisect(self, mr: str, items: list[tuple[Record, Item]], step: Step) -> list[Rejection]:
         try:
@@ -176,6 +220,8 @@ class UploaderHandler:
         except (asyncio.CancelledError, FatalPipelineError):
             raise
         except Exception as exc:
+            if error_scope(exc, mr) is Scope.RUN:
+                raise _RunRejected(getattr(exc, "message", None) or str(exc), items) from None
             c = classify(exc)
             if c.outcome is Outcome.FATAL:
                 self.log.exception("stopping the pipeline", reason=c.reason)
@@ -191,7 +237,12 @@ class UploaderHandler:
                 return [Rejection(items[0][0], "labelbox.rejected", f"Labelbox rejected the message: {exc}")]
             mid = len(items) // 2
             self.log.info("bisecting batch after a permanent error", error=str(exc), size=len(items))
-            return await self._bisect(mr, items[:mid], step) + await self._bisect(mr, items[mid:], step)
+            left = await self._bisect(mr, items[:mid], step)
+            try:
+                return left + await self._bisect(mr, items[mid:], step)
+            except _RunRejected as rr:
+                rr.settled[:0] = left
+                raise
 
     async def _call(self, fn: Callable[[], Awaitable[T]], no_retry: tuple[type[BaseException], ...] = ()) -> T:
         s = self.settings
@@ -213,6 +264,8 @@ class UploaderHandler:
             return await r(attempt)
         except _NoRetry as wrapped:
             raise wrapped.inner from None
+        except AuthorizationError:
+            raise  # may be about one model run only: _bisect decides by its scope
         except LabelboxFatalError as exc:
             raise FatalPipelineError(f"Labelbox refused the credentials: {exc}") from None
 

@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     retry_max_attempts: int | None = Field(default=None, description="None retries transient errors forever.")
     register_data_rows: bool = True
     shutdown_grace_s: float = Field(default=30.0, gt=0)
+    model_run_reject_ttl_s: float = Field(
+        default=60.0, ge=0, description="How long Labelbox's rejection of a model run (not found, deleted, no "
+        "permission) is remembered: its messages are dead-lettered without calls until one probe decides again.")
 
     # Aggregator state
     state_backend: Literal["sqlite", "postgres"] = "sqlite"

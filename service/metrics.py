@@ -37,6 +37,8 @@ class ConsumerMetrics:
     labelbox_requests: Counter  # {operation, status_class}
     labelbox_request_seconds: Histogram  # {operation}
     labelbox_retries: Counter  # {reason}
+    model_run_rejections: Counter  # {group}: verdicts "Labelbox rejects this model run" (one per period)
+    rejected_model_runs: Gauge  # {group}: model runs whose messages are dead-lettered without calls now
     ready: Gauge  # {group}: 1 when assigned and working, 0 when stopped or fatal
     aggregator_commit_seconds: Histogram  # {group}: aggregator state + offsets transaction latency
 
@@ -71,6 +73,12 @@ class ConsumerMetrics:
                                                buckets=_LATENCY_BUCKETS, registry=reg),
             labelbox_retries=Counter("runstream_labelbox_retries", "Retried Labelbox calls by reason.",
                                      ["reason"], registry=reg),
+            model_run_rejections=Counter("runstream_labelbox_model_run_rejections",
+                                         "Model runs Labelbox rejected (not found, deleted, no permission), "
+                                         "once per verdict period.", g, registry=reg),
+            rejected_model_runs=Gauge("runstream_labelbox_rejected_model_runs",
+                                      "Model runs whose messages go to the DLQ without Labelbox calls now.", g,
+                                      registry=reg),
             ready=Gauge("runstream_ready", "1 when the consumer is assigned and healthy.", g, registry=reg),
             aggregator_commit_seconds=Histogram("runstream_aggregator_commit_seconds",
                                                 "Aggregator state + offsets commit latency.", g,

@@ -54,6 +54,10 @@ class RunVerdicts:
         self._v: dict[str, Verdict] = {}
         self._periods: dict[str, int] = {}  # runs whose last probe was rejected: count of periods
 
+    def __len__(self) -> int:
+        """Verdicts stored (expired ones included until ``get`` forgets them)."""
+        return len(self._v)
+
     def get(self, model_run_id: str, now: float) -> Verdict | None:
         """The verdict holding at ``now``; an expired one is forgotten (the next call probes)."""
         v = self._v.get(model_run_id)
