@@ -54,6 +54,7 @@ from service.labelbox_client import (
     TaskFailedError,
 )
 from service.metrics import ConsumerMetrics
+from service.request_limiter import RequestLimiter
 from service.retry_policy import Classification, Outcome, classify, error_scope, retrying
 from service.run_verdicts import ERROR_CLASS as MODEL_RUN_ERROR_CLASS
 from service.run_verdicts import RunVerdicts
@@ -412,9 +413,10 @@ async def run_uploader(
     metrics = metrics if metrics is not None else ConsumerMetrics.create(registry)
     status = status if status is not None else RuntimeStatus()
     url = settings.labelbox_url or DEFAULT_LOCAL_LABELBOX_URL
+    limiter = RequestLimiter(settings.labelbox_max_requests_per_s, settings.labelbox_max_concurrent_requests)
     client = LabelboxClient(url, settings.labelbox_api_key.get_secret_value(),
                             on_request=metrics.observe_labelbox,
-                            connector_limit=max(8, settings.max_in_flight_batches * 4))
+                            connector_limit=max(8, settings.max_in_flight_batches * 4), limiter=limiter)
     dlq = DlqWriter(settings.kafka_bootstrap, settings.topic_dlq, client_options=settings.kafka_client_options())
     config = RuntimeConfig(
         bootstrap=settings.kafka_bootstrap,
