@@ -50,3 +50,24 @@ def test_dlq_message_names_the_run_and_keeps_labelboxs_text() -> None:
     assert run_of_message("Labelbox rejected the message: x") is None
     assert run_of_message("Labelbox rejected model run ") is None
     assert ERROR_CLASS == "labelbox.model_run"
+
+
+def test_dlq_stats_list_rejected_runs_for_the_dashboard() -> None:
+    from consumers.dlq_monitor import DlqStats
+    from service.dlq_headers import DlqHeaders
+
+    def headers(cls: str, msg: str, off: int) -> list[tuple[str, bytes | None]]:
+        h = DlqHeaders(error_class=cls, error_message=msg, source_topic="t", source_partition=0,
+                       source_offset=off, consumer_group="g")
+        return list(h.to_kafka())
+
+    stats = DlqStats()
+    text = "Resource 'ModelRun' not found for params: {'id': 'mr-typo'}"
+    for i in range(3):
+        stats.add(0, i, headers(ERROR_CLASS, dlq_message("mr-typo", text), i))
+    stats.add(0, 3, headers("labelbox.rejected", "Labelbox rejected the message: x", 3))
+    stats.add(0, 4, headers(ERROR_CLASS, dlq_message("mr-gone", "Model run mr-gone has been deleted"), 4))
+    runs = stats.snapshot()["rejected_model_runs"]
+    assert isinstance(runs, list)
+    assert [(r["model_run_id"], r["messages"]) for r in runs] == [("mr-gone", 1), ("mr-typo", 3)]
+    assert text in runs[1]["reason"]
