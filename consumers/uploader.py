@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import orjson
 import structlog
 from prometheus_client import CollectorRegistry
 
@@ -57,7 +58,7 @@ from service.metrics import ConsumerMetrics
 from service.request_limiter import RequestLimiter
 from service.retry_policy import Classification, Outcome, classify, error_scope, retrying
 from service.run_verdicts import ERROR_CLASS as MODEL_RUN_ERROR_CLASS
-from service.run_verdicts import RunVerdicts
+from service.run_verdicts import RunVerdicts, Verdict
 
 T = TypeVar("T")
 Step = Callable[[str, list[tuple[Record, "Item"]]], Awaitable[list[Rejection]]]
@@ -166,12 +167,14 @@ class UploaderHandler:
         kind = self.topic_kinds.get(record.topic)
         if kind is None:
             return Rejection(record, "schema", f"topic {record.topic!r} is not an uploader input topic")
+        if self.verdicts and record.key is not None and (v := self._held(record)) is not None:
+            return Rejection(record, MODEL_RUN_ERROR_CLASS, v.message, quiet=True)
         try:
             up = parse_upload(kind, record.value, max_bytes=self.settings.max_message_bytes)
         except EventValidationError as exc:
             return Rejection(record, exc.error_class, str(exc))
         if self.verdicts and (v := self.verdicts.get(up.model_run_id, self.clock())) is not None:
-            return Rejection(record, MODEL_RUN_ERROR_CLASS, v.message)  # no Labelbox call while it holds
+            return Rejection(record, MODEL_RUN_ERROR_CLASS, v.message, quiet=True)  # no call while it holds
         size = len(record.value or b"") + len(record.key or b"") + _ITEM_OVERHEAD
         if isinstance(up, LabelEvent):
             return Accepted(up.model_run_id, Item(up.model_run_id, [], label=up), size)
@@ -183,13 +186,29 @@ class UploaderHandler:
             size += len(up.payload) + sum(len(u) + len(k) + _ROW_OVERHEAD for u, k in rows)
         return Accepted(up.model_run_id, Item(up.model_run_id, rows, up.payload), size)
 
+    def _held(self, record: Record) -> Verdict | None:
+        """The verdict on the run a message is keyed by, if its body names that run: a rejected run's
+        messages (thousands a second from a misconfigured producer) skip validation; others are
+        validated and checked by the id they name."""
+        assert record.key is not None
+        v = self.verdicts.get(record.key.decode("utf-8", "replace"), self.clock())
+        if v is None or record.value is None or len(record.value) > self.settings.max_message_bytes:
+            return None
+        try:
+            obj = orjson.loads(record.value)
+        except orjson.JSONDecodeError:
+            return None
+        if type(obj) is dict and (obj.get("model_run_id") or obj.get("modelRunId")) == v.model_run_id:
+            return v
+        return None
+
     # ------------------------------------------------------------------ process (async)
 
     async def process(self, key: str, items: list[tuple[Record, Item]]) -> list[Rejection]:
         """Labels first (they add data rows to the run), then one import of all rows.
         Each step bisects only its own messages when Labelbox rejects them."""
         if self.verdicts and (v := self.verdicts.get(key, self.clock())) is not None:
-            return [Rejection(rec, MODEL_RUN_ERROR_CLASS, v.message) for rec, _ in items]
+            return [Rejection(rec, MODEL_RUN_ERROR_CLASS, v.message, quiet=True) for rec, _ in items]
         labels = [x for x in items if x[1].label is not None]
         rows = [x for x in items if x[1].label is None]
         try:
@@ -213,7 +232,7 @@ class UploaderHandler:
         self.log.warning("Labelbox rejects the model run: its messages go to the DLQ without Labelbox calls "
                          "until the verdict expires", model_run=mr, error=text, error_class=MODEL_RUN_ERROR_CLASS,
                          messages=len(items), verdict_s=self.verdicts.ttl_s, period=v.periods)
-        return [Rejection(rec, MODEL_RUN_ERROR_CLASS, v.message) for rec, _ in items]
+        return [Rejection(rec, MODEL_RUN_ERROR_CLASS, v.message, quiet=True) for rec, _ in items]
 
     async def _bisect(self, mr: str, items: list[tuple[Record, Item]], step: Step) -> list[Rejection]:
         try:
