@@ -89,12 +89,15 @@ async def produce_missing(bootstrap: str, topic: str, n: int) -> None:
 
 
 async def requests_per_dead_letter(bootstrap: str, work: Path, n: int, label: str, root: Path,
-                                   extra_env: dict[str, str]) -> dict[str, Any]:
+                                   extra_env: dict[str, str], rate: float | None = None) -> dict[str, Any]:
+    """``n`` messages of the missing run: pre-produced, or with ``rate`` produced while the uploader runs
+    (n / rate seconds), so they arrive as many batches."""
     stamp = f"{label}-{time.time_ns()}"
     topic, dlq = f"budget-missing-{stamp}", f"budget-dlq-{stamp}"
     await create_topics(bootstrap, [topic], partitions=6)
     await create_topics(bootstrap, [dlq], partitions=1)
-    await produce_missing(bootstrap, topic, n)
+    if rate is None:
+        await produce_missing(bootstrap, topic, n)
     (work / stamp).mkdir(parents=True)
     api = bu.Api(work / stamp)
     await api.start()
@@ -109,13 +112,22 @@ async def requests_per_dead_letter(bootstrap: str, work: Path, n: int, label: st
         t0 = time.perf_counter()
         proc = await bu.spawn_uploader(env, work / f"{stamp}.log", root=root)
         first: tuple[int, int] | None = None
+        producer = None
+        if rate is not None:
+            await asyncio.sleep(3)  # joined the group
+            producer = await asyncio.create_subprocess_exec(
+                sys.executable, __file__, "--produce-missing", bootstrap, topic, str(rate), str(n / rate),
+                stdout=asyncio.subprocess.PIPE)
         try:
             while True:
                 dead = await end_offset_sum(watcher, dlq)
                 seen = await counter.seen()
                 if dead and first is None:
                     first = (dead, seen)
-                if dead >= n:
+                if producer is not None and producer.returncode is not None and producer.stdout is not None:
+                    n = int((await producer.stdout.read()).decode().split()[-1])
+                    producer = None
+                if dead >= n and producer is None:
                     break
                 if time.perf_counter() - t0 > 600:
                     raise RuntimeError(f"{label}: only {dead} of {n} dead-lettered after 600 s")
@@ -130,9 +142,10 @@ async def requests_per_dead_letter(bootstrap: str, work: Path, n: int, label: st
     assert first is not None
     first_dead, first_reqs = first
     after = (total - first_reqs) / max(1, n - first_dead)
-    r = {"messages": n, "requests": total, "per_message": total / n, "first_batch_messages": first_dead,
+    r = {"messages": n, "rate": rate, "requests": total, "per_message": total / n, "first_batch_messages": first_dead,
          "first_batch_requests": first_reqs, "after_first_per_message": after, "seconds": seconds}
-    say(f"[{label}] {n} messages of a missing model run dead-lettered in {seconds:.1f} s: {total} Labelbox "
+    how = "pre-produced" if rate is None else f"produced at {rate:g}/s"
+    say(f"[{label}] {n} messages ({how}) of a missing model run dead-lettered in {seconds:.1f} s: {total} Labelbox "
         f"requests ({total / n:.4f}/message; first batch: {first_dead} messages, {first_reqs} requests incl. "
         f"the credential check; after it: {after:.4f}/message)")
     return r
@@ -269,9 +282,12 @@ async def main() -> None:
     results: dict[str, Any] = {}
     try:
         if "requests" not in args.skip:
-            results["this"] = await requests_per_dead_letter(bootstrap, work, args.missing_events, "this", ROOT, {})
+            n, rate = args.missing_events, float(args.missing_rate)
+            results["this"] = await requests_per_dead_letter(bootstrap, work, n, "this", ROOT, {}, rate)
             results["no_memory"] = await requests_per_dead_letter(
-                bootstrap, work, args.missing_events, "ttl0", ROOT, {"RUNSTREAM_MODEL_RUN_REJECT_TTL_S": "0"})
+                bootstrap, work, n, "ttl0", ROOT, {"RUNSTREAM_MODEL_RUN_REJECT_TTL_S": "0"}, rate)
+            results["this_preproduced"] = await requests_per_dead_letter(bootstrap, work, args.baseline_events,
+                                                                         "this-pre", ROOT, {})
             for label, root in args.compare:
                 results[label] = await requests_per_dead_letter(bootstrap, work, args.baseline_events, label, root,
                                                                 {})
