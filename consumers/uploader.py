@@ -432,7 +432,9 @@ async def run_uploader(
     metrics = metrics if metrics is not None else ConsumerMetrics.create(registry)
     status = status if status is not None else RuntimeStatus()
     url = settings.labelbox_url or DEFAULT_LOCAL_LABELBOX_URL
-    limiter = RequestLimiter(settings.labelbox_max_requests_per_s, settings.labelbox_max_concurrent_requests)
+    limiter = RequestLimiter(settings.labelbox_max_requests_per_s, settings.labelbox_max_concurrent_requests,
+                             on_wait=metrics.labelbox_budget_wait_seconds.inc,
+                             on_pause=lambda _s: metrics.labelbox_rate_limit_pauses.inc())
     client = LabelboxClient(url, settings.labelbox_api_key.get_secret_value(),
                             on_request=metrics.observe_labelbox,
                             connector_limit=max(8, settings.max_in_flight_batches * 4), limiter=limiter)

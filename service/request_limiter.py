@@ -17,8 +17,11 @@ from service.request_budget import FairBudget
 
 class RequestLimiter:
     def __init__(self, rate_per_s: float, max_concurrent: int, *, burst: float | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, on_wait: Callable[[float], None] | None = None,
+                 on_pause: Callable[[float], None] | None = None) -> None:
         self._clock = clock
+        self._on_wait = on_wait  # seconds a request waited for its turn (not called on the fast path)
+        self._on_pause = on_pause  # a Retry-After pause of the whole process, in seconds
         self.budget = FairBudget(rate_per_s, burst if burst is not None else max(1.0, rate_per_s),
                                  max_concurrent, clock())
         self._waiters: dict[int, asyncio.Future[None]] = {}
@@ -57,7 +60,10 @@ class RequestLimiter:
                 self.release()  # granted, but the caller is gone before using it
             raise
         finally:
-            self.waited_s += self._clock() - now
+            waited = self._clock() - now
+            self.waited_s += waited
+            if self._on_wait is not None:
+                self._on_wait(waited)
 
     def release(self) -> None:
         self.budget.release()
@@ -67,6 +73,8 @@ class RequestLimiter:
         """Nobody starts a request for ``seconds`` (a 429's Retry-After), whichever run it is for."""
         if seconds > 0:
             self.pauses += 1
+            if self._on_pause is not None:
+                self._on_pause(seconds)
             self.budget.pause(seconds, self._clock())
             self._dispatch()
 
