@@ -5,6 +5,7 @@ it expires, and a healthy run next to it is not affected."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -140,3 +141,54 @@ def _pred(mr: str, data_row: str, i: int) -> bytes:
 
 async def _true(v: bool) -> bool:
     return v
+
+
+async def test_a_429_pauses_every_run_of_the_uploader_for_its_retry_after(
+    kafka_bootstrap: str, new_topic: Callable[..., Awaitable[str]], unique_id: Callable[[str], str], tmp_path: Path
+) -> None:
+    t = await make_topics(new_topic, unique_id, partitions=2)
+    runs = [unique_id("mr-a"), unique_id("mr-b")]
+    async with local_labelbox(tmp_path) as server:
+        await seed(server, runs=runs, data_rows=[{"id": f"dr-{i}"} for i in range(10)])
+        for r in runs:
+            await server.db(server.store.register_data_rows, r, [f"dr-{i}" for i in range(10)], None)
+        registry = CollectorRegistry()
+        settings = settings_for(kafka_bootstrap, t, server.url, batch_linger_ms=50)
+        async with running_uploader(settings, registry) as (_, status):
+            await wait_until(lambda: _true(status.ready), 30, "uploader ready")
+            seen = count_requests(server)
+            samples: list[tuple[float, int, bool]] = []  # (time, requests so far, 429 still pending)
+            limit = server.add_fault({"kind": "rate_limit", "retryAfter": 3, "count": 1,
+                                      "operations": ["createModelErrorAnalysisPredictionImport"]})
+
+            async def sample(until: float) -> None:
+                loop = asyncio.get_running_loop()
+                while loop.time() < until:
+                    pending = any(r.rule_id == limit.rule_id for r in server.fault_rules)
+                    samples.append((loop.time(), seen(), pending))
+                    await asyncio.sleep(0.02)
+
+            async def traffic() -> None:  # both runs keep uploading small batches
+                for i in range(40):
+                    await produce(kafka_bootstrap, [(t.predictions, r.encode(), _pred(r, f"dr-{i % 10}", i))
+                                                    for r in runs])
+                    await asyncio.sleep(0.1)
+
+            loop = asyncio.get_running_loop()
+            await asyncio.gather(sample(loop.time() + 6.0), traffic())
+            hit = next((i for i, s in enumerate(samples) if not s[2]), None)
+            assert hit is not None and hit > 0, "the 429 never happened"
+            t429 = samples[hit][0]
+            # requests already in flight when the 429 was sent may still arrive just after it; none starts later
+            during = [n for ts, n, _ in samples if t429 + 0.3 <= ts <= t429 + 2.7]
+            after = [n for ts, n, _ in samples if ts >= t429 + 3.5]
+            assert during and max(during) == min(during), f"requests reached Labelbox during Retry-After: {during}"
+            assert after and max(after) > max(during), "requests did not resume after Retry-After"
+            assert _value(registry, "runstream_labelbox_rate_limit_pauses_total") == 1
+
+            async def all_in() -> bool:
+                counts = [(await server.db(server.store.counts, r))["predictions"] for r in runs]
+                return all(c >= 40 for c in counts)
+
+            await wait_until(all_in, 60, "every prediction stored")
+            assert status.fatal is None
