@@ -9,6 +9,10 @@ every error is mapped to a specific exception type (reference §5b) that the pur
 policy classifies, rate limits are detected by status code and message, ``Retry-After``
 is kept, and ``contentLength`` is the exact byte count.
 
+With a ``limiter`` (service.request_limiter) every GraphQL request waits for its turn in the
+process's request budget, queued under its model run, and a rate-limit answer pauses the whole
+budget for its ``Retry-After``; status files are signed URLs, fetched outside the budget.
+
 The API key is only ever placed in the ``Authorization`` header; it is never part of an
 exception, a log event or a metric label.
 """
