@@ -192,6 +192,13 @@ def plan(quick: bool) -> list[Step]:
     ce_args = ["--events", "5000", "--rounds", "1"] if q else ["--events", "200000", "--rounds", "3"]
     steps.append(Step("ceiling", [py, "bench/bench_ceiling.py", *ce_args, "--json"], 900))
 
+    # --- Labelbox's request budget: a missing model run's cost, and a healthy run's p99 next to it
+    lb_args = (["--missing-events", "2000", "--baseline-events", "200", "--seconds", "3", "--rounds", "1"] if q
+               else ["--missing-events", "20000", "--seconds", "8", "--rounds", "3"])
+    if os.environ.get("BENCH_BUDGET_BEFORE"):  # a checkout of the code before the budget, e.g. `git archive`
+        lb_args += ["--compare", f"before={os.environ['BENCH_BUDGET_BEFORE']}"]
+    steps.append(Step("labelbox_budget", [py, "bench/bench_labelbox_budget.py", *lb_args, "--json"], 600))
+
     # --- local Labelbox import: the 50k-row target three times, then rows and data-row scaling
     main_rows = 2000 if q else 50_000
     for i in range(1 if q else 3):
@@ -575,6 +582,24 @@ def render(steps: list[Step], info: dict[str, str], meta: dict[str, Any], quick:
         f"({fmt(rss1m / rss10k if rss10k and rss1m else None, 1)}× for 100× the data rows; hot-row cache bound "
         f"{fmt(ag_main.get('cache_entries_bound'))} entries) | — | {verdict(bounded)} (criterion used here: "
         "< 300 MB and < 10× growth for 100× rows) |"
+    )
+    lbb = R.d("labelbox_budget")
+    per_msg = lbb.get("requests_per_message_after_first_batch")
+    before = (lbb.get("before") or {}).get("per_message")
+    add(
+        f"| Labelbox requests per dead-lettered message, missing model run, after the first batch ≤ 0.01 | "
+        f"**{fmt(per_msg, 4)}** ({fmt((lbb.get('this') or {}).get('requests'))} requests for "
+        f"{fmt((lbb.get('this') or {}).get('messages'))} messages at 2,000/s) | no verdict memory (TTL 0) "
+        f"{fmt((lbb.get('no_memory') or {}).get('after_first_per_message'), 4)}; before this change "
+        f"{fmt(before, 2) if before is not None else 'not run (set BENCH_BUDGET_BEFORE)'} | "
+        f"{verdict(ok(per_msg, lambda v: v <= 0.01))} |"
+    )
+    ratio = lbb.get("p99_ratio")
+    add(
+        f"| healthy run's upload p99 next to a missing run at 2,000 events/s ≤ 1.5× alone | "
+        f"{fmt(lbb.get('p99_with_missing') and lbb['p99_with_missing'] * 1000)} ms = **{fmt(ratio, 2)}×** | alone "
+        f"{fmt(lbb.get('p99_alone') and lbb['p99_alone'] * 1000)} ms (median p99 of interleaved rounds) | "
+        f"{verdict(ok(ratio, lambda v: v <= 1.5))} |"
     )
     add("")
 

@@ -80,6 +80,9 @@ class DlqWriter:
             enable_idempotence=True,
             linger_ms=5,
             compression_type="gzip",
+            # Dead letters come in bursts (a rejected model run: thousands at once); with the 16 KiB
+            # default every full batch wakes every waiting sender (quadratic in the burst).
+            max_batch_size=1_048_576,
             max_request_size=max_request_size,
             **(client_options or {}),
         )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -20,6 +20,10 @@ from service.config import Settings
 from service.dlq_headers import DlqHeaders
 from service.errors import DlqHeaderError
 from service.kafka_clients import make_consumer, start_client
+from service.run_verdicts import ERROR_CLASS as MODEL_RUN_CLASS
+from service.run_verdicts import run_of_message
+
+MAX_REJECTED_RUNS = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +45,8 @@ class DlqStats:
     def __post_init__(self) -> None:
         self.by_class: Counter[str] = Counter()
         self.recent: deque[DlqEntry] = deque(maxlen=self.keep_recent)
+        # model runs Labelbox rejected: run -> (messages, latest entry), most recent last
+        self.rejected_runs: OrderedDict[str, tuple[int, DlqEntry]] = OrderedDict()
 
     def add(self, partition: int, offset: int, headers: list[tuple[str, bytes | None]] | None) -> None:
         try:
@@ -51,7 +57,13 @@ class DlqStats:
             return
         self.by_class[h.error_class] += 1
         source = f"{h.source_topic}[{h.source_partition}]@{h.source_offset}"
-        self.recent.append(DlqEntry(offset, partition, h.error_class, h.error_message, source, h.failed_at))
+        entry = DlqEntry(offset, partition, h.error_class, h.error_message, source, h.failed_at)
+        self.recent.append(entry)
+        if h.error_class == MODEL_RUN_CLASS and (run := run_of_message(h.error_message)) is not None:
+            n = self.rejected_runs.pop(run, (0, entry))[0]
+            self.rejected_runs[run] = (n + 1, entry)
+            if len(self.rejected_runs) > MAX_REJECTED_RUNS:
+                self.rejected_runs.popitem(last=False)
 
     def snapshot(self) -> dict[str, object]:
         return {
@@ -67,6 +79,11 @@ class DlqStats:
                     "failed_at": e.failed_at.isoformat() if e.failed_at else None,
                 }
                 for e in reversed(self.recent)
+            ],
+            "rejected_model_runs": [
+                {"model_run_id": run, "messages": n, "reason": e.message,
+                 "last_at": e.failed_at.isoformat() if e.failed_at else None}
+                for run, (n, e) in reversed(self.rejected_runs.items())
             ],
         }
 

@@ -72,6 +72,7 @@ class Rejection:
     record: Record
     error_class: str
     message: str
+    quiet: bool = False  # the handler logs these itself, once for many (no line per message)
 
 
 Work = tuple[Record, W]
@@ -389,8 +390,9 @@ class ConsumerRuntime(Generic[W]):
         await self.dlq.send(r.record.key, r.record.value, self._headers(r))
         self.metrics.dlq_messages.labels(self._g, r.error_class).inc()
         self.metrics.events.labels(self._g, r.record.topic, "dlq").inc()
-        self.log.info("dead-lettered", error_class=r.error_class, error=r.message, topic=r.record.topic,
-                      partition=r.record.partition, offset=r.record.offset)
+        if not r.quiet:
+            self.log.info("dead-lettered", error_class=r.error_class, error=r.message, topic=r.record.topic,
+                          partition=r.record.partition, offset=r.record.offset)
 
     def _done(self, rec: Record) -> None:
         self.tracker.mark_done(rec.topic, rec.partition, rec.offset)

@@ -7,8 +7,10 @@ NDJSON bytes of their rows, not the parsed models) so memory accounting is hones
 Per flushed batch (``process``): coalesced label registrations, data-row registration for
 rows not yet known to be in the run (bounded cache), one NDJSON prediction import, wait,
 status file → FAILURE rows dead-lettered per source message. Transient errors are retried
-(service.retry_policy); a permanent error bisects the batch until the offending messages
-are isolated; an auth error stops the pipeline (FatalPipelineError).
+(service.retry_policy); a permanent error is settled at its scope (service.error_scope): one
+about the model run dead-letters the run's messages at once and is remembered for a while
+(service.run_verdicts), any other bisects the batch until the offending messages are
+isolated; an auth error stops the pipeline (FatalPipelineError).
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import signal
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import orjson
 import structlog
 from prometheus_client import CollectorRegistry
 
@@ -36,11 +40,13 @@ from consumers.runtime import (
 )
 from service.batching import BatchLimits
 from service.config import Settings
+from service.error_scope import Scope
 from service.errors import ConfigError, EventValidationError
 from service.events import EventKind, LabelEvent, parse_upload
 from service.gc_tuning import tune_gc
 from service.import_dedup import last_versions
 from service.labelbox_client import (
+    AuthorizationError,
     ImportFailedError,
     ImportState,
     LabelboxClient,
@@ -50,7 +56,10 @@ from service.labelbox_client import (
     TaskFailedError,
 )
 from service.metrics import ConsumerMetrics
-from service.retry_policy import Classification, Outcome, classify, retrying
+from service.request_limiter import RequestLimiter
+from service.retry_policy import Classification, Outcome, classify, error_scope, retrying
+from service.run_verdicts import ERROR_CLASS as MODEL_RUN_ERROR_CLASS
+from service.run_verdicts import RunVerdicts, Verdict
 
 T = TypeVar("T")
 Step = Callable[[str, list[tuple[Record, "Item"]]], Awaitable[list[Rejection]]]
@@ -78,6 +87,17 @@ class _NoRetry(Exception):
     def __init__(self, inner: BaseException) -> None:
         super().__init__(str(inner))
         self.inner = inner
+
+
+class _RunRejected(Exception):
+    """Labelbox rejected the model run itself: ``items`` are the step's messages not yet settled,
+    ``settled`` the rejections of messages a bisection had already settled."""
+
+    def __init__(self, text: str, items: list[tuple[Record, Item]]) -> None:
+        super().__init__(text)
+        self.text = text
+        self.items = items
+        self.settled: list[Rejection] = []
 
 
 class LruSet:
@@ -137,6 +157,10 @@ class UploaderHandler:
         self.topic_kinds = topic_kinds
         self.log = log if log is not None else structlog.get_logger("runstream.uploader")
         self.known_rows = LruSet(cache_size)
+        self.verdicts = RunVerdicts(settings.model_run_reject_ttl_s)
+        self.clock: Callable[[], float] = time.monotonic
+        metrics.rejected_model_runs.labels(settings.uploader_group).set_function(
+            lambda: self.verdicts.count(self.clock()))
 
     # ------------------------------------------------------------------ intake (sync)
 
@@ -144,10 +168,14 @@ class UploaderHandler:
         kind = self.topic_kinds.get(record.topic)
         if kind is None:
             return Rejection(record, "schema", f"topic {record.topic!r} is not an uploader input topic")
+        if self.verdicts and record.key is not None and (v := self._held(record)) is not None:
+            return Rejection(record, MODEL_RUN_ERROR_CLASS, v.message, quiet=True)
         try:
             up = parse_upload(kind, record.value, max_bytes=self.settings.max_message_bytes)
         except EventValidationError as exc:
             return Rejection(record, exc.error_class, str(exc))
+        if self.verdicts and (v := self.verdicts.get(up.model_run_id, self.clock())) is not None:
+            return Rejection(record, MODEL_RUN_ERROR_CLASS, v.message, quiet=True)  # no call while it holds
         size = len(record.value or b"") + len(record.key or b"") + _ITEM_OVERHEAD
         if isinstance(up, LabelEvent):
             return Accepted(up.model_run_id, Item(up.model_run_id, [], label=up), size)
@@ -159,17 +187,53 @@ class UploaderHandler:
             size += len(up.payload) + sum(len(u) + len(k) + _ROW_OVERHEAD for u, k in rows)
         return Accepted(up.model_run_id, Item(up.model_run_id, rows, up.payload), size)
 
+    def _held(self, record: Record) -> Verdict | None:
+        """The verdict on the run a message is keyed by, if its body names that run: a rejected run's
+        messages (thousands a second from a misconfigured producer) skip validation; others are
+        validated and checked by the id they name."""
+        assert record.key is not None
+        v = self.verdicts.get(record.key.decode("utf-8", "replace"), self.clock())
+        if v is None or record.value is None or len(record.value) > self.settings.max_message_bytes:
+            return None
+        try:
+            obj = orjson.loads(record.value)
+        except orjson.JSONDecodeError:
+            return None
+        if type(obj) is dict and (obj.get("model_run_id") or obj.get("modelRunId")) == v.model_run_id:
+            return v
+        return None
+
     # ------------------------------------------------------------------ process (async)
 
     async def process(self, key: str, items: list[tuple[Record, Item]]) -> list[Rejection]:
         """Labels first (they add data rows to the run), then one import of all rows.
         Each step bisects only its own messages when Labelbox rejects them."""
+        if self.verdicts and (v := self.verdicts.get(key, self.clock())) is not None:
+            return [Rejection(rec, MODEL_RUN_ERROR_CLASS, v.message, quiet=True) for rec, _ in items]
         labels = [x for x in items if x[1].label is not None]
         rows = [x for x in items if x[1].label is None]
-        rejected = await self._bisect(key, labels, self._deliver_labels) if labels else []
+        try:
+            rejected = await self._bisect(key, labels, self._deliver_labels) if labels else []
+        except _RunRejected as exc:
+            return exc.settled + self._reject_run(key, exc.text, exc.items + rows)
         if rows:
-            rejected += await self._bisect(key, rows, self._deliver_rows)
+            try:
+                rejected += await self._bisect(key, rows, self._deliver_rows)
+            except _RunRejected as exc:
+                return rejected + exc.settled + self._reject_run(key, exc.text, exc.items)
+        if self.verdicts.accepted(key):
+            self.log.info("Labelbox accepts the model run again", model_run=key)
         return rejected
+
+    def _reject_run(self, mr: str, text: str, items: list[tuple[Record, Item]]) -> list[Rejection]:
+        """Dead-letter the run's unsettled messages in one step and remember the verdict; the one
+        log line per period is here (later messages are dead-lettered at intake, silently)."""
+        v = self.verdicts.reject(mr, text, self.clock())
+        self.metrics.model_run_rejections.labels(self.settings.uploader_group).inc()
+        self.log.warning("Labelbox rejects the model run: its messages go to the DLQ without Labelbox calls "
+                         "until the verdict expires", model_run=mr, error=text, error_class=MODEL_RUN_ERROR_CLASS,
+                         messages=len(items), verdict_s=self.verdicts.ttl_s, period=v.periods)
+        return [Rejection(rec, MODEL_RUN_ERROR_CLASS, v.message, quiet=True) for rec, _ in items]
 
     async def _bisect(self, mr: str, items: list[tuple[Record, Item]], step: Step) -> list[Rejection]:
         try:
@@ -177,6 +241,8 @@ class UploaderHandler:
         except (asyncio.CancelledError, FatalPipelineError):
             raise
         except Exception as exc:
+            if error_scope(exc, mr) is Scope.RUN:
+                raise _RunRejected(getattr(exc, "message", None) or str(exc), items) from None
             c = classify(exc)
             if c.outcome is Outcome.FATAL:
                 self.log.exception("stopping the pipeline", reason=c.reason)
@@ -192,7 +258,12 @@ class UploaderHandler:
                 return [Rejection(items[0][0], "labelbox.rejected", f"Labelbox rejected the message: {exc}")]
             mid = len(items) // 2
             self.log.info("bisecting batch after a permanent error", error=str(exc), size=len(items))
-            return await self._bisect(mr, items[:mid], step) + await self._bisect(mr, items[mid:], step)
+            left = await self._bisect(mr, items[:mid], step)
+            try:
+                return left + await self._bisect(mr, items[mid:], step)
+            except _RunRejected as rr:
+                rr.settled[:0] = left
+                raise
 
     async def _call(self, fn: Callable[[], Awaitable[T]], no_retry: tuple[type[BaseException], ...] = ()) -> T:
         s = self.settings
@@ -214,6 +285,8 @@ class UploaderHandler:
             return await r(attempt)
         except _NoRetry as wrapped:
             raise wrapped.inner from None
+        except AuthorizationError:
+            raise  # may be about one model run only: _bisect decides by its scope
         except LabelboxFatalError as exc:
             raise FatalPipelineError(f"Labelbox refused the credentials: {exc}") from None
 
@@ -366,9 +439,12 @@ async def run_uploader(
     metrics = metrics if metrics is not None else ConsumerMetrics.create(registry)
     status = status if status is not None else RuntimeStatus()
     url = settings.labelbox_url or DEFAULT_LOCAL_LABELBOX_URL
+    limiter = RequestLimiter(settings.labelbox_max_requests_per_s, settings.labelbox_max_concurrent_requests,
+                             on_wait=metrics.labelbox_budget_wait_seconds.inc,
+                             on_pause=lambda _s: metrics.labelbox_rate_limit_pauses.inc())
     client = LabelboxClient(url, settings.labelbox_api_key.get_secret_value(),
                             on_request=metrics.observe_labelbox,
-                            connector_limit=max(8, settings.max_in_flight_batches * 4))
+                            connector_limit=max(8, settings.max_in_flight_batches * 4), limiter=limiter)
     # Dead letters and offset commits in one transaction: exactly-once dead letters (consumers/dlq_txn.py).
     dlq = TransactionalDlq(settings.kafka_bootstrap, settings.topic_dlq, settings.uploader_group,
                            default_transactional_id(settings.uploader_group, settings.transactional_id),

@@ -56,6 +56,11 @@ class Settings(BaseSettings):
         default=None, description="Labelbox GraphQL endpoint; unset means the local Labelbox-compatible API."
     )
     labelbox_api_key: SecretStr | None = None
+    # The process's Labelbox request budget, shared round robin by all model runs (service.request_budget).
+    labelbox_max_requests_per_s: float = Field(
+        default=75.0, gt=0, description="Labelbox requests per second of one uploader process (4,500/min, "
+        "under the 5,000/min of Labelbox's Starter plan; set 20 on the Free plan's 1,500/min).")
+    labelbox_max_concurrent_requests: int = Field(default=16, gt=0, description="Labelbox requests in flight.")
 
     # Uploader batching and retries
     batch_max_events: int = Field(default=5_000, gt=0)
@@ -68,6 +73,9 @@ class Settings(BaseSettings):
     retry_max_attempts: int | None = Field(default=None, description="None retries transient errors forever.")
     register_data_rows: bool = True
     shutdown_grace_s: float = Field(default=30.0, gt=0)
+    model_run_reject_ttl_s: float = Field(
+        default=60.0, ge=0, description="How long Labelbox's rejection of a model run (not found, deleted, no "
+        "permission) is remembered: its messages are dead-lettered without calls until one probe decides again.")
 
     # Aggregator state
     state_backend: Literal["sqlite", "postgres"] = "sqlite"

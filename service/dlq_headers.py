@@ -28,6 +28,7 @@ DlqErrorClass = Literal[
     "too_large",
     "labelbox.row_failed",
     "labelbox.rejected",
+    "labelbox.model_run",
     "aggregate.conflict",
     "aggregate.domain",
 ]

@@ -9,6 +9,10 @@ every error is mapped to a specific exception type (reference §5b) that the pur
 policy classifies, rate limits are detected by status code and message, ``Retry-After``
 is kept, and ``contentLength`` is the exact byte count.
 
+With a ``limiter`` (service.request_limiter) every GraphQL request waits for its turn in the
+process's request budget, queued under its model run, and a rate-limit answer pauses the whole
+budget for its ``Retry-After``; status files are signed URLs, fetched outside the budget.
+
 The API key is only ever placed in the ``Authorization`` header; it is never part of an
 exception, a log event or a metric label.
 """
@@ -28,6 +32,7 @@ import aiohttp
 import orjson
 
 from service.errors import RunstreamError
+from service.request_limiter import RequestLimiter
 
 SDK_VERSION = "7.17.0"
 NDJSON_MIME_TYPE = "application/x-ndjson"
@@ -413,6 +418,9 @@ class PollPolicy:
     deadline_s: float = 900.0
 
 
+# The pause of the whole process after a rate-limit answer without a usable Retry-After.
+DEFAULT_RATE_LIMIT_PAUSE_S = 1.0
+
 RequestHook = Callable[[str, int | None, float], None]  # (operation, status or None on network error, seconds)
 
 
@@ -428,6 +436,7 @@ class LabelboxClient:
         poll: PollPolicy | None = None,
         on_request: RequestHook | None = None,
         connector_limit: int = 32,
+        limiter: RequestLimiter | None = None,
     ) -> None:
         self._url = url
         self._api_key = api_key
@@ -435,6 +444,7 @@ class LabelboxClient:
         self._poll = poll or PollPolicy()
         self._on_request = on_request
         self._connector_limit = connector_limit
+        self.limiter = limiter  # the process's request budget: every GraphQL request waits for its turn
         self._session: aiohttp.ClientSession | None = None
         vi = sys.version_info
         self._base_headers = {
@@ -482,7 +492,21 @@ class LabelboxClient:
             raise RuntimeError("LabelboxClient used before start()")
         return self._session
 
-    async def _post(self, operation: str, sdk_method: str, make_body: Callable[[], Any], json_body: bool) -> Any:
+    async def _post(self, operation: str, sdk_method: str, make_body: Callable[[], Any], json_body: bool,
+                    key: str = "") -> Any:
+        """One GraphQL request; ``key`` (the model run) is its queue in the fair request budget."""
+        if self.limiter is None:
+            return await self._post_now(operation, sdk_method, make_body, json_body)
+        async with self.limiter.slot(key):
+            try:
+                return await self._post_now(operation, sdk_method, make_body, json_body)
+            except RateLimitError as exc:
+                # The budget is the organisation's: every run waits, not only this request.
+                self.limiter.pause(exc.retry_after if exc.retry_after is not None else DEFAULT_RATE_LIMIT_PAUSE_S)
+                raise
+
+    async def _post_now(self, operation: str, sdk_method: str, make_body: Callable[[], Any],
+                        json_body: bool) -> Any:
         started = time.monotonic()
         status: int | None = None
         try:
@@ -502,23 +526,23 @@ class LabelboxClient:
         return map_response(status, body, resp_headers, operation=operation)
 
     async def execute(self, query: str, variables: Mapping[str, Any] | None, *, operation: str,
-                      sdk_method: str) -> Any:
+                      sdk_method: str, key: str = "") -> Any:
         """POST one GraphQL JSON request; returns ``data`` or raises a LabelboxError."""
         payload = orjson.dumps({"query": query, "variables": variables})
-        return await self._post(operation, sdk_method, lambda: payload, json_body=True)
+        return await self._post(operation, sdk_method, lambda: payload, json_body=True, key=key)
 
     # --- registrations (reference §§1, 3) ---
 
     async def create_label_registration(self, model_run_id: str, label_ids: list[str]) -> str:
         data = await self.execute(Q_LABEL_IDS, {"modelRunId": model_run_id, "labelIds": label_ids},
                                   operation="createMEAModelRunLabelRegistrationTask",
-                                  sdk_method="ModelRun:upsert_labels")
+                                  sdk_method="ModelRun:upsert_labels", key=model_run_id)
         return _task_id(data, "createMEAModelRunLabelRegistrationTask")
 
     async def create_project_label_registration(self, model_run_id: str, project_id: str) -> str:
         data = await self.execute(Q_PROJECT, {"modelRunId": model_run_id, "projectId": project_id},
                                   operation="createMEAModelRunProjectLabelRegistrationTask",
-                                  sdk_method="ModelRun:upsert_labels")
+                                  sdk_method="ModelRun:upsert_labels", key=model_run_id)
         return _task_id(data, "createMEAModelRunProjectLabelRegistrationTask")
 
     async def create_data_row_registration(self, model_run_id: str, data_row_ids: list[str] | None,
@@ -527,18 +551,20 @@ class LabelboxClient:
             Q_DATA_ROWS,
             {"modelRunId": model_run_id, "dataRowIds": data_row_ids, "globalKeys": global_keys},
             operation="createMEAModelRunDataRowRegistrationTask", sdk_method="ModelRun:upsert_data_rows",
+            key=model_run_id,
         )
         return _task_id(data, "createMEAModelRunDataRowRegistrationTask")
 
-    async def label_task_status(self, task_id: str) -> TaskStatus:
+    async def label_task_status(self, task_id: str, *, model_run_id: str = "") -> TaskStatus:
         data = await self.execute(Q_LABEL_STATUS, {"where": {"id": task_id}},
-                                  operation="MEALabelRegistrationTaskStatus", sdk_method="ModelRun:upsert_labels")
+                                  operation="MEALabelRegistrationTaskStatus", sdk_method="ModelRun:upsert_labels",
+                                  key=model_run_id)
         return _task_status(data, "MEALabelRegistrationTaskStatus")
 
-    async def data_row_task_status(self, task_id: str) -> TaskStatus:
+    async def data_row_task_status(self, task_id: str, *, model_run_id: str = "") -> TaskStatus:
         data = await self.execute(Q_DATA_ROW_STATUS, {"where": {"id": task_id}},
                                   operation="MEADataRowRegistrationTaskStatus",
-                                  sdk_method="ModelRun:upsert_data_rows")
+                                  sdk_method="ModelRun:upsert_data_rows", key=model_run_id)
         return _task_status(data, "MEADataRowRegistrationTaskStatus")
 
     async def wait_task(self, status_fn: Callable[[], Awaitable[TaskStatus]], what: str) -> None:
@@ -566,16 +592,18 @@ class LabelboxClient:
 
     async def register_labels(self, model_run_id: str, label_ids: list[str]) -> None:
         task = await self.create_label_registration(model_run_id, label_ids)
-        await self.wait_task(lambda: self.label_task_status(task), "label registration")
+        await self.wait_task(lambda: self.label_task_status(task, model_run_id=model_run_id), "label registration")
 
     async def register_project_labels(self, model_run_id: str, project_id: str) -> None:
         task = await self.create_project_label_registration(model_run_id, project_id)
-        await self.wait_task(lambda: self.label_task_status(task), "project label registration")
+        await self.wait_task(lambda: self.label_task_status(task, model_run_id=model_run_id),
+                             "project label registration")
 
     async def register_data_rows(self, model_run_id: str, data_row_ids: list[str] | None,
                                  global_keys: list[str] | None) -> None:
         task = await self.create_data_row_registration(model_run_id, data_row_ids, global_keys)
-        await self.wait_task(lambda: self.data_row_task_status(task), "data row registration")
+        await self.wait_task(lambda: self.data_row_task_status(task, model_run_id=model_run_id),
+                             "data row registration")
 
     # --- prediction import (reference §2) ---
 
@@ -596,7 +624,7 @@ class LabelboxClient:
             return writer
 
         data = await self._post("createModelErrorAnalysisPredictionImport", ":create_from_objects", body,
-                                json_body=False)
+                                json_body=False, key=model_run_id)
         obj = (data or {}).get("createModelErrorAnalysisPredictionImport")
         if not isinstance(obj, dict):
             raise UnexpectedResponseError("import creation returned no import", operation="createPredictionImport")
@@ -605,7 +633,7 @@ class LabelboxClient:
     async def get_prediction_import(self, model_run_id: str, name: str) -> ImportState:
         data = await self.execute(Q_GET_IMPORT, {"modelRunId": model_run_id, "name": name},
                                   operation="modelErrorAnalysisPredictionImport",
-                                  sdk_method="MEAPredictionImport:refresh")
+                                  sdk_method="MEAPredictionImport:refresh", key=model_run_id)
         obj = (data or {}).get("modelErrorAnalysisPredictionImport")
         if not isinstance(obj, dict):
             raise ResourceNotFoundError(f"prediction import {name!r} not found",

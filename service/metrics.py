@@ -37,6 +37,10 @@ class ConsumerMetrics:
     labelbox_requests: Counter  # {operation, status_class}
     labelbox_request_seconds: Histogram  # {operation}
     labelbox_retries: Counter  # {reason}
+    labelbox_budget_wait_seconds: Counter  # time Labelbox requests waited for the process's request budget
+    labelbox_rate_limit_pauses: Counter  # Retry-After pauses of every request of the process
+    model_run_rejections: Counter  # {group}: verdicts "Labelbox rejects this model run" (one per period)
+    rejected_model_runs: Gauge  # {group}: model runs whose messages are dead-lettered without calls now
     ready: Gauge  # {group}: 1 when assigned and working, 0 when stopped or fatal
     aggregator_commit_seconds: Histogram  # {group}: aggregator state + offsets transaction latency
     rows_superseded: Counter  # {group}: rows left out of an import because a later row has their uuid
@@ -73,6 +77,18 @@ class ConsumerMetrics:
                                                buckets=_LATENCY_BUCKETS, registry=reg),
             labelbox_retries=Counter("runstream_labelbox_retries", "Retried Labelbox calls by reason.",
                                      ["reason"], registry=reg),
+            labelbox_budget_wait_seconds=Counter("runstream_labelbox_budget_wait_seconds",
+                                                 "Time Labelbox requests waited for their turn in the request "
+                                                 "budget.", registry=reg),
+            labelbox_rate_limit_pauses=Counter("runstream_labelbox_rate_limit_pauses",
+                                               "429 Retry-After pauses applied to every Labelbox request of the "
+                                               "process.", registry=reg),
+            model_run_rejections=Counter("runstream_labelbox_model_run_rejections",
+                                         "Model runs Labelbox rejected (not found, deleted, no permission), "
+                                         "once per verdict period.", g, registry=reg),
+            rejected_model_runs=Gauge("runstream_labelbox_rejected_model_runs",
+                                      "Model runs whose messages go to the DLQ without Labelbox calls now.", g,
+                                      registry=reg),
             ready=Gauge("runstream_ready", "1 when the consumer is assigned and healthy.", g, registry=reg),
             aggregator_commit_seconds=Histogram("runstream_aggregator_commit_seconds",
                                                 "Aggregator state + offsets commit latency.", g,

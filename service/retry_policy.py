@@ -20,7 +20,9 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
+from service.error_scope import Scope, scope_of
 from service.labelbox_client import (
+    LabelboxError,
     LabelboxFatalError,
     LabelboxPermanentError,
     LabelboxTransientError,
@@ -72,6 +74,23 @@ def classify(exc: BaseException) -> Classification:
     # Anything else is a bug on our side. Dead-lettering on a bug would empty the topics
     # into the DLQ, and retrying would spin: stop instead (nothing committed, nothing lost).
     return Classification(Outcome.FATAL, "unexpected")
+
+
+def error_scope(exc: BaseException, model_run_id: str | None = None) -> Scope | None:
+    """RUN or PAYLOAD for a permanent error, or an authorization error, of a call for ``model_run_id``
+    (service.error_scope decides on Labelbox's code and text); None for anything else."""
+    from service import labelbox_client as lb
+
+    if not isinstance(exc, (LabelboxPermanentError, lb.AuthorizationError)):
+        return None
+    code = {
+        lb.ResourceNotFoundError: "RESOURCE_NOT_FOUND",
+        lb.AuthorizationError: "AUTHORIZATION_ERROR",
+        lb.OperationNotAllowedError: "OPERATION_NOT_ALLOWED",
+        lb.ResourceConflictError: "RESOURCE_CONFLICT",
+    }.get(type(exc))
+    message = exc.message if isinstance(exc, LabelboxError) else str(exc)
+    return scope_of(code, message, model_run_id=model_run_id)
 
 
 def backoff_delay(attempt: int, *, initial: float, maximum: float, rnd: Callable[[], float],
