@@ -363,9 +363,10 @@ class ConsumerRuntime(Generic[W]):
             for r in rejections:
                 self.dlq.add(r.record.topic, r.record.partition,
                              Letter(r.record.offset, r.record.key, r.record.value, self._headers(r)))
-                self.log.info("dead-lettered (written with the next commit)", error_class=r.error_class,
-                              error=r.message, topic=r.record.topic, partition=r.record.partition,
-                              offset=r.record.offset)
+                if not r.quiet:
+                    self.log.info("dead-lettered (written with the next commit)", error_class=r.error_class,
+                                  error=r.message, topic=r.record.topic, partition=r.record.partition,
+                                  offset=r.record.offset)
             return True
         try:
             await asyncio.gather(*(self._dlq_one(r) for r in rejections))
