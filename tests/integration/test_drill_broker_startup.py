@@ -16,6 +16,7 @@ import aiohttp
 import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from row_uuid import row_uuid
 from uploader_harness import API_KEY, local_labelbox, seed
 
 from service.devkafka import DevKafka, free_port
@@ -59,7 +60,7 @@ async def test_processes_started_before_the_broker_wait_for_it(tmp_path: Path) -
             producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
             await producer.start()
             try:
-                row = {"uuid": "u1", "dataRow": {"id": "d1"}, "name": "cat",
+                row = {"uuid": row_uuid("u1"), "dataRow": {"id": "d1"}, "name": "cat",
                        "bbox": {"top": 1, "left": 2, "height": 3, "width": 4},
                        "customMetrics": [{"name": "cm_iou", "value": 0.5}]}  # fmt: skip
                 await producer.send_and_wait("p", orjson.dumps({"model_run_id": "mr", "predictions": [row]}), key=b"mr")

@@ -9,6 +9,7 @@ import orjson
 import pytest
 import structlog
 from prometheus_client import CollectorRegistry
+from row_uuid import row_uuid
 from uploader_harness import API_KEY, local_labelbox, seed
 
 from service import labelbox_client as lb
@@ -26,11 +27,12 @@ async def test_registrations_import_polling_and_status_file(tmp_path: Path) -> N
             await client.register_labels("mr-1", ["l1"])
             await client.register_project_labels("mr-1", "p1")
             rows = [
-                orjson.dumps({"uuid": "u-1", "dataRow": {"id": "dr-1"}, "name": "cat",
+                orjson.dumps({"uuid": row_uuid("u-1"), "dataRow": {"id": "dr-1"}, "name": "cat",
                               "bbox": {"top": 1, "left": 2, "height": 3, "width": 4}}),
-                orjson.dumps({"uuid": "u-2", "dataRow": {"id": "dr-404"}, "name": "cat",
+                orjson.dumps({"uuid": row_uuid("u-2"), "dataRow": {"id": "dr-404"}, "name": "cat",
                               "bbox": {"top": 1, "left": 2, "height": 3, "width": 4}}),
-                orjson.dumps({"uuid": "u-3", "dataRow": {"id": "dr-2"}, "metricName": "acc", "metricValue": 0.5}),
+                orjson.dumps({"uuid": row_uuid("u-3"), "dataRow": {"id": "dr-2"}, "metricName": "acc",
+                              "metricValue": 0.5}),
             ]
             created = await client.create_prediction_import("mr-1", "imp-1", lb.ndjson_bytes(rows))
             assert created.name == "imp-1" and created.state in ("RUNNING", "FINISHED")
@@ -39,14 +41,15 @@ async def test_registrations_import_polling_and_status_file(tmp_path: Path) -> N
             done = await client.wait_import("mr-1", "imp-1", first=created)
             assert done.state == "FINISHED" and done.status_file_url
             statuses = {s.uuid: s for s in await client.import_statuses(done)}
-            assert statuses["u-1"].status == "SUCCESS" and statuses["u-3"].status == "SUCCESS"
-            assert statuses["u-2"].status == "FAILURE" and "dr-404" in " ".join(statuses["u-2"].errors)
+            ok1, bad2, ok3 = (statuses[row_uuid(t)] for t in ("u-1", "u-2", "u-3"))
+            assert ok1.status == "SUCCESS" and ok3.status == "SUCCESS"
+            assert bad2.status == "FAILURE" and "dr-404" in " ".join(bad2.errors)
             with pytest.raises(lb.TaskFailedError, match="no-such"):
                 await client.register_labels("mr-1", ["no-such"])
             with pytest.raises(lb.ResourceNotFoundError):
                 await client.get_prediction_import("mr-1", "never-created")
         stored = await server.db(server.store.predictions, "mr-1")
-        assert [p["uuid"] for p in stored] == ["u-1"]
+        assert [p["uuid"] for p in stored] == [row_uuid("u-1")]
         ok = metrics.registry.get_sample_value("runstream_labelbox_requests_total",
                                                {"operation": "createModelErrorAnalysisPredictionImport",
                                                 "status_class": "2xx"})
@@ -72,7 +75,7 @@ async def test_faults_map_to_exception_types(tmp_path: Path) -> None:
                 await client.register_data_rows("mr-1", ["dr-1"], None)
             server.add_fault({"kind": "import_failed", "count": 1})
             st = await client.create_prediction_import("mr-1", "f", orjson.dumps(
-                {"uuid": "u", "dataRow": {"id": "dr-1"}, "metricName": "m", "metricValue": 1.0}))
+                {"uuid": row_uuid("u"), "dataRow": {"id": "dr-1"}, "metricName": "m", "metricValue": 1.0}))
             with pytest.raises(lb.ImportFailedError):
                 await client.wait_import("mr-1", "f", first=st)
         async with lb.LabelboxClient("http://127.0.0.1:9/graphql", API_KEY, request_timeout_s=2) as dead:

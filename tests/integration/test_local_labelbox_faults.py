@@ -19,6 +19,7 @@ import pytest
 from google.api_core import exceptions as gexc
 from google.api_core import retry as gretry
 from lbox import exceptions as lbx
+from row_uuid import row_uuid
 
 from service.local_labelbox import LocalLabelbox
 
@@ -177,7 +178,8 @@ async def test_fault_import_failed(server: LocalLabelbox, http: aiohttp.ClientSe
     await admin(http, server, "POST", "/faults", {"kind": "import_failed", "count": 1})
     c = sdk(server)
     mr = await asyncio.to_thread(c.get_model_run, "mr1")
-    row = {"uuid": "u1", "name": "car", "dataRow": {"id": "d1"}, "bbox": {"top": 1, "left": 1, "height": 1, "width": 1}}
+    row = {"uuid": row_uuid("u1"), "name": "car", "dataRow": {"id": "d1"},
+           "bbox": {"top": 1, "left": 1, "height": 1, "width": 1}}
     imp = await asyncio.to_thread(mr.add_predictions, "bad", [row])
     await asyncio.to_thread(imp.wait_till_done, 0.05)
     assert imp.state.value == "FAILED"

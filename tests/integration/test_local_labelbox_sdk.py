@@ -20,6 +20,7 @@ import labelbox
 import pytest
 from labelbox.schema.annotation_import import MEAPredictionImport
 from lbox import exceptions as lbx
+from row_uuid import row_uuid
 
 from service.local_labelbox import LocalLabelbox
 
@@ -136,7 +137,7 @@ async def test_model_run_data_rows_pagination(server: LocalLabelbox, admin: Admi
 def _prediction_rows(dr: list[str], tag: str) -> list[dict[str, Any]]:
     return [
         {
-            "uuid": f"{tag}-box-0",
+            "uuid": row_uuid(f"{tag}-box-0"),
             "name": "car",
             "dataRow": {"id": dr[0]},
             "bbox": {"top": 1, "left": 2, "height": 3, "width": 4},
@@ -144,7 +145,7 @@ def _prediction_rows(dr: list[str], tag: str) -> list[dict[str, Any]]:
             "customMetrics": [{"name": "iou", "value": 0.5}],
         },
         {
-            "uuid": f"{tag}-box-1",
+            "uuid": row_uuid(f"{tag}-box-1"),
             "name": "car",
             "dataRow": {"globalKey": f"gk-{tag}-1"},
             "bbox": {"top": 1, "left": 2, "height": 3, "width": 4},
@@ -155,12 +156,12 @@ def _prediction_rows(dr: list[str], tag: str) -> list[dict[str, Any]]:
         {"dataRow": {"id": dr[1]}, "metricValue": [1, 2, 3, 4], "metricName": "50pct_iou", "featureName": "car",
          "aggregation": "CONFUSION_MATRIX"},
         # not in the run
-        {"uuid": f"{tag}-box-x", "name": "car", "dataRow": {"id": dr[3]}, "bbox": {"top": 1, "left": 2, "height": 3,
-         "width": 4}},
+        {"uuid": row_uuid(f"{tag}-box-x"), "name": "car", "dataRow": {"id": dr[3]},
+         "bbox": {"top": 1, "left": 2, "height": 3, "width": 4}},
         # invalid metric: a confusion matrix needs 4 counts
         {"dataRow": {"id": dr[1]}, "metricValue": [1, 2, 3], "metricName": "bad", "aggregation": "CONFUSION_MATRIX"},
         # customMetrics on a raster mask
-        {"uuid": f"{tag}-mask", "name": "seg", "dataRow": {"id": dr[0]},
+        {"uuid": row_uuid(f"{tag}-mask"), "name": "seg", "dataRow": {"id": dr[0]},
          "mask": {"png": "iVBORw0KGgo="}, "customMetrics": [{"name": "iou", "value": 0.1}]},
     ]
 
@@ -179,8 +180,8 @@ async def _check_import(imp: MEAPredictionImport, admin: Admin, w: dict[str, Any
     assert "metricValue" in errors[1]["errors"][0]["message"]
     assert "mask" in errors[2]["errors"][0]["message"]
     preds = await admin.get(f"/model-runs/{w['run']}/predictions")
-    assert sorted(p["uuid"] for p in preds) == [f"{tag}-box-0", f"{tag}-box-1"]
-    assert {p["uuid"]: p["row"]["customMetrics"][0]["value"] for p in preds}[f"{tag}-box-1"] == 0.7
+    assert sorted(p["uuid"] for p in preds) == sorted([row_uuid(f"{tag}-box-0"), row_uuid(f"{tag}-box-1")])
+    assert {p["uuid"]: p["row"]["customMetrics"][0]["value"] for p in preds}[row_uuid(f"{tag}-box-1")] == 0.7
     metrics = await admin.get(f"/model-runs/{w['run']}/metrics")
     assert [(m["dataRowId"], m["metricName"], m["metricValue"]) for m in metrics] == [
         (dr[0], "custom_iou", 0.25),
@@ -212,7 +213,7 @@ async def test_add_predictions_from_objects(server: LocalLabelbox, admin: Admin)
     metrics = await admin.get(f"/model-runs/{w['run']}/metrics")
     assert metrics[0]["metricValue"] == 0.75
     preds = {p["uuid"]: p["row"] for p in await admin.get(f"/model-runs/{w['run']}/predictions")}
-    assert preds[f"{w['tag']}-box-0"]["confidence"] == 0.1
+    assert preds[row_uuid(f"{w['tag']}-box-0")]["confidence"] == 0.1
 
 
 async def test_add_predictions_from_file_and_url(server: LocalLabelbox, admin: Admin, tmp_path: Path) -> None:
@@ -236,8 +237,9 @@ async def test_annotation_limit_per_data_row(server: LocalLabelbox, admin: Admin
     w = await admin.seed_world(2)
     await admin.post("/model-runs", {"modelRuns": [{"id": w["run"], "name": "r", "dataRowIds": w["dataRows"]}]})
     box = {"top": 1, "left": 2, "height": 3, "width": 4}
-    rows = [{"uuid": f"a{i}", "name": "car", "dataRow": {"id": w["dataRows"][0]}, "bbox": box} for i in range(5001)]
-    rows.append({"uuid": "ok", "name": "car", "dataRow": {"id": w["dataRows"][1]}, "bbox": box})
+    rows = [{"uuid": row_uuid(f"a{i}"), "name": "car", "dataRow": {"id": w["dataRows"][0]}, "bbox": box}
+            for i in range(5001)]
+    rows.append({"uuid": row_uuid("ok"), "name": "car", "dataRow": {"id": w["dataRows"][1]}, "bbox": box})
     payload = "\n".join(json.dumps(r) for r in rows).encode()
     mr = await asyncio.to_thread(client(server).get_model_run, w["run"])
     imp = await asyncio.to_thread(

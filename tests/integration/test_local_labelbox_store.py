@@ -6,6 +6,7 @@ import sqlite3
 from pathlib import Path
 
 import orjson
+from row_uuid import row_uuid
 
 from service.events import parse_ndjson_row
 from service.local_labelbox.imports import plan_import
@@ -33,11 +34,11 @@ def _seed(store: Store) -> None:
 
 
 ROWS: list[dict[str, object]] = [
-    {"uuid": "a", "name": "car", "dataRow": {"id": "d1"}, "bbox": BOX, "confidence": 0.1},
+    {"uuid": row_uuid("a"), "name": "car", "dataRow": {"id": "d1"}, "bbox": BOX, "confidence": 0.1},
     {"dataRow": {"id": "d2"}, "metricValue": 0.1, "metricName": "m", "featureName": "car"},
-    {"uuid": "b", "name": "car", "dataRow": {"id": "d2"}, "bbox": BOX},
+    {"uuid": row_uuid("b"), "name": "car", "dataRow": {"id": "d2"}, "bbox": BOX},
     # Same uuid / same metric key again, later in the same import: the later row wins.
-    {"uuid": "a", "name": "bus", "dataRow": {"globalKey": "g1"}, "bbox": BOX, "confidence": 0.9},
+    {"uuid": row_uuid("a"), "name": "bus", "dataRow": {"globalKey": "g1"}, "bbox": BOX, "confidence": 0.9},
     {"dataRow": {"id": "d2"}, "metricValue": 0.7, "metricName": "m", "featureName": "car"},
 ]
 
@@ -50,9 +51,9 @@ def test_repeated_keys_in_one_import_last_row_wins_and_replay_is_harmless(tmp_pa
     preds = store.predictions("mr")
     metrics = store.metrics("mr")
     assert [(p["uuid"], p["dataRowId"], p["row"]["name"], p["row"]["confidence"]) for p in preds[:1]] == [
-        ("a", "d1", "bus", 0.9)
+        (row_uuid("a"), "d1", "bus", 0.9)
     ]
-    assert [p["uuid"] for p in preds] == ["a", "b"]
+    assert [p["uuid"] for p in preds] == [row_uuid("a"), row_uuid("b")]
     assert [(m["dataRowId"], m["metricName"], m["featureName"], m["metricValue"]) for m in metrics] == [
         ("d2", "m", "car", 0.7)
     ]
@@ -94,7 +95,7 @@ def test_counts_follow_every_write_of_the_run(tmp_path: Path) -> None:
     _import(store, "first", ROWS)
     assert store.counts("mr") == {"dataRows": 2, "predictions": 2, "metrics": 1, "imports": 1}
     assert store.counts("other") == {"dataRows": 0, "predictions": 0, "metrics": 0, "imports": 0}
-    _import(store, "more", [{"uuid": "c", "name": "car", "dataRow": {"id": "d1"}, "bbox": BOX}])
+    _import(store, "more", [{"uuid": row_uuid("c"), "name": "car", "dataRow": {"id": "d1"}, "bbox": BOX}])
     store.register_data_rows("mr", ["d3"], None)
     assert store.counts("mr") == {"dataRows": 3, "predictions": 3, "metrics": 1, "imports": 2}
     assert store.create_import("mr", "more", "file", None, b"", False) is None  # name taken: no change

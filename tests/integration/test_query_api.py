@@ -23,6 +23,7 @@ import pytest_asyncio
 from aggregator_harness import Reference, diff, flatten
 from aiohttp import web
 from pydantic import SecretStr
+from row_uuid import row_uuid
 
 from consumers.aggregator import ops_from_event
 from service.aggregation import apply_message
@@ -89,14 +90,14 @@ BATCH_1: list[tuple[str, dict[str, Any]]] = [
         {
             "predictions": [
                 {
-                    "uuid": "p1",
+                    "uuid": row_uuid("p1"),
                     "dataRow": D1,
                     "name": "cat",
                     "bbox": {"top": 1, "left": 2, "height": 3, "width": 4},
                     "customMetrics": [{"name": "cam", "value": 0.1}],  # replaced as a whole in batch 2
                 },
                 {
-                    "uuid": "p2",
+                    "uuid": row_uuid("p2"),
                     "dataRow": G3,
                     "name": "cat",
                     "answer": {"name": "tall", "customMetrics": [{"name": "cam", "value": 0.6}]},
@@ -125,7 +126,7 @@ BATCH_2: list[tuple[str, dict[str, Any]]] = [
         {
             "predictions": [
                 {
-                    "uuid": "p1",
+                    "uuid": row_uuid("p1"),
                     "dataRow": D1,
                     "name": "dog",
                     "bbox": {"top": 1, "left": 2, "height": 3, "width": 4},

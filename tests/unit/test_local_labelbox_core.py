@@ -6,6 +6,7 @@ import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from row_uuid import row_uuid as U
 
 from service.events import parse_ndjson_row
 from service.local_labelbox import faults
@@ -116,18 +117,18 @@ def plan(rows: list[dict[str, object]] | bytes, ids: set[str] | None = None):  #
 def test_status_rows_success_and_failures() -> None:
     p = plan(
         [
-            {"uuid": "a", "name": "car", "dataRow": {"id": "d1"}, "bbox": BOX},
-            {"uuid": "b", "name": "car", "dataRow": {"globalKey": "g1"}, "bbox": BOX},
-            {"uuid": "c", "name": "car", "dataRow": {"id": "d9"}, "bbox": BOX},
-            {"uuid": "e", "name": "car", "dataRow": {"globalKey": "g9"}, "bbox": BOX},
+            {"uuid": U("a"), "name": "car", "dataRow": {"id": "d1"}, "bbox": BOX},
+            {"uuid": U("b"), "name": "car", "dataRow": {"globalKey": "g1"}, "bbox": BOX},
+            {"uuid": U("c"), "name": "car", "dataRow": {"id": "d9"}, "bbox": BOX},
+            {"uuid": U("e"), "name": "car", "dataRow": {"globalKey": "g9"}, "bbox": BOX},
             {"dataRow": {"id": "d2"}, "metricValue": [1, 2], "metricName": "cm", "aggregation": "CONFUSION_MATRIX"},
             {"dataRow": {"id": "d2"}, "metricValue": 0.5, "metricName": "m"},
         ]
         ,
     )
     s = p.statuses
-    assert s[0] == {"uuid": "a", "dataRow": {"id": "d1"}, "status": "SUCCESS"}
-    assert s[1] == {"uuid": "b", "dataRow": {"id": "d1"}, "status": "SUCCESS"}
+    assert s[0] == {"uuid": U("a"), "dataRow": {"id": "d1"}, "status": "SUCCESS"}
+    assert s[1] == {"uuid": U("b"), "dataRow": {"id": "d1"}, "status": "SUCCESS"}
     assert s[2]["status"] == "FAILURE" and s[2]["dataRow"] == {"id": "d9"}
     assert s[2]["errors"][0]["name"] == "DataRowNotInModelRun"
     assert s[3]["dataRow"] == {"globalKey": "g9"} and "g9" in s[3]["errors"][0]["message"]
@@ -139,7 +140,7 @@ def test_status_rows_success_and_failures() -> None:
 
 def test_bad_lines_and_mask_custom_metrics() -> None:
     payload = b'{"x": \n[1]\n\n' + orjson.dumps(
-        {"uuid": "m", "name": "seg", "dataRow": {"id": "d1"}, "mask": {"png": "x"},
+        {"uuid": U("m"), "name": "seg", "dataRow": {"id": "d1"}, "mask": {"png": "x"},
          "customMetrics": [{"name": "iou", "value": 0.1}]}
     )
     s = plan(payload).statuses
@@ -148,17 +149,17 @@ def test_bad_lines_and_mask_custom_metrics() -> None:
 
 
 def test_annotation_limit_fails_whole_group_only() -> None:
-    rows = [{"uuid": f"u{i}", "name": "car", "dataRow": {"id": "d1"}, "bbox": BOX}
+    rows = [{"uuid": U(f"u{i}"), "name": "car", "dataRow": {"id": "d1"}, "bbox": BOX}
             for i in range(ANNOTATION_PER_DATA_ROW_LIMIT + 1)]
-    rows.append({"uuid": "other", "name": "dog", "dataRow": {"id": "d1"}, "bbox": BOX})
+    rows.append({"uuid": U("other"), "name": "dog", "dataRow": {"id": "d1"}, "bbox": BOX})
     p = plan(rows)
     assert p.failures == ANNOTATION_PER_DATA_ROW_LIMIT + 1
     assert p.statuses[-1]["status"] == "SUCCESS"
-    assert [pr[0] for pr in p.predictions] == ["other"]
+    assert [pr[0] for pr in p.predictions] == [U("other")]
     assert p.statuses[0]["errors"][0]["name"] == "AnnotationLimitExceeded"
 
 
 def test_exactly_at_limit_is_fine() -> None:
-    rows = [{"uuid": f"u{i}", "name": "car", "dataRow": {"id": "d1"}, "bbox": BOX}
+    rows = [{"uuid": U(f"u{i}"), "name": "car", "dataRow": {"id": "d1"}, "bbox": BOX}
             for i in range(ANNOTATION_PER_DATA_ROW_LIMIT)]
     assert plan(rows).failures == 0
