@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Literal
 
 from msgspec import UNSET
 
 from service.errors import EventValidationError
 from service.events.constants import (
     ANNOTATION_PER_LABEL_LIMIT,
-    CONFUSION_MATRIX_AGGREGATION,
     MAX_CONFIDENCE_SCORES,
     MIN_CONFIDENCE_SCORES,
     RESERVED_METRIC_NAMES,
@@ -52,23 +52,43 @@ from service.events.wire import (
 )
 
 _RESERVED = frozenset(RESERVED_METRIC_NAMES)
-_CM = CONFUSION_MATRIX_AGGREGATION
+_CM: Literal["CONFUSION_MATRIX"] = "CONFUSION_MATRIX"
 
 
 def _twice(path: str, camel: str, snake: str) -> EventValidationError:
     return EventValidationError(join(path, camel), f"given twice, as {camel} and {snake}; use one of them")
 
 
+def _ppath(where: str | int) -> str:
+    """Row paths are built only for an error: an int is the row's index in the event."""
+    return where if type(where) is str else f"predictions[{where}]"
+
+
+def _mpath(where: str | int) -> str:
+    return where if type(where) is str else f"metrics[{where}]"
+
+
+def _blank(path: str) -> EventValidationError:
+    return EventValidationError(path, "must be a non-empty string, got a blank one")
+
+
 def data_row(ref: DataRowRef, path: str) -> DataRowRef:
-    if ref.global_key_snake is not None:
+    """The reference with one identifier, the SDK spelling of the global key moved to ``global_key``."""
+    snake = ref.global_key_snake
+    if snake is not None:
         if ref.global_key is not None:
             raise _twice(path, "globalKey", "global_key")
-        ref = DataRowRef(ref.id, ref.global_key_snake)
-    if ref.id is None:
+        ref = DataRowRef(ref.id, snake)
+    dr_id = ref.id
+    if dr_id is None:
         if ref.global_key is None:
             raise EventValidationError(path, "must have exactly one of id or globalKey, got neither")
+        if ref.global_key.isspace():
+            raise _blank(f"{path}.{'global_key' if snake is not None else 'globalKey'}")
     elif ref.global_key is not None:
         raise EventValidationError(path, "must have exactly one of id or globalKey, got both")
+    elif dr_id.isspace():
+        raise _blank(f"{path}.id")
     return ref
 
 
@@ -76,28 +96,40 @@ def model_run_id(camel: str | None, snake: str | None) -> str:
     if camel is not None:
         if snake is not None:
             raise _twice("", "modelRunId", "model_run_id")
+        if camel.isspace():
+            raise _blank("modelRunId")
         return camel
     if snake is None:
         raise EventValidationError("model_run_id", "is required (the Labelbox model run id)")
+    if snake.isspace():
+        raise _blank("model_run_id")
     return snake
 
 
 # -------------------------------------------------------------------------------- predictions
 
 
-def _node(node: AnswerWire | ClassificationWire | PredictionRowWire, path: str) -> tuple[Any, Any]:
+def _node(node: AnswerWire | ClassificationWire | PredictionRowWire, path: str | int) -> tuple[Any, Any]:
     """name/schemaId and customMetrics of one node, each in one spelling."""
     schema_id = node.schemaId
     if node.schema_id is not None:
         if schema_id is not None:
-            raise _twice(path, "schemaId", "schema_id")
+            raise _twice(_ppath(path), "schemaId", "schema_id")
         schema_id = node.schema_id
-    if node.name is None and schema_id is None:
-        raise EventValidationError(path, "must have name or schemaId, got neither")
+        if schema_id.isspace():
+            raise _blank(f"{_ppath(path)}.schema_id")
+    elif schema_id is not None and schema_id.isspace():
+        raise _blank(f"{_ppath(path)}.schemaId")
+    name = node.name
+    if name is None:
+        if schema_id is None:
+            raise EventValidationError(_ppath(path), "must have name or schemaId, got neither")
+    elif name.isspace():
+        raise _blank(f"{_ppath(path)}.name")
     cms = node.customMetrics
     if node.custom_metrics is not None:
         if cms is not None:
-            raise _twice(path, "customMetrics", "custom_metrics")
+            raise _twice(_ppath(path), "customMetrics", "custom_metrics")
         cms = node.custom_metrics
     return schema_id, cms
 
@@ -138,20 +170,20 @@ def _answer(node: AnswerWire, path: str) -> None:
             _classification_body(c, c_cms, p, is_mask=False)
 
 
-def prediction_row(w: PredictionRowWire, raw: dict[str, Any], mrid: str, path: str) -> PredictionRow:
+def prediction_row(w: PredictionRowWire, raw: dict[str, Any], mrid: str, path: str | int) -> PredictionRow:
     ref = w.dataRow
     if w.data_row is not None:
         if ref is not None:
-            raise _twice(path, "dataRow", "data_row")
+            raise _twice(_ppath(path), "dataRow", "data_row")
         ref = w.data_row
     if ref is None:
-        raise EventValidationError(f"{path}.dataRow", "is required")
-    if ref.global_key_snake is not None or (ref.id is None) is (ref.global_key is None):
-        ref = data_row(ref, f"{path}.dataRow")
+        raise EventValidationError(f"{_ppath(path)}.dataRow", "is required")
+    if _odd_ref(ref):
+        ref = data_row(ref, f"{_ppath(path)}.dataRow")
     schema_id, cms = _node(w, path)
     is_mask = "mask" in raw
     if w.answer is not UNSET or w.classifications is not UNSET or (cms is not None and is_mask):
-        _classification_body(w, cms, path, is_mask=is_mask)
+        _classification_body(w, cms, _ppath(path), is_mask=is_mask)
     return PredictionRow(ref, w.name, schema_id, w.confidence, is_mask, raw, mrid, w.uuid)
 
 
@@ -164,7 +196,7 @@ def prediction_event(w: PredictionEventWire, doc: dict[str, Any]) -> PredictionE
                 "predictions", "give either predictions (a list) or prediction (one row), not both"
             )
         raws = doc["predictions"]
-        rows = [prediction_row(r, raws[i], mrid, f"predictions[{i}]") for i, r in enumerate(many)]
+        rows = [prediction_row(r, raws[i], mrid, i) for i, r in enumerate(many)]
         if len(rows) > ANNOTATION_PER_LABEL_LIMIT:
             _check_per_label_limit(rows)
     elif w.prediction is not None:
@@ -194,85 +226,133 @@ def _check_per_label_limit(rows: list[PredictionRow]) -> None:
 # -------------------------------------------------------------------------------- metrics
 
 
-def _confidence_key(key: str, path: str) -> float:
+_key_seen: dict[str, float] = {}
+
+
+def _confidence_key(key: str) -> float | None:
+    """The confidence a key stands for; None when it is not a number in [0, 1]."""
     try:
         f = float(key)
     except (ValueError, OverflowError):
-        raise EventValidationError(path, f"confidence keys must be numbers in [0, 1], got {key!r}") from None
+        return None
     if not (math.isfinite(f) and 0.0 <= f <= 1.0):
-        raise EventValidationError(path, f"confidence keys must be numbers in [0, 1], got {key!r}")
+        return None
+    if len(_key_seen) > 4096:
+        _key_seen.clear()
+    _key_seen[key] = f  # keys repeat from message to message: remembered
     return f
 
 
-def _confidence_keyed(value: dict[str, Any], path: str) -> list[tuple[float, Any, str]]:
+def _confidence_keyed(value: dict[str, Any], where: Callable[[], str]) -> dict[float, Any]:
+    """The value keyed by confidence; the key count, the range and repeats are checked."""
     n = len(value)
     if not MIN_CONFIDENCE_SCORES <= n <= MAX_CONFIDENCE_SCORES:
-        raise confidence_count_error(path, n)
-    out: list[tuple[float, Any, str]] = []
-    seen: set[float] = set()
+        raise confidence_count_error(where(), n)
+    out: dict[float, Any] = {}
+    get = _key_seen.get
     for k, v in value.items():
-        f = _confidence_key(k, path)
-        if f in seen:
-            raise EventValidationError(path, f"confidence key {k!r} repeats the confidence {f}")
-        seen.add(f)
-        out.append((f, v, f'{path}["{k}"]'))
+        f = get(k)
+        if f is None:
+            f = _confidence_key(k)
+            if f is None:
+                raise EventValidationError(where(), f"confidence keys must be numbers in [0, 1], got {k!r}")
+        out[f] = v
+    if len(out) != n:
+        seen: set[float] = set()
+        for k in value:
+            f = _key_seen[k]
+            if f in seen:
+                raise EventValidationError(where(), f"confidence key {k!r} repeats the confidence {f}")
+            seen.add(f)
     return out
 
 
-def _matrix(value: Any, path: str) -> tuple[int, int, int, int]:
-    if type(value) is not tuple:
-        raise EventValidationError(
-            path, f"a confusion matrix value must be [TP, FP, TN, FN], 4 integers; got {type_name(value)}"
-        )
+def _matrix(value: Any) -> tuple[int, int, int, int]:
     a, b, c, d = value
+    if type(a) is int and type(b) is int and type(c) is int and type(d) is int:
+        return value  # type: ignore[no-any-return]
     return (int(a), int(b), int(c), int(d))
 
 
-def _scalar_entry(value: Any, path: str) -> float:
-    if type(value) is not float:
-        raise EventValidationError(path, f"must be a number, got {type_name(value)}")
-    return value
+def _entry_error(value: dict[str, Any], want: type, where: Callable[[], str]) -> EventValidationError:
+    """Name the first entry of a confidence-keyed value that is not a ``want`` (a number or a matrix)."""
+    for k, v in value.items():
+        if type(v) is not want:
+            if want is tuple:
+                reason = f"a confusion matrix value must be [TP, FP, TN, FN], 4 integers; got {type_name(v)}"
+            else:
+                reason = f"must be a number, got {type_name(v)}"
+            return EventValidationError(f'{where()}["{k}"]', reason)
+    raise AssertionError("no entry of the wrong type")  # pragma: no cover - callers found one
 
 
-_SNAKE_ONLY = ("data_row", "metric_name", "feature_name", "subclass_name", "value")
+_CAMEL_NAMES = ("dataRow", "metricName", "featureName", "subclassName", "metricValue")
+_SNAKE_NAMES = ("data_row", "metric_name", "feature_name", "subclass_name", "value")
+_reserved_seen: dict[str, bool] = {}
 
 
-def metric_row(w: MetricRowWire, mrid: str, path: str) -> MetricRow:
+def _is_reserved(metric_name: str) -> bool:
+    """Metric names repeat in every row: remember the answer (bounded)."""
+    hit = _reserved_seen.get(metric_name)
+    if hit is None:
+        if len(_reserved_seen) > 4096:
+            _reserved_seen.clear()
+        hit = _reserved_seen[metric_name] = metric_name.lower().strip() in _RESERVED
+    return hit
+
+
+def _spelling(w: MetricRowWire, i: int) -> str:
+    """How the producer spelled field ``i`` of this row; a missing one in the spelling the row uses."""
+    camel = getattr(w, _CAMEL_NAMES[i])
+    snake = getattr(w, _SNAKE_NAMES[i])
+    if camel is not None:
+        return _CAMEL_NAMES[i]
+    if snake is not None:
+        return _SNAKE_NAMES[i]
+    if any(getattr(w, n) is not None for n in _SNAKE_NAMES) and w.dataRow is None and w.metricValue is None:
+        return _SNAKE_NAMES[i]
+    return _CAMEL_NAMES[i]
+
+
+def _mixed(w: MetricRowWire, path: str) -> tuple[Any, ...]:
+    """A row with both spellings in it: each field in one of them, never both."""
+    out: list[Any] = []
+    for c, s in zip(_CAMEL_NAMES, _SNAKE_NAMES, strict=True):
+        cv = getattr(w, c)
+        sv = getattr(w, s)
+        if cv is not None and sv is not None:
+            raise _twice(path, c, s)
+        out.append(cv if cv is not None else sv)
+    return tuple(out)
+
+
+def metric_row(w: MetricRowWire, mrid: str, path: str | int) -> MetricRow:
     ref = w.dataRow
     metric_name = w.metricName
     feature_name = w.featureName
     subclass_name = w.subclassName
     value: Any = w.metricValue
-    camel = ref is not None or value is not None
-    names = ["dataRow", "metricName", "featureName", "subclassName", "metricValue"]
-    if w.data_row is not None or w.metric_name is not None or w.feature_name is not None or (
-        w.subclass_name is not None or w.value is not None
+    if (
+        w.data_row is not None
+        or w.metric_name is not None
+        or w.feature_name is not None
+        or w.subclass_name is not None
+        or w.value is not None
     ):
-        pairs = (
-            (ref, w.data_row),
-            (metric_name, w.metric_name),
-            (feature_name, w.feature_name),
-            (subclass_name, w.subclass_name),
-            (value, w.value),
-        )
-        chosen: list[Any] = []
-        for i, (c, s) in enumerate(pairs):
-            if s is not None:
-                if c is not None:
-                    raise _twice(path, names[i], _SNAKE_ONLY[i])
-                names[i] = _SNAKE_ONLY[i]
-                chosen.append(s)
-            else:
-                chosen.append(c)
-                if c is None and not camel:
-                    names[i] = _SNAKE_ONLY[i]
-        ref, metric_name, feature_name, subclass_name, value = chosen
+        if ref is None and metric_name is None and feature_name is None and subclass_name is None and value is None:
+            ref = w.data_row
+            metric_name = w.metric_name
+            feature_name = w.feature_name
+            subclass_name = w.subclass_name
+            value = w.value
+        else:
+            ref, metric_name, feature_name, subclass_name, value = _mixed(w, _mpath(path))
     if ref is None:
-        raise EventValidationError(f"{path}.{names[0]}", "is required")
-    if ref.global_key_snake is not None or (ref.id is None) is (ref.global_key is None):
-        ref = data_row(ref, f"{path}.{names[0]}")
+        raise EventValidationError(f"{_mpath(path)}.{_spelling(w, 0)}", "is required")
+    if _odd_ref(ref):
+        ref = data_row(ref, f"{_mpath(path)}.{_spelling(w, 0)}")
     if value is None:
-        raise EventValidationError(f"{path}.{names[4]}", "is required")
+        raise EventValidationError(f"{_mpath(path)}.{_spelling(w, 4)}", "is required")
     aggregation: Any = w.aggregation
     tv = type(value)
     if tv is float:
@@ -280,56 +360,71 @@ def metric_row(w: MetricRowWire, mrid: str, path: str) -> MetricRow:
             aggregation = "ARITHMETIC_MEAN"
         elif aggregation == _CM:
             raise EventValidationError(
-                f"{path}.{names[4]}", "a confusion matrix value must be [TP, FP, TN, FN], 4 integers; got a number"
+                f"{_mpath(path)}.{_spelling(w, 4)}",
+                "a confusion matrix value must be [TP, FP, TN, FN], 4 integers; got a number",
             )
-        if metric_name is not None and metric_name.lower().strip() in _RESERVED:
-            _reserved(metric_name, f"{path}.{names[1]}")
-        return ScalarMetricRow(
-            data_row=ref,
-            feature_name=feature_name,
-            subclass_name=subclass_name,
-            model_run_id=mrid,
-            given_uuid=w.uuid,
-            metric_name=metric_name,
-            value=value,
-            aggregation=aggregation,
-        )
-    vpath = f"{path}.{names[4]}"
-    if tv is tuple or aggregation == _CM or any(type(v) is tuple for v in value.values()):
+        if metric_name is not None and _is_reserved(metric_name):
+            _reserved(metric_name, f"{_mpath(path)}.{_spelling(w, 1)}")
+        return ScalarMetricRow(ref, feature_name, subclass_name, mrid, w.uuid, None, metric_name, value, aggregation)
+    if tv is tuple and (aggregation is None or aggregation == _CM) and metric_name is not None:
+        a, b, c, d = value
+        if type(a) is not int or type(b) is not int or type(c) is not int or type(d) is not int:
+            value = (int(a), int(b), int(c), int(d))
+        return ConfusionMatrixMetricRow(ref, feature_name, subclass_name, mrid, w.uuid, None, metric_name, value, _CM)
+
+    def where() -> str:
+        return f"{_mpath(path)}.{_spelling(w, 4)}"
+
+    if tv is tuple or aggregation == _CM:
+        is_cm = True
+    else:
+        is_cm = False
+        for v in value.values():
+            if type(v) is tuple:
+                is_cm = True
+                break
+    if is_cm:
         if aggregation is not None and aggregation != _CM:
             raise EventValidationError(
-                f"{path}.aggregation", f"a confusion matrix metric only accepts CONFUSION_MATRIX, got {aggregation!r}"
+                f"{_mpath(path)}.aggregation",
+                f"a confusion matrix metric only accepts CONFUSION_MATRIX, got {aggregation!r}",
             )
         if metric_name is None:
-            raise EventValidationError(f"{path}.{names[1]}", "is required for a confusion matrix metric")
+            raise EventValidationError(f"{_mpath(path)}.{_spelling(w, 1)}", "is required for a confusion matrix metric")
         cm_value: Any
-        if tv is dict:
-            cm_value = {k: _matrix(v, p) for k, v, p in _confidence_keyed(value, vpath)}
+        if tv is tuple:
+            cm_value = _matrix(value)
+        elif tv is dict:
+            keyed = _confidence_keyed(value, where)
+            for v in keyed.values():
+                if type(v) is not tuple:
+                    raise _entry_error(value, tuple, where)
+            cm_value = {f: _matrix(v) for f, v in keyed.items()}
         else:
-            cm_value = _matrix(value, vpath)
+            raise EventValidationError(
+                where(), "a confusion matrix value must be [TP, FP, TN, FN], 4 integers; got a number"
+            )
         return ConfusionMatrixMetricRow(
-            data_row=ref,
-            feature_name=feature_name,
-            subclass_name=subclass_name,
-            model_run_id=mrid,
-            given_uuid=w.uuid,
-            metric_name=metric_name,
-            value=cm_value,
+            ref, feature_name, subclass_name, mrid, w.uuid, None, metric_name, cm_value, _CM
         )
     if aggregation is None:
         aggregation = "ARITHMETIC_MEAN"
-    if metric_name is not None and metric_name.lower().strip() in _RESERVED:
-        _reserved(metric_name, f"{path}.{names[1]}")
-    return ScalarMetricRow(
-        data_row=ref,
-        feature_name=feature_name,
-        subclass_name=subclass_name,
-        model_run_id=mrid,
-        given_uuid=w.uuid,
-        metric_name=metric_name,
-        value={k: _scalar_entry(v, p) for k, v, p in _confidence_keyed(value, vpath)},
-        aggregation=aggregation,
-    )
+    if metric_name is not None and _is_reserved(metric_name):
+        _reserved(metric_name, f"{_mpath(path)}.{_spelling(w, 1)}")
+    scalars = _confidence_keyed(value, where)
+    return ScalarMetricRow(ref, feature_name, subclass_name, mrid, w.uuid, None, metric_name, scalars, aggregation)
+
+
+def _odd_ref(ref: DataRowRef) -> bool:
+    """Anything but exactly one non-blank identifier in the Labelbox spelling (the checks name the problem)."""
+    v = ref.id
+    if v is None:
+        v = ref.global_key
+        if v is None or ref.global_key_snake is not None:
+            return True
+    elif ref.global_key is not None or ref.global_key_snake is not None:
+        return True
+    return v.isspace()
 
 
 def _reserved(metric_name: str, path: str) -> None:
@@ -345,36 +440,58 @@ def metric_event(w: MetricEventWire) -> MetricEvent:
     metrics = w.metrics
     if metrics is None:
         raise EventValidationError("metrics", "is required (a non-empty list of metrics)")
-    return MetricEvent(mrid, [metric_row(m, mrid, f"metrics[{i}]") for i, m in enumerate(metrics)])
+    return MetricEvent(mrid, [metric_row(m, mrid, i) for i, m in enumerate(metrics)])
 
 
 # -------------------------------------------------------------------------------- labels
 
-_SELECTORS = (
-    ("labelIds", "label_ids"),
-    ("projectId", "project_id"),
-    ("dataRowIds", "data_row_ids"),
-    ("globalKeys", "global_keys"),
-)
+_SELECTORS = ("label_ids", "project_id", "data_row_ids", "global_keys")
+_CAMEL_SELECTORS = ("labelIds", "projectId", "dataRowIds", "globalKeys")
+_ALL_SELECTORS = _SELECTORS + _CAMEL_SELECTORS
 
 
 def label_event(w: LabelEventWire) -> LabelEvent:
-    mrid = model_run_id(w.modelRunId, w.model_run_id)
-    chosen: list[tuple[str, str, Any]] = []
-    for camel, snake in _SELECTORS:
-        c = getattr(w, camel)
-        s = getattr(w, snake)
-        if c is not None:
-            if s is not None:
-                raise _twice("", camel, snake)
-            chosen.append((snake, camel, c))
-        elif s is not None:
-            chosen.append((snake, snake, s))
-    if len(chosen) != 1:
-        got = "none" if not chosen else ", ".join(k for _, k, _ in chosen)
+    mrid = w.model_run_id
+    if mrid is None or w.modelRunId is not None or mrid.isspace():
+        mrid = model_run_id(w.modelRunId, w.model_run_id)
+    given = (
+        w.label_ids,
+        w.project_id,
+        w.data_row_ids,
+        w.global_keys,
+        w.labelIds,
+        w.projectId,
+        w.dataRowIds,
+        w.globalKeys,
+    )
+    if given.count(None) != 7:
+        chosen: list[str] = []
+        for k in range(4):
+            if given[k + 4] is not None:
+                if given[k] is not None:
+                    raise _twice("", _CAMEL_SELECTORS[k], _SELECTORS[k])
+                chosen.append(_CAMEL_SELECTORS[k])
+            elif given[k] is not None:
+                chosen.append(_SELECTORS[k])
         raise EventValidationError(
-            "label_ids" if not chosen else chosen[1][1],
-            f"a label event needs exactly one of label_ids, project_id, data_row_ids, global_keys; got {got}",
+            "label_ids" if not chosen else chosen[1],
+            "a label event needs exactly one of label_ids, project_id, data_row_ids, global_keys; "
+            f"got {', '.join(chosen) or 'none'}",
         )
-    field, _, value = chosen[0]
-    return LabelEvent(model_run_id=mrid, **{field: value})
+    i = 0
+    while given[i] is None:
+        i += 1
+    value: Any = given[i]
+    which = i & 3
+    if which == 1:
+        if value.isspace():
+            raise _blank(_ALL_SELECTORS[i])
+        return LabelEvent(mrid, None, value)
+    for j, s in enumerate(value):
+        if s.isspace():
+            raise _blank(f"{_ALL_SELECTORS[i]}[{j}]")
+    if which == 0:
+        return LabelEvent(mrid, value)
+    if which == 2:
+        return LabelEvent(mrid, None, None, value)
+    return LabelEvent(mrid, None, None, None, value)

@@ -89,7 +89,7 @@ class _Located:
         t = self.tinfo
         while True:
             if isinstance(t, mi.Metadata):
-                self.extra = {**(t.extra or {}), **self.extra}
+                self.extra = {**self.extra, **(t.extra or {})}  # the inner, more specific wording wins
                 t = t.type
             elif isinstance(t, mi.UnionType):
                 members = [m for m in t.types if not isinstance(m, mi.NoneType)]
@@ -100,7 +100,7 @@ class _Located:
                 return t
 
 
-_MEMBER_FOR_WANT = {"array": "index", "object": "key", "str": "str", "float": "number", "int": "number"}
+_MEMBER_FOR_WANT = {"array": "index", "object": "key", "str": "str", "float": "float", "int": "int"}
 
 
 def _member_for(t: Any, step: str) -> Any:
@@ -110,7 +110,8 @@ def _member_for(t: Any, step: str) -> Any:
         "index": (mi.ListType, mi.TupleType),
         "key": (mi.DictType, mi.StructType),
         "str": (mi.StrType,),
-        "number": (mi.FloatType, mi.IntType),
+        "float": (mi.FloatType,),
+        "int": (mi.IntType,),
     }.get(step, ())
     for m in t.types:
         inner = m
@@ -195,8 +196,8 @@ def _reason(msg: str, loc: _Located) -> str:
     m = _EXPECTED.match(msg)
     if m is None:
         if msg.startswith("Invalid enum value"):
-            values = t.values if isinstance(t, mi.LiteralType) else ()
-            return f"must be one of {', '.join(map(str, values))}{got}"
+            values = loc.extra.get("one_of") or ", ".join(map(str, getattr(t, "values", ())))
+            return f"must be one of {values}{got}"
         return msg[:1].lower() + msg[1:]
     rest = m.group("rest")
     if isinstance(t, mi.UnionType) and not rest.startswith(", got"):
@@ -204,7 +205,7 @@ def _reason(msg: str, loc: _Located) -> str:
         member = _member_for(t, _MEMBER_FOR_WANT.get(m.group("want"), ""))
         if member is not None:
             inner = _Located(member, value)
-            inner.extra = {k: v for k, v in loc.extra.items() if k != "expect"}
+            inner.extra = dict(loc.extra)
             return _reason(msg, inner)
     if rest.startswith(", got"):
         found = type_name(value) if value is not _MISSING else m.group("rest")[7:-1]
@@ -215,6 +216,8 @@ def _reason(msg: str, loc: _Located) -> str:
         return f"must be {_describe(loc)}{got}"
     if "multiple of" in rest:
         return f"must be {_describe(loc)}{got}"
+    if " of length" in rest and isinstance(t, mi.StrType):
+        return f"must be {_describe(loc)}, got a blank one"
     if " of length" in rest:
         n = len(value) if isinstance(value, list | tuple | dict | str) else None
         if "shape" in loc.extra:

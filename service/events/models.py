@@ -93,7 +93,8 @@ class PredictionRow(Struct, eq=False):
         )
 
 
-class _MetricRowBase(Struct, eq=False, kw_only=True):
+class _MetricRowBase(Struct, eq=False):
+    # Positional order (the checks build rows positionally, the cheapest call).
     data_row: DataRowRef
     feature_name: str | None = None
     subclass_name: str | None = None
@@ -168,7 +169,7 @@ class _MetricRowBase(Struct, eq=False, kw_only=True):
         )
 
 
-class ScalarMetricRow(_MetricRowBase, kw_only=True):
+class ScalarMetricRow(_MetricRowBase):
     """A ScalarMetric; ``value`` is a float or a confidence-keyed dict of floats."""
 
     kind: ClassVar[Literal["scalar"]] = "scalar"
@@ -183,7 +184,7 @@ class ScalarMetricRow(_MetricRowBase, kw_only=True):
         return self.value
 
 
-class ConfusionMatrixMetricRow(_MetricRowBase, kw_only=True):
+class ConfusionMatrixMetricRow(_MetricRowBase):
     """A ConfusionMatrixMetric; ``value`` is ``(TP, FP, TN, FN)`` or a confidence-keyed dict of them."""
 
     kind: ClassVar[Literal["confusion_matrix"]] = "confusion_matrix"
@@ -236,7 +237,7 @@ class MetricEvent(_Event, frozen=True):
         return {"model_run_id": self.model_run_id, "metrics": [m.to_ndjson() for m in self.metrics]}
 
 
-class LabelEvent(_Event, frozen=True, kw_only=True):
+class LabelEvent(_Event, frozen=True):
     """Mirrors ``ModelRun.upsert_labels`` / ``upsert_data_rows``: exactly one selector is set."""
 
     kind: ClassVar[EventKind] = "label"

@@ -27,7 +27,12 @@ def _keys(obj: dict[str, Any]) -> dict[str, Any]:
     """A copy with the snake_case aliases renamed in place (the checks rejected both spellings at once)."""
     if obj.keys().isdisjoint(_ALIAS_KEYS):
         return dict(obj)
-    return {_ALIASES.get(k, k): v for k, v in obj.items()}
+    out: dict[str, Any] = {}
+    for k, v in obj.items():
+        k = _ALIASES.get(k, k)
+        if v is not None or k not in out:  # null is absent: it never replaces the other spelling's value
+            out[k] = v
+    return out
 
 
 def _custom_metrics(value: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -25,7 +25,11 @@ from service.events.constants import (
     UUID_PATTERN,
 )
 
-NonEmptyStr = Annotated[str, Meta(pattern=r"\S", extra={"expect": "a non-empty string"})]
+# Blank (whitespace-only) strings are rejected by the checks (a msgspec pattern runs Python's re per
+# string, several times the cost of the rest of the decode); the JSON Schema says it as a pattern.
+NonEmptyStr = Annotated[
+    str, Meta(min_length=1, extra_json_schema={"pattern": r"\S"}, extra={"expect": "a non-empty string"})
+]
 UuidStr = Annotated[
     str,
     Meta(
@@ -35,9 +39,11 @@ UuidStr = Annotated[
     ),
 ]
 Confidence = Annotated[float, Meta(ge=0, le=1, extra={"expect": "a number between 0 and 1"})]
+# Whole numbers written as floats (``3.0``) are counts too; ints stay ints.
 Count = Annotated[
-    float,
-    Meta(ge=0, le=CONFUSION_MATRIX_MAX_COUNT, multiple_of=1, extra={"expect": "an integer count"}),
+    Annotated[int, Meta(ge=0, le=CONFUSION_MATRIX_MAX_COUNT)]
+    | Annotated[float, Meta(ge=0, le=CONFUSION_MATRIX_MAX_COUNT, multiple_of=1)],
+    Meta(extra={"expect": "an integer count"}),
 ]
 MatrixValue = Annotated[
     tuple[Count, Count, Count, Count],
@@ -60,9 +66,10 @@ MetricValue = Annotated[
     float | MatrixValue | ConfidenceKeyed,
     Meta(extra={"expect": "a number, [TP, FP, TN, FN] or a confidence-keyed object"}),
 ]
+_AGGREGATIONS = "ARITHMETIC_MEAN, GEOMETRIC_MEAN, HARMONIC_MEAN, SUM, CONFUSION_MATRIX"
 Aggregation = Annotated[
     Literal["ARITHMETIC_MEAN", "GEOMETRIC_MEAN", "HARMONIC_MEAN", "SUM", "CONFUSION_MATRIX"],
-    Meta(extra={"expect": "a string, one of ARITHMETIC_MEAN, GEOMETRIC_MEAN, HARMONIC_MEAN, SUM, CONFUSION_MATRIX"}),
+    Meta(extra={"expect": f"a string, one of {_AGGREGATIONS}", "one_of": _AGGREGATIONS}),
 ]
 StringList = Annotated[list[NonEmptyStr], Meta(min_length=1, extra={"expect": "a list of strings"})]
 
@@ -86,6 +93,10 @@ class DataRowRef(Struct, frozen=True, forbid_unknown_fields=True):
         return {"id": self.id} if self.id is not None else {"globalKey": self.global_key or ""}
 
 
+DataRow = Annotated[DataRowRef, Meta(extra={"expect": "an object with exactly one of id or globalKey"})]
+Classifications = Annotated[list["ClassificationWire"], Meta(extra={"expect": "a list of classification objects"})]
+
+
 class CustomMetricWire(Struct, forbid_unknown_fields=True):
     name: Annotated[str, Meta(extra={"expect": "a string"})]
     value: float
@@ -103,7 +114,7 @@ class AnswerWire(Struct):
     confidence: Confidence | None = None
     customMetrics: CustomMetrics | None = None
     custom_metrics: CustomMetrics | None = None
-    classifications: list[ClassificationWire] | UnsetType = UNSET
+    classifications: Classifications | UnsetType = UNSET
 
 
 Answer = Annotated[
@@ -127,14 +138,14 @@ class ClassificationWire(Struct):
     answer: Answer | UnsetType = UNSET
     customMetrics: CustomMetrics | None = None
     custom_metrics: CustomMetrics | None = None
-    classifications: list[ClassificationWire] | UnsetType = UNSET
+    classifications: Classifications | UnsetType = UNSET
 
 
 class PredictionRowWire(Struct):
     """One Labelbox NDJSON prediction row; fields not declared here (geometry, mask, ...) pass through."""
 
-    dataRow: DataRowRef | None = None
-    data_row: DataRowRef | None = None
+    dataRow: DataRow | None = None
+    data_row: DataRow | None = None
     name: NonEmptyStr | None = None
     schemaId: NonEmptyStr | None = None
     schema_id: NonEmptyStr | None = None
@@ -142,7 +153,7 @@ class PredictionRowWire(Struct):
     customMetrics: CustomMetrics | None = None
     custom_metrics: CustomMetrics | None = None
     answer: Answer | UnsetType = UNSET
-    classifications: list[ClassificationWire] | UnsetType = UNSET
+    classifications: Classifications | UnsetType = UNSET
     uuid: UuidStr | None = None
 
 
@@ -161,8 +172,8 @@ class PredictionEventWire(Struct, forbid_unknown_fields=True):
 class MetricRowWire(Struct, forbid_unknown_fields=True):
     """A ScalarMetric or ConfusionMatrixMetric row, SDK snake_case or NDJSON camelCase."""
 
-    dataRow: DataRowRef | None = None
-    data_row: DataRowRef | None = None
+    dataRow: DataRow | None = None
+    data_row: DataRow | None = None
     metricName: str | None = None
     metric_name: str | None = None
     featureName: str | None = None
