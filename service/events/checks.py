@@ -178,17 +178,33 @@ def prediction_row(w: PredictionRowWire, raw: dict[str, Any], mrid: str, path: s
         ref = w.data_row
     if ref is None:
         raise EventValidationError(f"{_ppath(path)}.dataRow", "is required")
-    if _odd_ref(ref):
+    v = ref.id
+    if v is None:
+        v = ref.global_key
+    elif ref.global_key is not None:
+        v = None
+    if v is None or ref.global_key_snake is not None or v.isspace():
         ref = data_row(ref, f"{_ppath(path)}.dataRow")
-    schema_id, cms = _node(w, path)
+    name = w.name
+    schema_id = w.schemaId
+    cms = w.customMetrics
+    if (
+        w.schema_id is not None
+        or w.custom_metrics is not None
+        or (schema_id.isspace() if schema_id is not None else name is None)
+        or (name is not None and name.isspace())
+    ):
+        schema_id, cms = _node(w, path)
     is_mask = "mask" in raw
     if w.answer is not UNSET or w.classifications is not UNSET or (cms is not None and is_mask):
         _classification_body(w, cms, _ppath(path), is_mask=is_mask)
-    return PredictionRow(ref, w.name, schema_id, w.confidence, is_mask, raw, mrid, w.uuid)
+    return PredictionRow(ref, name, schema_id, w.confidence, is_mask, raw, mrid, w.uuid)
 
 
 def prediction_event(w: PredictionEventWire, doc: dict[str, Any]) -> PredictionEvent:
-    mrid = model_run_id(w.modelRunId, w.model_run_id)
+    mrid = w.model_run_id
+    if mrid is None or w.modelRunId is not None or mrid.isspace():
+        mrid = model_run_id(w.modelRunId, w.model_run_id)
     many = w.predictions
     if many is not None:
         if w.prediction is not None:
@@ -196,7 +212,10 @@ def prediction_event(w: PredictionEventWire, doc: dict[str, Any]) -> PredictionE
                 "predictions", "give either predictions (a list) or prediction (one row), not both"
             )
         raws = doc["predictions"]
-        rows = [prediction_row(r, raws[i], mrid, i) for i, r in enumerate(many)]
+        rows: list[PredictionRow] = []
+        append = rows.append
+        for i in range(len(many)):  # a plain loop: cheaper per event than a comprehension over enumerate/zip
+            append(prediction_row(many[i], raws[i], mrid, i))
         if len(rows) > ANNOTATION_PER_LABEL_LIMIT:
             _check_per_label_limit(rows)
     elif w.prediction is not None:
@@ -436,11 +455,17 @@ def _reserved(metric_name: str, path: str) -> None:
 
 
 def metric_event(w: MetricEventWire) -> MetricEvent:
-    mrid = model_run_id(w.modelRunId, w.model_run_id)
+    mrid = w.model_run_id
+    if mrid is None or w.modelRunId is not None or mrid.isspace():
+        mrid = model_run_id(w.modelRunId, w.model_run_id)
     metrics = w.metrics
     if metrics is None:
         raise EventValidationError("metrics", "is required (a non-empty list of metrics)")
-    return MetricEvent(mrid, [metric_row(m, mrid, i) for i, m in enumerate(metrics)])
+    rows: list[MetricRow] = []
+    append = rows.append
+    for i in range(len(metrics)):
+        append(metric_row(metrics[i], mrid, i))
+    return MetricEvent(mrid, rows)
 
 
 # -------------------------------------------------------------------------------- labels

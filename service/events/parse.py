@@ -8,16 +8,47 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+import orjson
+
 from service.errors import EventValidationError
 from service.events import checks, decode
 from service.events.constants import EventKind
 from service.events.models import LabelEvent, MetricEvent, MetricRow, PredictionEvent, PredictionRow
-from service.events.wire import MetricRowWire, PredictionRowWire
+from service.events.wire import (
+    LABEL_EVENT_DECODER,
+    METRIC_EVENT_DECODER,
+    MetricRowWire,
+    PredictionEventWire,
+    PredictionRowWire,
+)
+
+_loads = orjson.loads
+_convert = msgspec.convert
+_decode_metric = METRIC_EVENT_DECODER.decode
+_decode_label = LABEL_EVENT_DECODER.decode
+_DECODE_ERRORS = (msgspec.ValidationError, msgspec.DecodeError, orjson.JSONDecodeError, UnicodeDecodeError, TypeError)
 
 
 def parse_event(kind: EventKind, raw: bytes | None, *, max_bytes: int) -> PredictionEvent | MetricEvent | LabelEvent:
-    """Size check, decode and validate one Kafka message value; every failure is an EventValidationError."""
+    """Size check, decode and validate one Kafka message value; every failure is an EventValidationError.
+
+    The common case is decoded here directly; whatever fails is decoded again by service.events.decode,
+    which names the problem (only rejected messages pay for that).
+    """
     try:
+        if raw is not None and len(raw) <= max_bytes:
+            try:
+                if kind == "metric":
+                    return checks.metric_event(_decode_metric(raw))
+                if kind == "prediction":
+                    doc = _loads(raw)
+                    if type(doc) is dict:
+                        return checks.prediction_event(_convert(doc, PredictionEventWire), doc)
+                elif kind == "label":
+                    return checks.label_event(_decode_label(raw))
+            except _DECODE_ERRORS:
+                pass
         if kind == "prediction":
             w, doc = decode.prediction_event(raw, max_bytes)
             return checks.prediction_event(w, doc)
