@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable
 from typing import Any, Literal
 
 from msgspec import UNSET
@@ -262,38 +261,52 @@ def _confidence_key(key: str) -> float | None:
     return f
 
 
-def _confidence_keyed(value: dict[str, Any], where: Callable[[], str]) -> dict[float, Any]:
-    """The value keyed by confidence; the key count, the range and repeats are checked."""
+def _vpath(w: MetricRowWire, path: str | int) -> str:
+    return f"{_mpath(path)}.{_spelling(w, 4)}"
+
+
+def _confidence_keyed(value: dict[str, Any], w: MetricRowWire, path: str | int) -> tuple[dict[float, Any], int]:
+    """The value keyed by confidence, and how many entries are matrices (the rest are numbers).
+
+    The key count, the key range and repeated confidences are checked; matrices are made of ints.
+    """
     n = len(value)
     if not MIN_CONFIDENCE_SCORES <= n <= MAX_CONFIDENCE_SCORES:
-        raise confidence_count_error(where(), n)
-    out: dict[float, Any] = {}
+        raise confidence_count_error(_vpath(w, path), n)
     get = _key_seen.get
+    out: dict[float, Any] = {get(k, -1.0): v for k, v in value.items()}  # keys seen before: one pass
+    if len(out) == n and -1.0 not in out:
+        matrices = 0
+        for v in out.values():
+            if type(v) is tuple:
+                break
+        else:
+            return out, 0  # all numbers: the common scalar case
+    out = {}
+    matrices = 0
     for k, v in value.items():
         f = get(k)
         if f is None:
             f = _confidence_key(k)
             if f is None:
-                raise EventValidationError(where(), f"confidence keys must be numbers in [0, 1], got {k!r}")
+                raise EventValidationError(_vpath(w, path), f"confidence keys must be numbers in [0, 1], got {k!r}")
+        if type(v) is tuple:
+            matrices += 1
+            a, b, c, d = v
+            if type(a) is not int or type(b) is not int or type(c) is not int or type(d) is not int:
+                v = (int(a), int(b), int(c), int(d))
         out[f] = v
     if len(out) != n:
         seen: set[float] = set()
         for k in value:
             f = _key_seen[k]
             if f in seen:
-                raise EventValidationError(where(), f"confidence key {k!r} repeats the confidence {f}")
+                raise EventValidationError(_vpath(w, path), f"confidence key {k!r} repeats the confidence {f}")
             seen.add(f)
-    return out
+    return out, matrices
 
 
-def _matrix(value: Any) -> tuple[int, int, int, int]:
-    a, b, c, d = value
-    if type(a) is int and type(b) is int and type(c) is int and type(d) is int:
-        return value  # type: ignore[no-any-return]
-    return (int(a), int(b), int(c), int(d))
-
-
-def _entry_error(value: dict[str, Any], want: type, where: Callable[[], str]) -> EventValidationError:
+def _entry_error(value: dict[str, Any], want: type, where: str) -> EventValidationError:
     """Name the first entry of a confidence-keyed value that is not a ``want`` (a number or a matrix)."""
     for k, v in value.items():
         if type(v) is not want:
@@ -301,7 +314,7 @@ def _entry_error(value: dict[str, Any], want: type, where: Callable[[], str]) ->
                 reason = f"a confusion matrix value must be [TP, FP, TN, FN], 4 integers; got {type_name(v)}"
             else:
                 reason = f"must be a number, got {type_name(v)}"
-            return EventValidationError(f'{where()}["{k}"]', reason)
+            return EventValidationError(f'{where}["{k}"]', reason)
     raise AssertionError("no entry of the wrong type")  # pragma: no cover - callers found one
 
 
@@ -368,7 +381,12 @@ def metric_row(w: MetricRowWire, mrid: str, path: str | int) -> MetricRow:
             ref, metric_name, feature_name, subclass_name, value = _mixed(w, _mpath(path))
     if ref is None:
         raise EventValidationError(f"{_mpath(path)}.{_spelling(w, 0)}", "is required")
-    if _odd_ref(ref):
+    v = ref.id
+    if v is None:
+        v = ref.global_key
+    elif ref.global_key is not None:
+        v = None
+    if v is None or ref.global_key_snake is not None or v.isspace():
         ref = data_row(ref, f"{_mpath(path)}.{_spelling(w, 0)}")
     if value is None:
         raise EventValidationError(f"{_mpath(path)}.{_spelling(w, 4)}", "is required")
@@ -382,7 +400,7 @@ def metric_row(w: MetricRowWire, mrid: str, path: str | int) -> MetricRow:
                 f"{_mpath(path)}.{_spelling(w, 4)}",
                 "a confusion matrix value must be [TP, FP, TN, FN], 4 integers; got a number",
             )
-        if metric_name is not None and _is_reserved(metric_name):
+        if metric_name is not None and (_reserved_seen.get(metric_name) or _is_reserved(metric_name)):
             _reserved(metric_name, f"{_mpath(path)}.{_spelling(w, 1)}")
         return ScalarMetricRow(ref, feature_name, subclass_name, mrid, w.uuid, None, metric_name, value, aggregation)
     if tv is tuple and (aggregation is None or aggregation == _CM) and metric_name is not None:
@@ -391,18 +409,12 @@ def metric_row(w: MetricRowWire, mrid: str, path: str | int) -> MetricRow:
             value = (int(a), int(b), int(c), int(d))
         return ConfusionMatrixMetricRow(ref, feature_name, subclass_name, mrid, w.uuid, None, metric_name, value, _CM)
 
-    def where() -> str:
-        return f"{_mpath(path)}.{_spelling(w, 4)}"
-
-    if tv is tuple or aggregation == _CM:
-        is_cm = True
+    if tv is tuple:
+        keyed: Any = value
+        matrices = 1
     else:
-        is_cm = False
-        for v in value.values():
-            if type(v) is tuple:
-                is_cm = True
-                break
-    if is_cm:
+        keyed, matrices = _confidence_keyed(value, w, path)
+    if matrices or aggregation == _CM:
         if aggregation is not None and aggregation != _CM:
             raise EventValidationError(
                 f"{_mpath(path)}.aggregation",
@@ -410,40 +422,14 @@ def metric_row(w: MetricRowWire, mrid: str, path: str | int) -> MetricRow:
             )
         if metric_name is None:
             raise EventValidationError(f"{_mpath(path)}.{_spelling(w, 1)}", "is required for a confusion matrix metric")
-        cm_value: Any
-        if tv is tuple:
-            cm_value = _matrix(value)
-        elif tv is dict:
-            keyed = _confidence_keyed(value, where)
-            for v in keyed.values():
-                if type(v) is not tuple:
-                    raise _entry_error(value, tuple, where)
-            cm_value = {f: _matrix(v) for f, v in keyed.items()}
-        else:
-            raise EventValidationError(
-                where(), "a confusion matrix value must be [TP, FP, TN, FN], 4 integers; got a number"
-            )
-        return ConfusionMatrixMetricRow(
-            ref, feature_name, subclass_name, mrid, w.uuid, None, metric_name, cm_value, _CM
-        )
+        if matrices != len(keyed):
+            raise _entry_error(value, tuple, _vpath(w, path))
+        return ConfusionMatrixMetricRow(ref, feature_name, subclass_name, mrid, w.uuid, None, metric_name, keyed, _CM)
     if aggregation is None:
         aggregation = "ARITHMETIC_MEAN"
     if metric_name is not None and _is_reserved(metric_name):
         _reserved(metric_name, f"{_mpath(path)}.{_spelling(w, 1)}")
-    scalars = _confidence_keyed(value, where)
-    return ScalarMetricRow(ref, feature_name, subclass_name, mrid, w.uuid, None, metric_name, scalars, aggregation)
-
-
-def _odd_ref(ref: DataRowRef) -> bool:
-    """Anything but exactly one non-blank identifier in the Labelbox spelling (the checks name the problem)."""
-    v = ref.id
-    if v is None:
-        v = ref.global_key
-        if v is None or ref.global_key_snake is not None:
-            return True
-    elif ref.global_key is not None or ref.global_key_snake is not None:
-        return True
-    return v.isspace()
+    return ScalarMetricRow(ref, feature_name, subclass_name, mrid, w.uuid, None, metric_name, keyed, aggregation)
 
 
 def _reserved(metric_name: str, path: str) -> None:

@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 
-class PredictionRow(Struct, eq=False):
+class PredictionRow(Struct, eq=False, gc=False):
     """One Labelbox NDJSON prediction row; ``ndjson`` is the full normalized row sent to Labelbox.
 
     Fields the contract does not model (geometry, answers, masks, ...) live only in ``ndjson`` and
@@ -93,7 +93,7 @@ class PredictionRow(Struct, eq=False):
         )
 
 
-class _MetricRowBase(Struct, eq=False):
+class _MetricRowBase(Struct, eq=False, gc=False):
     # Positional order (the checks build rows positionally, the cheapest call).
     data_row: DataRowRef
     feature_name: str | None = None
@@ -202,7 +202,7 @@ class ConfusionMatrixMetricRow(_MetricRowBase):
 MetricRow: TypeAlias = ScalarMetricRow | ConfusionMatrixMetricRow
 
 
-class _Event(Struct, frozen=True):
+class _Event(Struct, frozen=True, gc=False):
     """What the three envelopes share: a wire form that parse_event reads back."""
 
     def to_wire(self) -> dict[str, Any]:

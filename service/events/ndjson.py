@@ -36,7 +36,11 @@ def _keys(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 def _custom_metrics(value: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{"name": cm["name"], "value": float(cm["value"])} for cm in value]
+    """``{"name", "value"}`` with a float value, in that key order; the common list is already so (reused)."""
+    for cm in value:
+        if type(cm["value"]) is not float or next(iter(cm)) != "name":
+            return [{"name": cm["name"], "value": float(cm["value"])} for cm in value]
+    return value
 
 
 def _body(node: dict[str, Any]) -> None:

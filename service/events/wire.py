@@ -9,6 +9,9 @@ Both spellings of a field (Labelbox camelCase and SDK snake_case) are declared a
 the checks pick the one given and reject both at once. ``Meta.extra["expect"]`` is how an error message
 describes the field's type ("must be a non-empty string, got a number"); other ``extra`` keys override
 the wording of one rule (service.events.errors reads them).
+
+Every Struct here and in models.py has ``gc=False``: decoded JSON cannot form reference cycles, and
+untracked instances keep the garbage collector's passes off the hot path.
 """
 
 from __future__ import annotations
@@ -74,7 +77,7 @@ Aggregation = Annotated[
 StringList = Annotated[list[NonEmptyStr], Meta(min_length=1, extra={"expect": "a list of strings"})]
 
 
-class DataRowRef(Struct, frozen=True, forbid_unknown_fields=True):
+class DataRowRef(Struct, gc=False, frozen=True, forbid_unknown_fields=True):
     """A data row as the event names it; Labelbox needs exactly one of the two identifiers.
 
     ``global_key_snake`` is the SDK spelling on the wire; parsing moves it to ``global_key``, so a
@@ -97,7 +100,7 @@ DataRow = Annotated[DataRowRef, Meta(extra={"expect": "an object with exactly on
 Classifications = Annotated[list["ClassificationWire"], Meta(extra={"expect": "a list of classification objects"})]
 
 
-class CustomMetricWire(Struct, forbid_unknown_fields=True):
+class CustomMetricWire(Struct, gc=False, forbid_unknown_fields=True):
     name: Annotated[str, Meta(extra={"expect": "a string"})]
     value: float
 
@@ -105,7 +108,7 @@ class CustomMetricWire(Struct, forbid_unknown_fields=True):
 CustomMetrics = Annotated[
     list[CustomMetricWire], Meta(extra={"expect": 'a list of {"name": str, "value": number}'})
 ]
-class AnswerWire(Struct):
+class AnswerWire(Struct, gc=False):
     """A radio/checklist answer: name or schemaId, its own confidence, customMetrics and nesting."""
 
     name: NonEmptyStr | None = None
@@ -129,7 +132,7 @@ Answer = Annotated[
 ]
 
 
-class ClassificationWire(Struct):
+class ClassificationWire(Struct, gc=False):
     """A nested classification: the same placement rules as a top-level classification row."""
 
     name: NonEmptyStr | None = None
@@ -141,7 +144,7 @@ class ClassificationWire(Struct):
     classifications: Classifications | UnsetType = UNSET
 
 
-class PredictionRowWire(Struct):
+class PredictionRowWire(Struct, gc=False):
     """One Labelbox NDJSON prediction row; fields not declared here (geometry, mask, ...) pass through."""
 
     dataRow: DataRow | None = None
@@ -160,7 +163,7 @@ class PredictionRowWire(Struct):
 PredictionRows = Annotated[list[PredictionRowWire], Meta(min_length=1, extra={"expect": "a list of prediction rows"})]
 
 
-class PredictionEventWire(Struct, forbid_unknown_fields=True):
+class PredictionEventWire(Struct, gc=False, forbid_unknown_fields=True):
     """``{"model_run_id", "predictions": [row, ...]}``, or ``"prediction": row``."""
 
     model_run_id: NonEmptyStr | None = None
@@ -169,7 +172,7 @@ class PredictionEventWire(Struct, forbid_unknown_fields=True):
     prediction: PredictionRowWire | None = None
 
 
-class MetricRowWire(Struct, forbid_unknown_fields=True):
+class MetricRowWire(Struct, gc=False, forbid_unknown_fields=True):
     """A ScalarMetric or ConfusionMatrixMetric row, SDK snake_case or NDJSON camelCase."""
 
     dataRow: DataRow | None = None
@@ -189,7 +192,7 @@ class MetricRowWire(Struct, forbid_unknown_fields=True):
 MetricRows = Annotated[list[MetricRowWire], Meta(min_length=1, extra={"expect": "a list of metrics"})]
 
 
-class MetricEventWire(Struct, forbid_unknown_fields=True):
+class MetricEventWire(Struct, gc=False, forbid_unknown_fields=True):
     """``{"model_run_id", "metrics": [metric, ...]}``."""
 
     model_run_id: NonEmptyStr | None = None
@@ -197,7 +200,7 @@ class MetricEventWire(Struct, forbid_unknown_fields=True):
     metrics: MetricRows | None = None
 
 
-class LabelEventWire(Struct, forbid_unknown_fields=True):
+class LabelEventWire(Struct, gc=False, forbid_unknown_fields=True):
     """Mirrors ``ModelRun.upsert_labels`` / ``upsert_data_rows``: exactly one selector."""
 
     model_run_id: NonEmptyStr | None = None
