@@ -1,4 +1,4 @@
-"""Validation rules of the event contracts (DESIGN §2, reference §4): one valid and one invalid case each."""
+"""Validation rules of the event contracts (docs/EVENTS.md): one valid and one invalid case each."""
 
 from __future__ import annotations
 
