@@ -299,7 +299,7 @@ def _confidence_keyed(value: dict[str, Any], w: MetricRowWire, path: str | int) 
     if len(out) != n:
         seen: set[float] = set()
         for k in value:
-            f = _key_seen[k]
+            f = float(k)  # every key parsed above
             if f in seen:
                 raise EventValidationError(_vpath(w, path), f"confidence key {k!r} repeats the confidence {f}")
             seen.add(f)

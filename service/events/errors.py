@@ -250,6 +250,17 @@ def _split(msg: str) -> tuple[str, list[tuple[str, Any]]]:
 
 def from_msgspec(exc: msgspec.ValidationError, root: Any, doc: Any, prefix: str = "") -> EventValidationError:
     """Map a msgspec validation error of ``doc`` against type ``root`` to an EventValidationError."""
+    try:
+        return _from_msgspec(exc, root, doc, prefix)
+    except Exception:  # the wording is best effort; the rejection itself must always come through
+        msg, steps = _split(str(exc))
+        path = prefix
+        for kind, arg in steps:
+            path = join(path, str(arg)) if kind == "field" else f"{path}[{arg}]"
+        return EventValidationError(path, msg)
+
+
+def _from_msgspec(exc: msgspec.ValidationError, root: Any, doc: Any, prefix: str) -> EventValidationError:
     msg, steps = _split(str(exc))
     loc = _Located(mi.type_info(root), doc)
     path = prefix
@@ -301,6 +312,6 @@ def _from_dict_entry(loc: _Located, path: str, _rest: list[tuple[str, Any]], msg
         try:
             msgspec.convert(v, type=entry_type)
         except msgspec.ValidationError as inner:
-            return from_msgspec(inner, entry_type, v, f'{path}["{k}"]')
+            return _from_msgspec(inner, entry_type, v, f'{path}["{k}"]')
     return EventValidationError(path, msg)
 
