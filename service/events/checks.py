@@ -279,9 +279,12 @@ def _confidence_keyed(value: dict[str, Any], w: MetricRowWire, path: str | int) 
         matrices = 0
         for v in out.values():
             if type(v) is tuple:
-                break
+                a, b, c, d = v
+                if type(a) is not int or type(b) is not int or type(c) is not int or type(d) is not int:
+                    break  # counts written as floats: converted below
+                matrices += 1
         else:
-            return out, 0  # all numbers: the common scalar case
+            return out, matrices
     out = {}
     matrices = 0
     for k, v in value.items():
@@ -447,6 +450,8 @@ def metric_event(w: MetricEventWire) -> MetricEvent:
     metrics = w.metrics
     if metrics is None:
         raise EventValidationError("metrics", "is required (a non-empty list of metrics)")
+    if len(metrics) == 1:
+        return MetricEvent(mrid, [metric_row(metrics[0], mrid, 0)])
     rows: list[MetricRow] = []
     append = rows.append
     for i in range(len(metrics)):
