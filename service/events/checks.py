@@ -245,6 +245,8 @@ def _check_per_label_limit(rows: list[PredictionRow]) -> None:
 
 
 _key_seen: dict[str, float] = {}
+_key_get = _key_seen.get
+_MAX_KEYS = MAX_CONFIDENCE_SCORES
 
 
 def _confidence_key(key: str) -> float | None:
@@ -324,6 +326,7 @@ def _entry_error(value: dict[str, Any], want: type, where: str) -> EventValidati
 _CAMEL_NAMES = ("dataRow", "metricName", "featureName", "subclassName", "metricValue")
 _SNAKE_NAMES = ("data_row", "metric_name", "feature_name", "subclass_name", "value")
 _reserved_seen: dict[str, bool] = {}
+_reserved_get = _reserved_seen.get
 
 
 def _is_reserved(metric_name: str) -> bool:
@@ -403,8 +406,12 @@ def metric_row(w: MetricRowWire, mrid: str, path: str | int) -> MetricRow:
                 f"{_mpath(path)}.{_spelling(w, 4)}",
                 "a confusion matrix value must be [TP, FP, TN, FN], 4 integers; got a number",
             )
-        if metric_name is not None and (_reserved_seen.get(metric_name) or _is_reserved(metric_name)):
-            _reserved(metric_name, f"{_mpath(path)}.{_spelling(w, 1)}")
+        if metric_name is not None:
+            reserved = _reserved_get(metric_name)
+            if reserved is None:
+                reserved = _is_reserved(metric_name)
+            if reserved:
+                _reserved(metric_name, f"{_mpath(path)}.{_spelling(w, 1)}")
         return ScalarMetricRow(ref, feature_name, subclass_name, mrid, w.uuid, None, metric_name, value, aggregation)
     if tv is tuple and (aggregation is None or aggregation == _CM) and metric_name is not None:
         a, b, c, d = value
@@ -416,7 +423,21 @@ def metric_row(w: MetricRowWire, mrid: str, path: str | int) -> MetricRow:
         keyed: Any = value
         matrices = 1
     else:
-        keyed, matrices = _confidence_keyed(value, w, path)
+        # The common case inline (keys seen before, all numbers); anything else in _confidence_keyed.
+        keyed = {_key_get(k, -1.0): v for k, v in value.items()}
+        matrices = 0
+        if len(keyed) != len(value) or -1.0 in keyed or not MIN_CONFIDENCE_SCORES <= len(keyed) <= _MAX_KEYS:
+            matrices = -1
+        else:
+            for v in keyed.values():
+                if type(v) is tuple:
+                    a, b, c, d = v
+                    if type(a) is not int or type(b) is not int or type(c) is not int or type(d) is not int:
+                        matrices = -1
+                        break
+                    matrices += 1
+        if matrices < 0:
+            keyed, matrices = _confidence_keyed(value, w, path)
     if matrices or aggregation == _CM:
         if aggregation is not None and aggregation != _CM:
             raise EventValidationError(
@@ -430,8 +451,12 @@ def metric_row(w: MetricRowWire, mrid: str, path: str | int) -> MetricRow:
         return ConfusionMatrixMetricRow(ref, feature_name, subclass_name, mrid, w.uuid, None, metric_name, keyed, _CM)
     if aggregation is None:
         aggregation = "ARITHMETIC_MEAN"
-    if metric_name is not None and _is_reserved(metric_name):
-        _reserved(metric_name, f"{_mpath(path)}.{_spelling(w, 1)}")
+    if metric_name is not None:
+        reserved = _reserved_get(metric_name)
+        if reserved is None:
+            reserved = _is_reserved(metric_name)
+        if reserved:
+            _reserved(metric_name, f"{_mpath(path)}.{_spelling(w, 1)}")
     return ScalarMetricRow(ref, feature_name, subclass_name, mrid, w.uuid, None, metric_name, keyed, aggregation)
 
 
