@@ -108,7 +108,11 @@ def _typed(decoder: Any, root: type, raw: Any, max_bytes: int) -> Any:
         return decoder.decode(raw)
     except msgspec.ValidationError as exc:
         msg = str(exc)
-        if msg.startswith("Number out of range"):
+        if msg.startswith("Number out of range"):  # 1e999: not a JSON number a double can hold
+            try:
+                _loads(raw)
+            except orjson.JSONDecodeError as json_exc:
+                raise _not_json(raw, str(json_exc)) from None
             raise MalformedJsonError("value", f"not valid JSON: {msg}") from None
         if msg.startswith("Expected `object`, got `") and " - at " not in msg:
             got = msg.split("`")[3]

@@ -89,6 +89,7 @@ OPERATIONS = [
     ("GET", "/v1/model-runs/{run}/metrics"),
     ("GET", "/v1/model-runs/{run}/data-rows/{dr}/metrics"),
     ("POST", "/v1/model-runs/{run}/metrics/query"),
+    ("GET", "/v1/schemas/{name}"),
 ]
 
 
@@ -147,6 +148,8 @@ def test_known_run_paths_conform(server: ThreadedApi, api_schema: Any) -> None:
                 params["run"] = RUN
             if "{dr}" in op.path:
                 params["dr"] = "d1"
+            if "{name}" in op.path:
+                params["name"] = "metric-event"
             bodies: list[Any] = [None]
             if op.method.upper() == "POST":
                 bodies = [{"data_row_ids": ["d1", "g3", "dup"]}, {"filter": {"metric": "am", "min": 0.3}}]
