@@ -11,11 +11,12 @@ from __future__ import annotations
 import functools
 import json
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
+from msgspec import Meta
 
-from service.events.wire import EVENT_WIRE
+from service.events.wire import EVENT_SCHEMA_EXTRA, EVENT_WIRE
 
 SCHEMA_NAMES: tuple[str, ...] = ("prediction-event", "metric-event", "label-event")
 _KINDS = {"prediction-event": "prediction", "metric-event": "metric", "label-event": "label"}
@@ -39,18 +40,17 @@ _DESCRIPTIONS = {
 # still be rejected, with a `schema` error naming the field, for one of these).
 SEMANTIC_ONLY_RULES: tuple[str, ...] = (
     "a field given in both spellings (camelCase and snake_case) at once",
-    "a required field missing in both spellings (model_run_id, a row's dataRow, a metric's value), "
-    "or given as null",
-    "a data row reference with both or neither of id and globalKey",
-    "a prediction row, answer or nested classification without name or schemaId",
-    "predictions and prediction both given, or neither; metrics missing or null",
+    "a required field given only as null (model_run_id, a row's dataRow, a metric's value, ...)",
+    "a data row reference with both id and globalKey (or neither, but nulls)",
+    "a prediction row, answer or nested classification whose name and schemaId are both null",
+    "predictions and prediction both given; metrics null",
     "customMetrics on a mask row, or at the top level of a radio/checklist classification",
     f"more than {5000} prediction rows for one data row and name in one event",
     "confidence keys that are not numbers in [0, 1], or two keys for the same confidence",
     "a confusion matrix value with another aggregation than CONFUSION_MATRIX, or without metricName",
     "CONFUSION_MATRIX aggregation on a scalar value, or a confidence-keyed value mixing numbers and matrices",
     "a reserved scalar metric name (true_positive_count, ..., iou), compared case-insensitively",
-    "a label event with other than exactly one of label_ids, project_id, data_row_ids, global_keys",
+    "a label event with more than one of label_ids, project_id, data_row_ids, global_keys (or only nulls)",
 )
 
 
@@ -59,7 +59,8 @@ def event_schema(name: str) -> dict[str, Any]:
     """The JSON Schema of one event, by name (``prediction-event``, ``metric-event``, ``label-event``)."""
     if name not in _KINDS:
         raise KeyError(name)
-    generated = msgspec.json.schema(EVENT_WIRE[_KINDS[name]])
+    kind = _KINDS[name]
+    generated = msgspec.json.schema(Annotated[EVENT_WIRE[kind], Meta(extra_json_schema=EVENT_SCHEMA_EXTRA[kind])])
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": f"urn:runstream:schema:{name}",

@@ -96,8 +96,28 @@ class DataRowRef(Struct, gc=False, frozen=True, forbid_unknown_fields=True):
         return {"id": self.id} if self.id is not None else {"globalKey": self.global_key or ""}
 
 
-DataRow = Annotated[DataRowRef, Meta(extra={"expect": "an object with exactly one of id or globalKey"})]
-Classifications = Annotated[list["ClassificationWire"], Meta(extra={"expect": "a list of classification objects"})]
+def needs_one_of(*names: str) -> dict[str, Any]:
+    """JSON Schema: at least one of these keys is present (the checks also reject null and two spellings)."""
+    return {"anyOf": [{"required": [n]} for n in names]}
+
+
+def needs_all(*groups: dict[str, Any]) -> dict[str, Any]:
+    return {"allOf": list(groups)}
+
+
+_NAMED = needs_one_of("name", "schemaId", "schema_id")
+
+DataRow = Annotated[
+    DataRowRef,
+    Meta(
+        extra_json_schema=needs_one_of("id", "globalKey", "global_key"),
+        extra={"expect": "an object with exactly one of id or globalKey"},
+    ),
+]
+Classifications = Annotated[
+    list[Annotated["ClassificationWire", Meta(extra_json_schema=_NAMED)]],
+    Meta(extra={"expect": "a list of classification objects"}),
+]
 
 
 class CustomMetricWire(Struct, gc=False, forbid_unknown_fields=True):
@@ -120,8 +140,9 @@ class AnswerWire(Struct, gc=False):
     classifications: Classifications | UnsetType = UNSET
 
 
+NamedAnswer = Annotated[AnswerWire, Meta(extra_json_schema=_NAMED)]
 Answer = Annotated[
-    str | AnswerWire | Annotated[list[AnswerWire], Meta(min_length=1)],
+    str | NamedAnswer | Annotated[list[NamedAnswer], Meta(min_length=1)],
     Meta(
         description="A string (free text), an object (radio) or a non-empty list of objects (checklist).",
         extra={
@@ -160,7 +181,10 @@ class PredictionRowWire(Struct, gc=False):
     uuid: UuidStr | None = None
 
 
-PredictionRows = Annotated[list[PredictionRowWire], Meta(min_length=1, extra={"expect": "a list of prediction rows"})]
+PredictionRowItem = Annotated[
+    PredictionRowWire, Meta(extra_json_schema=needs_all(needs_one_of("dataRow", "data_row"), _NAMED))
+]
+PredictionRows = Annotated[list[PredictionRowItem], Meta(min_length=1, extra={"expect": "a list of prediction rows"})]
 
 
 class PredictionEventWire(Struct, gc=False, forbid_unknown_fields=True):
@@ -169,7 +193,7 @@ class PredictionEventWire(Struct, gc=False, forbid_unknown_fields=True):
     model_run_id: NonEmptyStr | None = None
     modelRunId: NonEmptyStr | None = None
     predictions: PredictionRows | None = None
-    prediction: PredictionRowWire | None = None
+    prediction: PredictionRowItem | None = None
 
 
 class MetricRowWire(Struct, gc=False, forbid_unknown_fields=True):
@@ -189,7 +213,11 @@ class MetricRowWire(Struct, gc=False, forbid_unknown_fields=True):
     uuid: UuidStr | None = None
 
 
-MetricRows = Annotated[list[MetricRowWire], Meta(min_length=1, extra={"expect": "a list of metrics"})]
+MetricRowItem = Annotated[
+    MetricRowWire,
+    Meta(extra_json_schema=needs_all(needs_one_of("dataRow", "data_row"), needs_one_of("metricValue", "value"))),
+]
+MetricRows = Annotated[list[MetricRowItem], Meta(min_length=1, extra={"expect": "a list of metrics"})]
 
 
 class MetricEventWire(Struct, gc=False, forbid_unknown_fields=True):
@@ -214,6 +242,18 @@ class LabelEventWire(Struct, gc=False, forbid_unknown_fields=True):
     global_keys: StringList | None = None
     globalKeys: StringList | None = None
 
+
+_RUN_FIELDS = ("model_run_id", "modelRunId")
+_RUN = needs_one_of(*_RUN_FIELDS)
+# What the JSON Schema of each whole event adds (service.events.schema).
+EVENT_SCHEMA_EXTRA: dict[str, dict[str, Any]] = {
+    "prediction": needs_all(_RUN, needs_one_of("predictions", "prediction")),
+    "metric": needs_all(_RUN, {"required": ["metrics"]}),
+    "label": needs_all(
+        _RUN,
+        needs_one_of(*(f.encode_name for f in msgspec.structs.fields(LabelEventWire) if f.name not in _RUN_FIELDS)),
+    ),
+}
 
 EVENT_WIRE: dict[str, type[Struct]] = {
     "prediction": PredictionEventWire,
