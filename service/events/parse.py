@@ -27,6 +27,9 @@ _loads = orjson.loads
 _convert = msgspec.convert
 _decode_metric = METRIC_EVENT_DECODER.decode
 _decode_label = LABEL_EVENT_DECODER.decode
+_metric_event = checks.metric_event
+_prediction_event = checks.prediction_event
+_label_event = checks.label_event
 _DECODE_ERRORS = (msgspec.ValidationError, msgspec.DecodeError, orjson.JSONDecodeError, UnicodeDecodeError, TypeError)
 
 
@@ -40,13 +43,13 @@ def parse_event(kind: EventKind, raw: bytes | None, *, max_bytes: int) -> Predic
         if raw is not None and len(raw) <= max_bytes:
             try:
                 if kind == "metric":
-                    return checks.metric_event(_decode_metric(raw))
+                    return _metric_event(_decode_metric(raw))
                 if kind == "prediction":
                     doc = _loads(raw)
                     if type(doc) is dict:
-                        return checks.prediction_event(_convert(doc, PredictionEventWire), doc)
+                        return _prediction_event(_convert(doc, PredictionEventWire), doc)
                 elif kind == "label":
-                    return checks.label_event(_decode_label(raw))
+                    return _label_event(_decode_label(raw))
             except _DECODE_ERRORS:
                 pass
         if kind == "prediction":
