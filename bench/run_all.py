@@ -187,6 +187,9 @@ def plan(quick: bool) -> list[Step]:
     # --- event parsing vs orjson.loads
     ev_args = ["--seconds", "0.1", "--repeat", "1"] if q else ["--seconds", "0.5", "--repeat", "5"]
     steps.append(Step("events", [py, "bench/bench_events.py", *ev_args, "--json"], 300))
+    # --- parse_event per event shape vs orjson.loads of the same bytes (target >= 0.33x)
+    pa_args = ["--seconds", "0.05", "--rounds", "3"] if q else ["--seconds", "0.2", "--rounds", "7"]
+    steps.append(Step("parse", [py, "bench/bench_parse.py", *pa_args, "--json"], 300))
 
     # --- the ceiling of any JSON-reading consumer: drain vs drain+orjson.loads vs drain+parse_event
     ce_args = ["--events", "5000", "--rounds", "1"] if q else ["--events", "200000", "--rounds", "3"]
@@ -634,6 +637,16 @@ def render(steps: list[Step], info: dict[str, str], meta: dict[str, Any], quick:
     add("|---|---:|---:|")
     for r in ev:
         add(f"| {r['case']} | {r['callsPerSecond']:,} | {r['ratioToOrjsonLoads']:.3f} |")
+    add("")
+    add("### `parse_event` per event shape vs `orjson.loads` of the same bytes (target ≥ 0.33×)")
+    add("")
+    add("| shape | orjson.loads µs | parse_event µs | × orjson.loads | + uuids | parse_upload | target |")
+    add("|---|---:|---:|---:|---:|---:|---|")
+    for r in R.d("parse").get("results", []):
+        add(
+            f"| {r['shape']} | {r['orjsonLoadsUs']:.3f} | {r['parseEventUs']:.3f} | **{r['ratio']:.3f}** | "
+            f"{r['ratioWithUuids']:.3f} | {r['ratioParseUpload']:.3f} | {verdict(r['meetsTarget'])} |"
+        )
     add("")
     add("### Backfill vs the raw aiokafka produce loop")
     add("")

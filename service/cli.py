@@ -24,6 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "dev_kafka",
     "topics",
     "dlq",
+    "schema",
 )
 
 

@@ -1,4 +1,4 @@
-"""DLQ headers (DESIGN §2): why a message was dead-lettered and where it came from.
+"""DLQ headers (docs/EVENTS.md): why a message was dead-lettered and where it came from.
 
 The original key and value stay untouched; everything runstream knows about the failure travels
 in these headers so ``dlq replay`` can send the message back to its source topic and an operator

@@ -13,7 +13,7 @@ class RunstreamError(Exception):
 
 
 class EventValidationError(RunstreamError):
-    """An event (or one row of it) breaks the contract of DESIGN §2.
+    """An event (or one row of it) breaks the event contract (docs/EVENTS.md).
 
     ``field`` is a dotted path into the event (``predictions[2].dataRow.id``); ``reason``
     says what is wrong in plain words.

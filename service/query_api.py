@@ -36,6 +36,8 @@ from service.aggregation import (
     confidence_key,
 )
 from service.config import Settings
+from service.events import schema as events_schema
+from service.events.schema import SCHEMA_NAMES
 from service.state_store import NodeRow, StateBackend
 
 MAX_BODY_BYTES = 1_048_576
@@ -304,6 +306,12 @@ def build_query_app(store: StateBackend, settings: Settings) -> web.Application:
             }
         )
 
+    async def event_schema(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if name not in SCHEMA_NAMES:
+            raise web.HTTPNotFound(text=f"unknown event schema {name[:80]!r}; known: {', '.join(SCHEMA_NAMES)}")
+        return _json(events_schema.event_schema(name))
+
     document = openapi_document(bearer_required=token is not None)
 
     async def openapi(request: web.Request) -> web.Response:
@@ -321,6 +329,7 @@ def build_query_app(store: StateBackend, settings: Settings) -> web.Application:
     app.router.add_get("/v1/model-runs/{run}/metrics", run_metrics)
     app.router.add_get("/v1/model-runs/{run}/data-rows/{dr}/metrics", data_row_metrics)
     app.router.add_post("/v1/model-runs/{run}/metrics/query", query)
+    app.router.add_get("/v1/schemas/{name}", event_schema)
     return app
 
 
@@ -518,6 +527,24 @@ def openapi_document(*, bearer_required: bool = False) -> dict[str, Any]:
                             }
                         ),
                         **auth_errors,
+                    },
+                }
+            },
+            "/v1/schemas/{name}": {
+                "get": {
+                    "summary": "the JSON Schema (draft 2020-12) of an event, for producers to validate before sending",
+                    "parameters": [
+                        {
+                            "name": "name",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string", "enum": list(SCHEMA_NAMES)},
+                        }
+                    ],
+                    "responses": {
+                        "200": ok({"type": "object"}),
+                        "401": auth_errors["401"],
+                        "404": err("unknown schema name"),
                     },
                 }
             },

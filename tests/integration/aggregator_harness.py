@@ -24,6 +24,7 @@ from aggregate_reference import Leaves, close, node_values, run_values
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from hypothesis import strategies as st
 from kafka_io import end_offsets
+from row_uuid import row_uuid
 
 from service.devkafka import free_port
 from service.state_store import SqlStateBackend
@@ -104,7 +105,7 @@ def custom_metrics(draw: st.DrawFn) -> list[dict[str, Any]]:
 def prediction_row(draw: st.DrawFn) -> dict[str, Any]:
     kind, ident = draw(st.sampled_from(ROWS))
     row: dict[str, Any] = {
-        "uuid": draw(st.sampled_from(["u1", "u2", "u3", "u4"])),
+        "uuid": draw(st.sampled_from([row_uuid(t) for t in ("u1", "u2", "u3", "u4")])),
         "dataRow": dr_ref(kind, ident, True),
     }
     shape = draw(st.sampled_from(["object", "radio", "checklist"]))

@@ -10,6 +10,7 @@ independent interpretation of the raw events), plus a few values worked out by h
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ import pytest_asyncio
 from aggregator_harness import Reference, diff, flatten
 from aiohttp import web
 from pydantic import SecretStr
+from row_uuid import row_uuid
 
 from consumers.aggregator import ops_from_event
 from service.aggregation import apply_message
@@ -89,14 +91,14 @@ BATCH_1: list[tuple[str, dict[str, Any]]] = [
         {
             "predictions": [
                 {
-                    "uuid": "p1",
+                    "uuid": row_uuid("p1"),
                     "dataRow": D1,
                     "name": "cat",
                     "bbox": {"top": 1, "left": 2, "height": 3, "width": 4},
                     "customMetrics": [{"name": "cam", "value": 0.1}],  # replaced as a whole in batch 2
                 },
                 {
-                    "uuid": "p2",
+                    "uuid": row_uuid("p2"),
                     "dataRow": G3,
                     "name": "cat",
                     "answer": {"name": "tall", "customMetrics": [{"name": "cam", "value": 0.6}]},
@@ -125,7 +127,7 @@ BATCH_2: list[tuple[str, dict[str, Any]]] = [
         {
             "predictions": [
                 {
-                    "uuid": "p1",
+                    "uuid": row_uuid("p1"),
                     "dataRow": D1,
                     "name": "dog",
                     "bbox": {"top": 1, "left": 2, "height": 3, "width": 4},
@@ -613,7 +615,27 @@ async def test_openapi_is_public_and_declares_the_token(api: Api, secured: Api) 
         "/v1/model-runs/{run}/metrics",
         "/v1/model-runs/{run}/data-rows/{dr}/metrics",
         "/v1/model-runs/{run}/metrics/query",
+        "/v1/schemas/{name}",
     }
+
+
+CHECKED_IN_SCHEMAS = {
+    name: json.loads((Path(__file__).resolve().parents[2] / "schemas" / f"{name}.json").read_text())
+    for name in ("prediction-event", "metric-event", "label-event")
+}
+
+
+async def test_event_schemas_are_served(api: Api, secured: Api) -> None:
+    """GET /v1/schemas/{name}: the checked-in JSON Schema files (as JSON); a 404 names the known ones."""
+    for name, expected in CHECKED_IN_SCHEMAS.items():
+        status, doc = await api.get(f"/v1/schemas/{name}")
+        assert status == 200, doc
+        assert doc == expected
+    status, body = await api.get("/v1/schemas/nope")
+    assert status == 404
+    assert "unknown event schema 'nope'" in body["error"]["message"] and "label-event" in body["error"]["message"]
+    async with secured.session.get(secured.url + "/v1/schemas/label-event") as r:
+        assert r.status == 401  # /v1/* needs the token when one is configured
 
 
 async def test_store_failure_is_a_json_500(store: tuple[Path, Reference]) -> None:

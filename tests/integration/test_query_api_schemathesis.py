@@ -134,6 +134,7 @@ OPERATIONS = [
     ("GET", "/v1/pipeline"),
     ("GET", "/v1/model-runs/{run}/history"),
     ("GET", "/v1/model-runs/{run}/stream"),
+    ("GET", "/v1/schemas/{name}"),
 ]
 NO_PARAMETERS = {"/v1/model-runs", "/v1/dlq", "/v1/pipeline"}
 STREAM = "/v1/model-runs/{run}/stream"  # an endless body: tested by test_live_stream_conforms
@@ -198,6 +199,8 @@ def test_known_run_paths_conform(server: ThreadedApi, api_schema: Any) -> None:
                 params["run"] = RUN
             if "{dr}" in op.path:
                 params["dr"] = "d1"
+            if "{name}" in op.path:
+                params["name"] = "metric-event"
             bodies: list[Any] = [None]
             if op.method.upper() == "POST":
                 bodies = [{"data_row_ids": ["d1", "g3", "dup"]}, {"filter": {"metric": "am", "min": 0.3}}]

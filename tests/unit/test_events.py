@@ -1,4 +1,4 @@
-"""Validation rules of the event contracts (DESIGN §2, reference §4): one valid and one invalid case each."""
+"""Validation rules of the event contracts (docs/EVENTS.md): one valid and one invalid case each."""
 
 from __future__ import annotations
 
@@ -321,10 +321,18 @@ def test_confidence() -> None:
     reject("prediction", pred_event(bbox(confidence=True)), "predictions[0].confidence", "boolean")
 
 
-def test_uuid_given_is_kept_and_must_be_a_string() -> None:
-    assert ok_pred(bbox(uuid="u-1")).predictions[0].uuid == "u-1"
-    reject("prediction", pred_event(bbox(uuid=5)), "predictions[0].uuid", "non-empty string")
-    reject("prediction", pred_event(bbox(uuid="")), "predictions[0].uuid", "non-empty string")
+U1 = "0b9e4a0c-3f5e-4d3a-9c57-7e1c2a9b1f10"
+U2 = "6F1D4C62-9A57-4F4E-9D0B-7C115B0C3A4E"
+
+
+def test_uuid_given_is_kept_and_must_be_a_uuid_string() -> None:
+    assert ok_pred(bbox(uuid=U1)).predictions[0].uuid == U1
+    assert ok_pred(bbox(uuid=U2)).predictions[0].to_ndjson()["uuid"] == U2, "kept as written"
+    reject("prediction", pred_event(bbox(uuid=5)), "predictions[0].uuid", "must be a UUID string", "got a number")
+    reject("prediction", pred_event(bbox(uuid="")), "predictions[0].uuid", "must be a UUID string", "got ''")
+    reject("prediction", pred_event(bbox(uuid="u-1")), "predictions[0].uuid", "must be a UUID string", "'u-1'")
+    reject("prediction", pred_event(bbox(uuid=U1 + "0")), "predictions[0].uuid", "UUID string")
+    reject("prediction", pred_event(bbox(uuid=U1.replace("-", ""))), "predictions[0].uuid", "8-4-4-4-12")
 
 
 def test_deterministic_prediction_uuid() -> None:
@@ -689,8 +697,9 @@ def test_metric_uuid_deterministic_from_key_and_value() -> None:
     assert base.uuid != ok_metric(scalar(value=0.6)).metrics[0].uuid
     assert base.uuid != ok_metric(scalar(feature_name="f")).metrics[0].uuid
     assert base.uuid != parse_metric_row(scalar(), model_run_id="mr-2").uuid
-    assert ok_metric(scalar(uuid="given")).metrics[0].uuid == "given"
-    reject("metric", metric_event(scalar(uuid=3)), "metrics[0].uuid", "non-empty string")
+    assert ok_metric(scalar(uuid=U1)).metrics[0].uuid == U1
+    reject("metric", metric_event(scalar(uuid=3)), "metrics[0].uuid", "must be a UUID string", "got a number")
+    reject("metric", metric_event(scalar(uuid="given")), "metrics[0].uuid", "must be a UUID string", "'given'")
 
 
 # ---------------------------------------------------------------- parse_ndjson_row --------------------
@@ -706,7 +715,7 @@ def test_parse_ndjson_row_dispatch() -> None:
 
 
 def test_parse_ndjson_row_round_trips_to_ndjson() -> None:
-    for row in (bbox(uuid="u"), cm(uuid="u2"), scalar(uuid="u3")):
+    for row in (bbox(uuid=U1), cm(uuid=U2), scalar(uuid=U1)):
         parsed = (
             parse_ndjson_row(row, model_run_id=MR) if "value" not in row else parse_metric_row(row, model_run_id=MR)
         )

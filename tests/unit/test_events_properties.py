@@ -41,7 +41,7 @@ def object_row(draw: st.DrawFn) -> dict[str, Any]:
     row["bbox"] = draw(st.fixed_dictionaries({k: finite for k in ("top", "left", "height", "width")}))
     _opt(row, "confidence", draw(st.none() | unit_float))
     _opt(row, "customMetrics", draw(st.none() | custom_metrics))
-    _opt(row, "uuid", draw(st.none() | ident))
+    _opt(row, "uuid", draw(st.none() | st.uuids().map(str)))
     _opt(row, "extraField", draw(st.none() | st.lists(st.integers(-(2**63), 2**63 - 1), max_size=3)))
     return row
 

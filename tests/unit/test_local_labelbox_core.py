@@ -8,6 +8,7 @@ import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from row_uuid import row_uuid as U
 
 from service.events import parse_ndjson_row
 from service.local_labelbox import faults
@@ -97,11 +98,6 @@ def test_cursor_edges() -> None:
 # ---- import planning -------------------------------------------------------------------
 
 BOX = {"top": 1, "left": 1, "height": 1, "width": 1}
-
-
-def U(name: str) -> str:
-    """A UUID per name (rows with a uuid must carry a UUID)."""
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, name))
 
 
 def nd(rows: list[dict[str, object]]) -> bytes:

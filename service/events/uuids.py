@@ -1,0 +1,54 @@
+"""Deterministic uuids, so that a replay re-sends the same uuid and Labelbox upserts instead of duplicating.
+
+Both are RFC 4122 uuid5 values, the name being UTF-8 text:
+
+* prediction row without ``uuid``: ``uuid5(PREDICTION_UUID_NAMESPACE, model_run_id + "\\n" +
+  orjson.dumps(row_without_uuid, OPT_SORT_KEYS))`` over the *normalized* NDJSON row (camelCase keys,
+  customMetric values as floats), so snake_case and camelCase spellings of one row agree;
+* metric row without ``uuid``: ``uuid5(METRIC_UUID_NAMESPACE, orjson.dumps([model_run_id,
+  data_row_key, metric_name, feature_name, subclass_name, metricValue]))``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import orjson
+
+from service.events.constants import METRIC_UUID_NAMESPACE, PREDICTION_UUID_NAMESPACE
+
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
+_PREDICTION_NS = PREDICTION_UUID_NAMESPACE.bytes
+_METRIC_NS = METRIC_UUID_NAMESPACE.bytes
+_SORT = orjson.OPT_SORT_KEYS
+_sha1 = hashlib.sha1
+_dumps = orjson.dumps
+
+
+def uuid5_bytes(namespace_and_prefix: bytes, name: bytes) -> str:
+    """Same value as ``str(uuid.uuid5(namespace, prefix + name))``, at half the cost."""
+    h = _sha1(namespace_and_prefix + name, usedforsecurity=False).hexdigest()
+    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
+
+
+def prediction_prefix(model_run_id: str) -> bytes:
+    """What every prediction uuid of one model run hashes first (computed once per event)."""
+    return _PREDICTION_NS + model_run_id.encode() + b"\n"
+
+
+def prediction_uuid(prefix: bytes, body: dict[str, Any]) -> str:
+    """``body`` is the normalized NDJSON row without ``uuid``."""
+    return uuid5_bytes(prefix, _dumps(body, option=_SORT))
+
+
+def metric_uuid(
+    model_run_id: str,
+    data_row_key: str,
+    metric_name: str | None,
+    feature_name: str | None,
+    subclass_name: str | None,
+    ndjson_value: Any,
+) -> str:
+    name = _dumps([model_run_id, data_row_key, metric_name, feature_name, subclass_name, ndjson_value])
+    return uuid5_bytes(_METRIC_NS, name)

@@ -1,0 +1,63 @@
+"""The uploader's bytes (``parse_upload``): uuids and NDJSON pinned byte for byte.
+
+The expected values were produced by the previous implementation of the event contract; the uuids
+follow the documented uuid5 formulas (docs/EVENTS.md), so any change here breaks idempotent replays.
+"""
+
+# ruff: noqa: E501  (each golden message and payload stays on one line, as it is on the wire)
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from service.errors import EventValidationError
+from service.events import LabelEvent, MetricEvent, PredictionEvent, parse_event, parse_upload
+
+MAX = 1 << 20
+
+GOLDEN: list[tuple[str, bytes, list[tuple[str, str]], bytes]] = [
+    (
+        'prediction',
+        b'{"model_run_id":"mr-1","predictions":[{"dataRow":{"globalKey":"img-1"},"name":"cat","bbox":{"top":1,"left":2,"height":3,"width":4},"confidence":1,"customMetrics":[{"value":1,"name":"iou"},{"name":"area","value":0.5}]},{"data_row":{"global_key":"img-2"},"schema_id":"sch-1","answer":[{"name":"a","custom_metrics":[{"name":"m","value":2}]},{"schemaId":"s-b","classifications":[{"name":"c","answer":"free"}]}]},{"uuid":"0b9e4a0c-3f5e-4d3a-9c57-7e1c2a9b1f10","dataRow":{"id":"dr-9"},"name":"seg","mask":{"png":"iVBOR"},"customMetrics":null}]}',
+        [('5d2b819a-b745-5812-8f32-c9d412f23184', 'gk:img-1'), ('740ccf24-2347-5d36-8df3-565350537b6a', 'gk:img-2'), ('0b9e4a0c-3f5e-4d3a-9c57-7e1c2a9b1f10', 'id:dr-9')],
+        b'{"uuid":"5d2b819a-b745-5812-8f32-c9d412f23184","dataRow":{"globalKey":"img-1"},"name":"cat","bbox":{"top":1,"left":2,"height":3,"width":4},"confidence":1.0,"customMetrics":[{"name":"iou","value":1.0},{"name":"area","value":0.5}]}\n{"uuid":"740ccf24-2347-5d36-8df3-565350537b6a","dataRow":{"globalKey":"img-2"},"schemaId":"sch-1","answer":[{"name":"a","customMetrics":[{"name":"m","value":2.0}]},{"schemaId":"s-b","classifications":[{"name":"c","answer":"free"}]}]}\n{"uuid":"0b9e4a0c-3f5e-4d3a-9c57-7e1c2a9b1f10","dataRow":{"id":"dr-9"},"name":"seg","mask":{"png":"iVBOR"}}',
+    ),
+    (
+        'metric',
+        b'{"modelRunId":"mr-1","metrics":[{"data_row":{"id":"dr-1"},"metric_name":"acc","value":1},{"dataRow":{"globalKey":"g"},"metricName":"box","featureName":"cat","subclassName":"tall","metricValue":{"0.50":1,"0.1":0.25},"aggregation":"SUM"},{"dataRow":{"id":"dr-1"},"metricName":"cm","metricValue":{"0.5":[1,2.0,3,4],"0.9":[0,0,0,1]}}]}',
+        [('119fca07-a271-5603-ab79-2d99fff6214e', 'id:dr-1'), ('b7306fdd-cf7f-54dd-a0c0-915dbe353b35', 'gk:g'), ('33db235b-fa1c-5be6-95dd-f33041c21547', 'id:dr-1')],
+        b'{"uuid":"119fca07-a271-5603-ab79-2d99fff6214e","dataRow":{"id":"dr-1"},"metricValue":1.0,"metricName":"acc","aggregation":"ARITHMETIC_MEAN"}\n{"uuid":"b7306fdd-cf7f-54dd-a0c0-915dbe353b35","dataRow":{"globalKey":"g"},"metricValue":{"0.5":1.0,"0.1":0.25},"metricName":"box","featureName":"cat","subclassName":"tall","aggregation":"SUM"}\n{"uuid":"33db235b-fa1c-5be6-95dd-f33041c21547","dataRow":{"id":"dr-1"},"metricValue":{"0.5":[1,2,3,4],"0.9":[0,0,0,1]},"metricName":"cm","aggregation":"CONFUSION_MATRIX"}',
+    ),
+]
+
+
+@pytest.mark.parametrize(("kind", "raw", "rows", "payload"), GOLDEN)
+def test_parse_upload_bytes_are_pinned(kind: Any, raw: bytes, rows: list[tuple[str, str]], payload: bytes) -> None:
+    up = parse_upload(kind, raw, max_bytes=MAX)
+    assert not isinstance(up, LabelEvent)
+    assert up.model_run_id == "mr-1"
+    assert up.rows == rows
+    assert up.payload == payload
+
+
+@pytest.mark.parametrize(("kind", "raw", "rows", "payload"), GOLDEN)
+def test_parse_upload_agrees_with_parse_event(
+    kind: Any, raw: bytes, rows: list[tuple[str, str]], payload: bytes
+) -> None:
+    """What the uploader sends == each parsed row's to_ndjson(), as the aggregator and tools see it."""
+    ev = parse_event(kind, raw, max_bytes=MAX)
+    parsed = ev.predictions if isinstance(ev, PredictionEvent) else ev.metrics if isinstance(ev, MetricEvent) else []
+    assert [(r.uuid, r.data_row.key()) for r in parsed] == rows
+    assert b"\n".join(orjson.dumps(r.to_ndjson()) for r in parsed) == payload
+
+
+def test_parse_upload_label_and_errors() -> None:
+    lab = parse_upload("label", b'{"model_run_id": "m", "label_ids": ["l"]}', max_bytes=MAX)
+    assert isinstance(lab, LabelEvent) and lab.label_ids == ["l"]
+    with pytest.raises(EventValidationError):
+        parse_upload("prediction", b"[]", max_bytes=MAX)
+    with pytest.raises(EventValidationError, match="UUID"):
+        parse_upload("prediction", b'{"model_run_id":"m","prediction":{"dataRow":{"id":"d"},"name":"x","uuid":"u"}}',
+                     max_bytes=MAX)
