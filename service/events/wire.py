@@ -211,6 +211,9 @@ class MetricRowWire(Struct, gc=False, forbid_unknown_fields=True):
     value: MetricValue | None = None
     aggregation: Aggregation | None = None
     uuid: UuidStr | None = None
+    # The SDK's serializer marks every row of a benchmark label; it describes the label, not the metric,
+    # so it is accepted and not part of the metric row that is uploaded or aggregated.
+    isBenchmarkReferenceLabel: bool | None = None
 
 
 MetricRowItem = Annotated[

@@ -102,6 +102,27 @@ def test_sum_example_rows() -> None:
     ]
 
 
+def test_a_benchmark_label_is_accepted_and_its_flag_is_not_part_of_the_metric() -> None:
+    label = Label(
+        data={"global_key": "img-1"},
+        is_benchmark_reference=True,
+        annotations=[
+            ScalarMetric(metric_name="iou_custom", feature_name="cat", value=0.5),
+            ObjectAnnotation(name="cat", value=Rectangle(start=Point(x=1, y=2), end=Point(x=3, y=4)),
+                             custom_metrics=[CustomMetric(name="iou_custom", value=0.25)]),
+        ],
+    )  # fmt: skip
+    events = build_label_row_events("mr-1", [label])
+    (row,) = metric_rows(events)
+    assert row["isBenchmarkReferenceLabel"] is True  # what the SDK's serializer writes on every row
+    parsed = parse_event("metric", events["metric"][0], max_bytes=1 << 20)
+    assert isinstance(parsed, MetricEvent)
+    assert "isBenchmarkReferenceLabel" not in parsed.metrics[0].to_ndjson()
+    prediction = parse_event("prediction", events["prediction"][0], max_bytes=1 << 20)
+    assert isinstance(prediction, PredictionEvent)
+    assert prediction.predictions[0].to_ndjson()["isBenchmarkReferenceLabel"] is True
+
+
 def test_confidence_keyed_values_have_string_keys_like_the_sdks_import_file() -> None:
     label = Label(
         data={"global_key": "img-1"},
