@@ -58,6 +58,11 @@ def digest(value: bytes | None) -> bytes:
     return hashlib.blake2b(value or b"", digest_size=12).digest()
 
 
+def _poison_uuid(tag: int, n: int) -> str:
+    """A valid UUID for a poison row (so the row fails for its own reason, not for its uuid): tag and event number."""
+    return f"{tag:08x}-0000-4000-8000-{n % 16**12:012x}"
+
+
 @dataclass(frozen=True, slots=True)
 class Catalog:
     seed: int
@@ -209,14 +214,15 @@ class DrillStream:
             )
         elif kind == "missing_data_row":
             raw = orjson.dumps(
-                {"model_run_id": run, "predictions": [{"uuid": f"bad-{n}", "name": "cat", "bbox": bbox}]}
+                {"model_run_id": run, "predictions": [{"uuid": _poison_uuid(0xBAD, n), "name": "cat", "bbox": bbox}]}
             )
         elif kind == "both_id_and_global_key":
             raw = orjson.dumps(
                 {
                     "model_run_id": run,
                     "predictions": [
-                        {"uuid": f"bad-{n}", "dataRow": {"id": d, "globalKey": gk}, "name": "cat", "bbox": bbox}
+                        {"uuid": _poison_uuid(0xBAD, n), "dataRow": {"id": d, "globalKey": gk}, "name": "cat",
+                         "bbox": bbox}
                     ],
                 }
             )
@@ -259,7 +265,7 @@ class DrillStream:
                     "model_run_id": run,
                     "predictions": [
                         {
-                            "uuid": f"bad-{n}",
+                            "uuid": _poison_uuid(0xBAD, n),
                             "dataRow": {"id": d},
                             "name": "road",
                             "mask": {"url": "https://example.com/m.png", "colorRGB": [255, 0, 0]},
@@ -274,7 +280,7 @@ class DrillStream:
                     "model_run_id": run,
                     "predictions": [
                         {
-                            "uuid": f"big-{n}",
+                            "uuid": _poison_uuid(0xB16, n),
                             "dataRow": {"id": d},
                             "name": "cat",
                             "bbox": bbox,
@@ -321,7 +327,7 @@ class DrillStream:
                     "model_run_id": run,
                     "predictions": [
                         {
-                            "uuid": f"ghost-{n}",
+                            "uuid": _poison_uuid(0x6057, n),
                             "dataRow": {"id": f"missing-{n}"},
                             "name": "cat",
                             "bbox": bbox,
