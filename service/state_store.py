@@ -38,14 +38,13 @@ from service.aggregation import (
     LeafValue,
     MessageOps,
     NodeKey,
-    NodeState,
+    NodeMove,
     NodeSub,
     RunAggKey,
     Tree,
     TreeKey,
     Value,
     numeric_value,
-    tree_from_leaves,
 )
 from service.config import Settings
 from service.errors import ConfigError, RunstreamError
@@ -66,12 +65,13 @@ _SCHEMA = [
        tree TEXT NOT NULL, num DOUBLE PRECISION, PRIMARY KEY (run, dr, metric)){without_rowid}""",
     "CREATE INDEX IF NOT EXISTS rs_trees_by_value ON rs_trees (run, metric, num)",
     # one row per numeric node value other than the data row's plain value (that is rs_trees.num):
-    # features, subclasses, confidence keys, so a filter on them is an index range scan instead
-    # of a scan of every tree. Written with the trees (same transaction), only for changed nodes.
-    """CREATE TABLE IF NOT EXISTS rs_node_values (run TEXT NOT NULL, dr TEXT NOT NULL, metric TEXT NOT NULL,
-       ck TEXT NOT NULL, lvl INTEGER NOT NULL, f TEXT NOT NULL, s TEXT NOT NULL, num DOUBLE PRECISION NOT NULL,
-       PRIMARY KEY (run, dr, metric, ck, lvl, f, s)){without_rowid}""",
-    "CREATE INDEX IF NOT EXISTS rs_node_values_by_value ON rs_node_values (run, metric, ck, lvl, f, s, num)",
+    # features, subclasses, confidence keys, so a filter on them is a range scan of the primary
+    # key instead of a scan of every tree. The number is part of the key, so the table is its own
+    # index (one b-tree write per changed value: delete the old number's row, insert the new).
+    # Written with the trees (same transaction), only for nodes whose value changed.
+    """CREATE TABLE IF NOT EXISTS rs_node_nums (run TEXT NOT NULL, metric TEXT NOT NULL, ck TEXT NOT NULL,
+       lvl INTEGER NOT NULL, f TEXT NOT NULL, s TEXT NOT NULL, num DOUBLE PRECISION NOT NULL, dr TEXT NOT NULL,
+       PRIMARY KEY (run, metric, ck, lvl, f, s, num, dr)){without_rowid}""",
     """CREATE TABLE IF NOT EXISTS rs_run_aggs (run TEXT NOT NULL, metric TEXT NOT NULL, ck TEXT NOT NULL,
        lvl INTEGER NOT NULL, f TEXT NOT NULL, s TEXT NOT NULL, agg TEXT NOT NULL,
        PRIMARY KEY (run, metric, ck, lvl, f, s))""",
@@ -85,11 +85,12 @@ _TABLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "rs_run_aggs": (("run", "metric", "ck", "lvl", "f", "s"), ("agg",)),
     "rs_metric_defs": (("run", "metric"), ("aggregation",)),
     "rs_annotations": (("run", "uuid"), ("leaves",)),
-    "rs_node_values": (("run", "dr", "metric", "ck", "lvl", "f", "s"), ("num",)),
 }
 _INT_COLS = frozenset({"lvl"})
 
 _RAGG_PK = "run=? AND metric=? AND ck=? AND lvl=? AND f=? AND s=?"
+_NUM_COLS = ("run", "metric", "ck", "lvl", "f", "s", "num", "dr")
+_NUM_PK = " AND ".join(f"{c}=?" for c in _NUM_COLS)
 
 
 class StateStoreError(RunstreamError):
@@ -106,15 +107,15 @@ class StaleStateError(StateStoreError):
 # so a tree row is ~3x fewer rows to load, encode and write per event than a row per leaf and
 # node, and a slice query reads a data row's trees.
 
-def _tree_json(t: Tree, values: list[tuple[NodeSub, Value | None]]) -> str:
+def _tree_json(t: Tree) -> str:
     """JSON ``[aggregation, [[[level, f, s, src], {ck: value}]...], [[[ck, level, f, s], value]...]]``.
 
-    Only the leaves are needed to rebuild the tree (:func:`tree_from_leaves`, exact); the node
-    values are there for queries. Confusion matrices are arrays (orjson writes tuples as arrays).
+    The leaves are what the tree is rebuilt from, the node values are what queries read and what
+    a loaded tree starts from. Confusion matrices are arrays (orjson writes tuples as arrays).
     Text, not orjson's bytes: each small bytes object orjson returns pins a ~4 KB buffer (80 MB
     per 20k trees, measured), the decoded str is compact.
     """
-    return orjson.dumps([t.aggregation, list(t.leaves.items()), values]).decode()
+    return orjson.dumps([t.aggregation, list(t.leaves.items()), list(t.nodes.items())]).decode()
 
 
 def _value(v: Any) -> Value | None:
@@ -126,20 +127,16 @@ def _value(v: Any) -> Value | None:
 
 
 def decode_tree(raw: bytes | str) -> Tree:
-    aggregation, leaves_json, _values = orjson.loads(raw)
+    """A stored tree; its node values are the stored ones (what the node-value index holds)."""
+    aggregation, leaves_json, values = orjson.loads(raw)
     leaves: dict[LeafSub, LeafValue] = {}
     for (lvl, f, s, src), v in leaves_json:
-        leaves[(lvl, f, s, src)] = {ck: cast(Value, _value(x)) for ck, x in v.items()}
-    t = tree_from_leaves(leaves, aggregation)
-    # what rs_node_values holds for this tree: the rebuilt values equal the stored ones bit for bit
-    n = 0
-    for k, node in t.nodes.items():
-        v = node.value
-        if v is not None and k != _ROOT:
-            node.indexed = _num(v)
-            n += node.indexed is not None
-    t.indexed = n
-    return t
+        leaves[(lvl, f, s, src)] = {ck: v if type(v) is float else cast(Value, _value(v)) for ck, v in v.items()}
+    nodes: dict[NodeSub, Value] = {}
+    for (ck, lvl, f, s), v in values:
+        if v is not None:
+            nodes[(ck, lvl, f, s)] = v if type(v) is float else cast(Value, _value(v))
+    return Tree(leaves, nodes, aggregation)
 
 
 def tree_node_values(raw: bytes | str) -> list[tuple[str, int, str, str, Value | None]]:
@@ -159,68 +156,54 @@ def _num(v: Value) -> float | None:
 
 @dataclass
 class Changes:
-    """Everything to write in one commit; ``None`` values are deletions."""
+    """Everything to write in one commit; ``None`` values are deletions.
+
+    ``nums``: per node below the data row whose value changed, (the number the store holds, the
+    number it should hold); the first change keeps the stored side, later ones update the other.
+    """
 
     trees: dict[TreeKey, Tree | None] = field(default_factory=dict)
     run_aggs: dict[RunAggKey, Agg | None] = field(default_factory=dict)
     metric_defs: dict[tuple[str, str], Aggregation] = field(default_factory=dict)
     annotations: dict[tuple[str, str], tuple[AnnotationLeaf, ...] | None] = field(default_factory=dict)
     runs: set[str] = field(default_factory=set)
+    nums: dict[tuple[TreeKey, NodeSub], tuple[float | None, float | None]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.trees) + len(self.run_aggs) + len(self.metric_defs) + len(self.annotations)
 
-    def encode(self) -> EncodedChanges:
-        """Immutable row tuples; after this the live objects may change without affecting the write.
+    def note_moves(self, key: TreeKey, moves: list[NodeMove]) -> None:
+        """Record node value changes of one tree for the node-value index."""
+        nums = self.nums
+        for sub, ov, nv in moves:
+            if sub == _ROOT:
+                continue  # the data row's plain value is rs_trees.num, written with the tree
+            nk = (key, sub)
+            was = nums.get(nk)
+            new = None if nv is None else _num(nv)
+            nums[nk] = ((None if ov is None else _num(ov)) if was is None else was[0], new)
 
-        Encode once: each node's value is compared with what the store indexes for it
-        (``NodeState.indexed``, then updated), so only changed node values are written; if an
-        indexed node left the tree (rare: a leaf removed), the tree's index rows are rewritten.
-        """
+    def encode(self) -> EncodedChanges:
+        """Immutable row tuples; after this the live objects may change without affecting the write."""
         enc = EncodedChanges(now=time.time())
         enc.runs = sorted(self.runs)
         enc.metric_defs = [(r, m, a) for (r, m), a in self.metric_defs.items()]
         up, dels = enc.tree_up, enc.tree_del
-        nv_up, nv_del = enc.nv_up, enc.nv_del
         root_key = _ROOT
         for key, t in self.trees.items():
-            if t is None:
+            if t is None or (not t.leaves and not t.nodes):
                 dels.append(key)
-                enc.nv_del_trees.append(key)
                 continue
-            run, metric, dr = key
-            values: list[tuple[NodeSub, Value | None]] = []
-            root_num: float | None = None
-            start, kept, count = len(nv_up), 0, 0
-            for k, n in t.nodes.items():
-                v = n.value
-                values.append((k, v))
-                num = None if v is None else _num(v)
-                if k == root_key:
-                    root_num = num
-                    continue
-                was = n.indexed
-                if was is not None:
-                    kept += 1
-                if num != was:
-                    if num is None:
-                        nv_del.append((run, dr, metric, *k))
-                    else:
-                        nv_up.append((run, dr, metric, *k, num))
-                    n.indexed = num
-                if num is not None:
-                    count += 1
-            if kept < t.indexed:  # an indexed node is gone from the tree: rewrite its rows
-                del nv_up[start:]
-                enc.nv_del_trees.append(key)
-                nv_up.extend(
-                    (run, dr, metric, *k, n.indexed) for k, n in t.nodes.items() if n.indexed is not None
-                )
-            t.indexed = count
-            if not t.leaves and not t.nodes:
-                dels.append(key)
-            else:
-                up.append((*key, _tree_json(t, values), root_num))
+            root = t.nodes.get(root_key)
+            up.append((*key, _tree_json(t), None if root is None else _num(root)))
+        nv_up, nv_del = enc.nv_up, enc.nv_del
+        for ((run, metric, dr), (ck, lvl, f, s)), (old, new) in self.nums.items():
+            if old == new:
+                continue
+            if old is not None:
+                nv_del.append((run, metric, ck, lvl, f, s, old, dr))
+            if new is not None:
+                nv_up.append((run, metric, ck, lvl, f, s, new, dr))
         _split(self.run_aggs, enc.ragg_up, enc.ragg_del, lambda a: (a.encode(),))
         _split(self.annotations, enc.ann_up, enc.ann_del, lambda leaves: (orjson.dumps(leaves).decode(),))
         return enc
@@ -239,9 +222,8 @@ class EncodedChanges:
     ragg_del: list[tuple[Any, ...]] = field(default_factory=list)
     ann_up: list[tuple[Any, ...]] = field(default_factory=list)
     ann_del: list[tuple[Any, ...]] = field(default_factory=list)
-    nv_up: list[tuple[Any, ...]] = field(default_factory=list)  # changed node values
-    nv_del: list[tuple[Any, ...]] = field(default_factory=list)  # nodes gone or no longer numeric
-    nv_del_trees: list[TreeKey] = field(default_factory=list)  # every node value of these trees
+    nv_up: list[tuple[Any, ...]] = field(default_factory=list)  # new node-value rows (full key)
+    nv_del: list[tuple[Any, ...]] = field(default_factory=list)  # node-value rows to remove (full key)
 
     def __len__(self) -> int:
         return (
@@ -250,7 +232,6 @@ class EncodedChanges:
             + len(self.tree_del)
             + len(self.nv_up)
             + len(self.nv_del)
-            + len(self.nv_del_trees)
             + len(self.ragg_up)
             + len(self.ragg_del)
             + len(self.ann_up)
@@ -338,6 +319,19 @@ class SqlStateBackend:
                 cur.execute(stmt.format(without_rowid=without_rowid))
             cur.execute(self._exists("rs_nodes"))
             (has_legacy,) = cur.fetchone()
+            cur.execute(self._exists("rs_node_values"))
+            (has_old_index,) = cur.fetchone()
+            if has_old_index:
+                # the node-value index with a separate value index: same rows, moved into the
+                # table keyed by value (in the schema transaction: replicas wait for it)
+                if kind == "sqlite":
+                    cur.execute("BEGIN IMMEDIATE")
+                cols = ", ".join(_NUM_COLS)
+                cur.execute(
+                    f"INSERT INTO rs_node_nums ({cols}) SELECT {cols} FROM rs_node_values "
+                    "WHERE true ON CONFLICT DO NOTHING"
+                )
+                cur.execute("DROP TABLE rs_node_values")
             self._conn.commit()
         if has_legacy:
             # The per-node layout (rs_leaves/rs_nodes, up to 6b2f620) cannot be read as trees;
@@ -541,13 +535,13 @@ class SqlStateBackend:
                 sql("INSERT INTO rs_metric_defs (run, metric, aggregation) VALUES (?, ?, ?) ON CONFLICT DO NOTHING"),
                 ch.metric_defs,
             )
-        if ch.nv_del_trees:
-            cur.executemany(
-                sql("DELETE FROM rs_node_values WHERE run=? AND metric=? AND dr=?"), sorted(ch.nv_del_trees)
-            )
+        if ch.nv_del:
+            ch.nv_del.sort()
+            cur.executemany(sql(f"DELETE FROM rs_node_nums WHERE {_NUM_PK}"), ch.nv_del)
+        if ch.nv_up:
+            _insert_many(cur, sql, "rs_node_nums", _NUM_COLS, ch.nv_up)
         for table, up, dels in (
             ("rs_trees", ch.tree_up, ch.tree_del),
-            ("rs_node_values", ch.nv_up, ch.nv_del),
             ("rs_run_aggs", ch.ragg_up, ch.ragg_del),
             ("rs_annotations", ch.ann_up, ch.ann_del),
         ):
@@ -592,13 +586,13 @@ class SqlStateBackend:
         """Data rows whose node (ck, level, f, s) has a numeric value in [lo, hi].
 
         An index range scan either way: the data row's plain value is ``rs_trees.num``
-        (rs_trees_by_value), every other node's is in rs_node_values (rs_node_values_by_value).
+        (rs_trees_by_value), every other node's is in rs_node_nums (its primary key).
         """
         if (ck, level, f, s) == _ROOT:
             sql = "SELECT dr FROM rs_trees WHERE run=? AND metric=? AND num IS NOT NULL"
             params: list[Any] = [run, metric]
         else:
-            sql = "SELECT dr FROM rs_node_values WHERE run=? AND metric=? AND ck=? AND lvl=? AND f=? AND s=?"
+            sql = "SELECT dr FROM rs_node_nums WHERE run=? AND metric=? AND ck=? AND lvl=? AND f=? AND s=?"
             params = [run, metric, ck, level, f, s]
         if lo is not None:
             sql += " AND num >= ?"
@@ -670,6 +664,20 @@ def _upsert_delete(
     if deletes:
         deletes.sort()
         cur.executemany(sql(f"DELETE FROM {table} WHERE " + " AND ".join(f"{c}=?" for c in key_cols)), deletes)
+
+
+def _insert_many(
+    cur: Any, sql: Callable[[str], str], table: str, cols: tuple[str, ...], rows: list[tuple[Any, ...]]
+) -> None:
+    """Plain inserts in key order, many rows per statement (see :func:`_upsert_delete`)."""
+    rows.sort()
+    one = "(" + ", ".join("?" * len(cols)) + ")"
+    head = f"INSERT INTO {table} ({', '.join(cols)}) VALUES "
+    per = max(1, min(1000, 30000 // len(cols)))
+    for i in range(0, len(rows), per):
+        chunk = rows[i : i + per]
+        stmt = head + ", ".join([one] * len(chunk)) + " ON CONFLICT DO NOTHING"
+        cur.execute(sql(stmt), [x for r in chunk for x in r])
 
 
 def open_backend(settings: Settings) -> SqlStateBackend:
@@ -746,16 +754,18 @@ class CachedState:
     def get_tree(self, key: TreeKey) -> Tree | None:
         return self._tree(key)
 
-    def put_tree(self, key: TreeKey, tree: Tree) -> None:
-        self.changes.trees[key] = tree  # encoded at take time; an empty tree is a deletion
+    def put_tree(self, key: TreeKey, tree: Tree, moves: list[NodeMove]) -> None:
+        ch = self.changes
+        ch.trees[key] = tree  # encoded at take time; an empty tree is a deletion
+        ch.note_moves(key, moves)
 
     def get_leaf(self, key: LeafKey) -> LeafValue | None:
         """One leaf by its flat key (prefetch and tests)."""
         t = self._tree((key[0], key[1], key[2]))
         return None if t is None else t.leaves.get((key[3], key[4], key[5], key[6]))
 
-    def get_node(self, key: NodeKey) -> NodeState | None:
-        """One node by its flat key (tests)."""
+    def get_node(self, key: NodeKey) -> Value | None:
+        """One node value by its flat key (tests)."""
         t = self._tree((key[0], key[1], key[3]))
         return None if t is None else t.nodes.get((key[2], key[4], key[5], key[6]))
 

@@ -79,9 +79,9 @@ def _leaf(metric: str, dr: str, f: str | None, s: str | None, value: Any) -> Met
 def test_explicit_value_wins_over_rollup_and_switches_back() -> None:
     st_ = MemoryState()
     apply_message(st_, MessageOps(RUN, [_leaf("am", "d1", "cat", None, 1.0), _leaf("am", "d1", "dog", None, 3.0)]))
-    assert st_.nodes[(RUN, "am", "", "d1", 0, "", "")].value == 2.0
+    assert st_.nodes[(RUN, "am", "", "d1", 0, "", "")] == 2.0
     apply_message(st_, MessageOps(RUN, [_leaf("am", "d1", None, None, 10.0)]))
-    assert st_.nodes[(RUN, "am", "", "d1", 0, "", "")].value == 10.0
+    assert st_.nodes[(RUN, "am", "", "d1", 0, "", "")] == 10.0
     assert st_.run_aggs[(RUN, "am", "", 0, "", "")].result("ARITHMETIC_MEAN") == 10.0
     assert st_.run_aggs[(RUN, "am", "", 1, "cat", "")].result("ARITHMETIC_MEAN") == 1.0
 
@@ -178,7 +178,7 @@ def test_incremental_equals_recomputation(messages: list[MessageOps]) -> None:
     leaves = reference_leaves(accepted)
     expected_nodes = node_values(leaves, defs)
     got_nodes = {
-        (m, ck, dr, *_ref_key(level, f, s)): n.value for (_r, m, ck, dr, level, f, s), n in state.nodes.items()
+        (m, ck, dr, *_ref_key(level, f, s)): v for (_r, m, ck, dr, level, f, s), v in state.nodes.items()
     }
     assert set(got_nodes) == set(expected_nodes)
     for k, v in expected_nodes.items():
