@@ -28,7 +28,6 @@ import json
 import math
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,10 +37,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_aggregator import aggregator_rate, end_total, produce, raw_drain  # noqa: E402
+from bench_aggregator import aggregator_rate, end_total, produce, raw_drain
 
-from service.kafka_admin import create_topics  # noqa: E402
-from service.state_store import SqlStateBackend  # noqa: E402
+from service.kafka_admin import create_topics
+from service.state_store import SqlStateBackend
 
 ROOT = Path(__file__).resolve().parents[1]
 QUIX_PYTHON = ROOT / ".venv-quix" / "bin" / "python"
