@@ -131,6 +131,7 @@ class SqlStateBackend(StateQueries):
         self._open_reader = reader
         self._reader: Any = None
         self._rlock = threading.Lock()
+        self._pg_temps: set[str] = set()  # temporary tables created in this session (PostgreSQL)
         without_rowid = "" if kind == "postgres" else " WITHOUT ROWID"
         with self._lock:
             cur = self._conn.cursor()
@@ -315,6 +316,7 @@ class SqlStateBackend(StateQueries):
                 self._write_changes(cur, enc)
             except BaseException:
                 conn.rollback()
+                self._pg_temps.clear()  # created in the rolled-back transaction: gone with it
                 raise
             conn.commit()
 
@@ -359,6 +361,16 @@ class SqlStateBackend(StateQueries):
                 sql("INSERT INTO rs_metric_defs (run, metric, aggregation) VALUES (?, ?, ?) ON CONFLICT DO NOTHING"),
                 ch.metric_defs,
             )
+        if self.kind == "postgres":
+            self._pg_copy_write(cur, "rs_node_nums", _NUM_COLS, (), ch.nv_up, ch.nv_del)
+            for table, up, dels in (
+                ("rs_trees", ch.tree_up, ch.tree_del),
+                ("rs_run_aggs", ch.ragg_up, ch.ragg_del),
+                ("rs_annotations", ch.ann_up, ch.ann_del),
+            ):
+                key_cols, val_cols = _TABLES[table]
+                self._pg_copy_write(cur, table, key_cols, val_cols, up, dels)
+            return
         if ch.nv_del:
             ch.nv_del.sort()
             cur.executemany(sql(f"DELETE FROM rs_node_nums WHERE {_NUM_PK}"), ch.nv_del)
@@ -371,6 +383,44 @@ class SqlStateBackend(StateQueries):
         ):
             key_cols, val_cols = _TABLES[table]
             _upsert_delete(cur, sql, table, key_cols, val_cols, up, dels)
+
+    def _pg_copy_write(
+        self,
+        cur: Any,
+        table: str,
+        key_cols: tuple[str, ...],
+        val_cols: tuple[str, ...],
+        upserts: list[tuple[Any, ...]],
+        deletes: list[tuple[Any, ...]],
+    ) -> None:
+        """PostgreSQL: deletes, then upserts, each as one COPY into a temporary table and one
+        set-based statement (a statement per row, or thousands of bind parameters per statement,
+        costs the server a parse and plan each; COPY streams the rows)."""
+        keys = ", ".join(key_cols)
+        if deletes:
+            tmp = f"rs_tmp_del_{table}"
+            self._pg_temp(cur, tmp, f"SELECT {keys} FROM {table}")
+            with cur.copy(f"COPY {tmp} ({keys}) FROM STDIN") as cp:
+                for r in deletes:
+                    cp.write_row(r)
+            on = " AND ".join(f"t.{c} = d.{c}" for c in key_cols)
+            cur.execute(f"DELETE FROM {table} t USING {tmp} d WHERE {on}")
+        if upserts:
+            cols = ", ".join(key_cols + val_cols)
+            tmp = f"rs_tmp_up_{table}"
+            self._pg_temp(cur, tmp, f"SELECT {cols} FROM {table}")
+            with cur.copy(f"COPY {tmp} ({cols}) FROM STDIN") as cp:
+                for r in upserts:
+                    cp.write_row(r)
+            action = "DO UPDATE SET " + ", ".join(f"{c}=excluded.{c}" for c in val_cols) if val_cols else "DO NOTHING"
+            cur.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {tmp} ORDER BY {keys} "
+                        f"ON CONFLICT ({keys}) {action}")
+
+    def _pg_temp(self, cur: Any, name: str, like: str) -> None:
+        """A session temporary table shaped like ``like``'s result, emptied at every commit."""
+        if name not in self._pg_temps:
+            cur.execute(f"CREATE TEMPORARY TABLE IF NOT EXISTS {name} ON COMMIT DELETE ROWS AS {like} WITH NO DATA")
+            self._pg_temps.add(name)
     def close(self) -> None:
         with self._rlock:
             if self._reader is not None:
