@@ -506,28 +506,37 @@ def _one_value(v: object) -> Value:
 def _check_leaf(
     leaf: MetricLeaf, pending: dict[str, Aggregation], get_def: Callable[[str, str], Aggregation | None], run: str
 ) -> None:
-    fixed = pending.get(leaf.metric) or get_def(run, leaf.metric)
-    if fixed is not None and fixed != leaf.aggregation:
+    metric, aggregation = leaf.metric, leaf.aggregation
+    fixed = pending.get(metric) or get_def(run, metric)
+    if fixed is not None and fixed != aggregation:
         raise AggregateConflictError(
-            f"metric {leaf.metric!r} of model run {run!r} is aggregated with {fixed}; "
-            f"this message uses {leaf.aggregation}"
+            f"metric {metric!r} of model run {run!r} is aggregated with {fixed}; this message uses {aggregation}"
         )
-    pending[leaf.metric] = leaf.aggregation
-    is_cm = leaf.aggregation == "CONFUSION_MATRIX"
+    pending[metric] = aggregation
+    if aggregation == "ARITHMETIC_MEAN" or aggregation == "SUM":
+        for v in leaf.value.values():
+            if type(v) is not float or v - v != 0.0:  # not a float, or inf/nan: say which below
+                break
+        else:
+            return
+    is_cm = aggregation == "CONFUSION_MATRIX"
     for ck, v in leaf.value.items():
-        where = f"metric {leaf.metric!r}" + (f" at confidence {ck}" if ck else "")
         if isinstance(v, tuple) != is_cm:
-            raise AggregateDomainError(f"{where}: value type does not match aggregation {leaf.aggregation}")
+            raise AggregateDomainError(f"{_where(metric, ck)}: value type does not match aggregation {aggregation}")
         if isinstance(v, float):
             if not math.isfinite(v):
-                raise AggregateDomainError(f"{where}: value {v} is not finite")
-            if leaf.aggregation in ("GEOMETRIC_MEAN", "HARMONIC_MEAN"):
+                raise AggregateDomainError(f"{_where(metric, ck)}: value {v} is not finite")
+            if aggregation in ("GEOMETRIC_MEAN", "HARMONIC_MEAN"):
                 if v < 0:
-                    raise AggregateDomainError(f"{where}: negative value {v} is undefined under {leaf.aggregation}")
-                if leaf.aggregation == "HARMONIC_MEAN" and v != 0 and math.isinf(1.0 / v):
-                    raise AggregateDomainError(f"{where}: value {v} is too small for HARMONIC_MEAN")
+                    raise AggregateDomainError(
+                        f"{_where(metric, ck)}: negative value {v} is undefined under {aggregation}"
+                    )
+                if aggregation == "HARMONIC_MEAN" and v != 0 and math.isinf(1.0 / v):
+                    raise AggregateDomainError(f"{_where(metric, ck)}: value {v} is too small for HARMONIC_MEAN")
 
 
+def _where(metric: str, ck: str) -> str:
+    return f"metric {metric!r}" + (f" at confidence {ck}" if ck else "")
 
 
 def _level(f: str | None, s: str | None) -> int:
@@ -662,7 +671,7 @@ def _apply_tree(
     aggregate, collected in ``deltas`` (one delta per run aggregate per batch)."""
     tree = state.get_tree(tk)
     if tree is None:
-        tree = Tree(aggregation=aggregation)
+        tree = Tree({}, {}, aggregation)
     leaves = tree.leaves
     changed = False
     for sub, value in w.items():
