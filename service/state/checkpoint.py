@@ -88,9 +88,9 @@ class Checkpoint:
         """
         stale = self.stale
         if self._inflight is not None and self._inflight.done():
-            self.published |= await self._finish(evict=evict)
+            await self._finish(evict=evict)
         if time.monotonic() >= self._next_commit:
-            self.published |= await self._finish(evict=evict)
+            await self._finish(evict=evict)
             self._start()
             # from the deadline, not from now: ticks come between batches, so "now" drifts late
             self._next_commit = max(self._next_commit + self.interval, time.monotonic() + self.interval / 2)
@@ -98,9 +98,9 @@ class Checkpoint:
 
     async def flush(self) -> bool:
         """Write everything applied so far and wait until it is durable; True if a commit landed."""
-        await self._finish()
+        landed = await self._finish()
         self._start()
-        return await self._finish()
+        return await self._finish() or landed
 
     async def close(self) -> None:
         """At shutdown: flush everything applied so far."""
@@ -158,6 +158,7 @@ class Checkpoint:
         if evict:
             self.state.committed()
         self.stored.update(self._inflight_offsets)
+        self.published = True
         self.commits += 1
         self.last_commit_at = time.time()
         if self.on_commit is not None:

@@ -18,6 +18,7 @@ from service.aggregation import (
     MemoryState,
     MessageOps,
     MetricLeaf,
+    apply_batch,
     apply_message,
     cm_ratios,
     decode_int,
@@ -197,3 +198,29 @@ def test_incremental_equals_recomputation(messages: list[MessageOps]) -> None:
     for (_r, m, _dr), tree in state.trees.items():
         assert tree.leaves, "a tree without leaves must have been deleted"
         assert tree_from_leaves(dict(tree.leaves), defs[m]).nodes == tree.nodes
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(message(), min_size=1, max_size=25), st.lists(st.integers(1, 8), min_size=1, max_size=25))
+def test_batches_equal_one_message_at_a_time(messages: list[MessageOps], cuts: list[int]) -> None:
+    """apply_batch over any chunking (writes to one leaf collapsed, rejected messages in between,
+    annotations replaced within a chunk) leaves exactly the state of applying message by message."""
+    one, batched = MemoryState(), MemoryState()
+    rejected_one: list[int] = []
+    for i, msg in enumerate(messages):
+        try:
+            apply_message(one, msg)
+        except (AggregateConflictError, AggregateDomainError):
+            rejected_one.append(i)
+    rejected_batched: list[int] = []
+    start, k = 0, 0
+    while start < len(messages):
+        size = cuts[k % len(cuts)]
+        rejected_batched += [start + i for i, _exc in apply_batch(batched, messages[start : start + size])]
+        start, k = start + size, k + 1
+    assert rejected_batched == rejected_one
+    assert batched.leaves == one.leaves
+    assert batched.nodes == one.nodes
+    assert batched.run_aggs == one.run_aggs
+    assert batched.metric_defs == one.metric_defs
+    assert batched.annotations == one.annotations
