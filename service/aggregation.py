@@ -1,24 +1,27 @@
-"""Pure aggregation math and the incremental metric-tree update (DESIGN §4). No I/O.
+"""Pure aggregation math and the batch metric-tree update (DESIGN §4). No I/O.
 
 A metric is a tree per data row: data row (level 0) → feature (level 1) → subclass (level 2).
-Each node holds two aggregates: one over the leaves reported *directly* at it and one over its
-children's values; its value is the direct aggregate if it has any leaf, else the children's.
-Per model run we also keep, for every (metric, confidence key, level, feature, subclass), the
-aggregate over the node values of all data rows: that is what the query API serves in O(1).
+A node's value aggregates the leaves reported *directly* at it if it has any, else its
+children's values. Per model run we also keep, for every (metric, confidence key, level,
+feature, subclass), the aggregate over the node values of all data rows: that is what the
+query API serves in O(1).
 
-Why exact sums: every aggregate keeps Σx, Σln x and Σ1/x as *exact* fixed-point integers
-(units of 2⁻¹⁰⁷⁴, the smallest float step). Adding and later subtracting the same float is then
-exact, so after millions of replacements the sums equal a from-scratch ``math.fsum`` of the
-current members — float drift and cancellation cannot creep in — and the result is the
-correctly rounded sum of what is there now.
+Node values are recomputed from their tree's leaves when the tree changes (trees are small;
+``math.fsum`` is correctly rounded). Run aggregates, whose members come and go in numbers,
+keep Σx, Σln x and Σ1/x as *exact* fixed-point integers (units of 2⁻¹⁰⁷⁴, the smallest float
+step): adding and later subtracting the same float is exact, so after millions of
+replacements the sums equal a from-scratch ``math.fsum`` of the current members — float
+drift and cancellation cannot creep in — and both kinds of value are the correctly rounded
+result of what is there now.
 
 Confidence-keyed values are split per confidence key: key ``""`` is the plain value, ``"0.5"``
 the value at confidence 0.5; each key is an independent tree, so "explicit wins over roll-up"
 and every aggregation apply per key.
 
-The update works against :class:`StateAccess` (get/put of per-data-row :class:`Tree` objects,
-run aggregates, metric definitions and the annotation index); :class:`MemoryState` is the dict implementation used by
-unit tests, ``service.state_store`` provides the cached, durable one.
+The update (:func:`apply_batch`) works against :class:`StateAccess` (get/put of per-data-row
+:class:`Tree` objects, run aggregates, metric definitions and the annotation index);
+:class:`MemoryState` is the dict implementation used by unit tests, ``service.state`` provides
+the cached, durable one.
 """
 
 from __future__ import annotations
