@@ -5,9 +5,10 @@ touch the same three things — the positions applied so far, the offsets the st
 the commit in flight — and their order is what makes the aggregator exactly-once:
 
 - :meth:`advance` records the next offset to apply of a partition after a batch is applied.
-- :meth:`tick` (called between batches): at the commit deadline it waits for the in-flight
-  commit and starts the next one — the changes encoded to rows now, written in a thread
-  while the next batches are applied; state and offsets go in one store transaction.
+- :meth:`tick` (called between batches): lands a finished commit; at the commit deadline it
+  starts the next one — the changes encoded to rows now, written in a thread while the next
+  batches are applied; state and offsets go in one store transaction. A commit still running
+  at the deadline is not waited for: the next one starts once it has landed.
 - A commit fenced off (:class:`~service.state.store.StaleStateError`: another replica moved
   a stored offset) drops the cache and re-seeks every assigned partition to its stored
   offset: everything since is re-read (the usual recovery path).
@@ -89,8 +90,10 @@ class Checkpoint:
         stale = self.stale
         if self._inflight is not None and self._inflight.done():
             await self._finish(evict=evict)
-        if time.monotonic() >= self._next_commit:
-            await self._finish(evict=evict)
+        if time.monotonic() >= self._next_commit and self._inflight is None:
+            # A commit still being written past the deadline is not waited for: the loop keeps
+            # applying, and the next commit starts at the first tick after it landed (larger, so
+            # the store writes more rows per transaction when it cannot keep up with the interval).
             self._start()
             # from the deadline, not from now: ticks come between batches, so "now" drifts late
             self._next_commit = max(self._next_commit + self.interval, time.monotonic() + self.interval / 2)

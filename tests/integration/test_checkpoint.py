@@ -5,7 +5,9 @@ cache is dropped and it re-seeks to what its successor stored."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
+from typing import Any
 
 from service.aggregation import MessageOps, MetricLeaf, apply_batch
 from service.state import CachedState, Checkpoint, SqlStateBackend
@@ -65,7 +67,10 @@ def test_commit_assign_and_fencing(tmp_path: Path) -> None:
         apply_batch(a_state, [_ops(9.0)])
         a.advance(TP, 3)
         assert await a.tick() is True  # starts the commit
-        assert await a.tick() is False  # finds it fenced off
+        for _ in range(1000):  # a later tick finds it fenced off once its thread is done
+            if not await a.tick():
+                break
+            await asyncio.sleep(0.01)
         assert a.stale == 1
         assert a_seek.calls[-1] == (TP, 3) and a.positions[TP] == 3 and a.stored[TP] == 3
         assert len(a_state) == 0 and not len(a_state.changes)  # the cache was dropped
@@ -79,3 +84,46 @@ def test_commit_assign_and_fencing(tmp_path: Path) -> None:
     finally:
         a_backend.close()
         b_backend.close()
+
+
+class GatedStore(SqlStateBackend):
+    """A real SQLite store whose commits wait for a gate (a store slower than the interval)."""
+
+    gate: threading.Event
+
+    def commit(self, *args: Any, **kwargs: Any) -> None:
+        assert self.gate.wait(10)
+        super().commit(*args, **kwargs)
+
+
+def test_a_slow_commit_does_not_block_the_loop(tmp_path: Path) -> None:
+    """Past the deadline with a commit still being written, tick returns at once; the changes
+    applied meanwhile go in the next commit, started at the first tick after the slow one landed."""
+    plain = SqlStateBackend.sqlite(tmp_path / "state.sqlite3")
+    backend = GatedStore(plain.kind, plain._conn, reader=plain._open_reader)
+    backend.gate = threading.Event()
+
+    async def go() -> None:
+        state = CachedState(backend)
+        cp = Checkpoint(backend, state, GROUP, interval_s=0.0)
+        await cp.on_assigned({TP})
+        apply_batch(state, [_ops(1.0)])
+        cp.advance(TP, 1)
+        await cp.tick()  # starts commit 1, which waits for the gate
+        apply_batch(state, [_ops(2.0)])
+        cp.advance(TP, 2)
+        await asyncio.wait_for(cp.tick(), 1.0)  # does not wait for commit 1
+        assert cp.commits == 0 and len(state.changes) > 0
+        backend.gate.set()
+        for _ in range(1000):
+            await cp.tick()
+            if cp.commits == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert cp.commits == 2 and backend.load_offsets(GROUP, [TP]) == {TP: 2} and _sum(backend) == 2.0
+
+    try:
+        asyncio.run(go())
+    finally:
+        backend.gate.set()
+        backend.close()
