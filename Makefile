@@ -38,6 +38,8 @@ test: jars lint
 drill: jars ; $(PY) -m bench.drill $(DRILL_ARGS)
 
 bench: jars
+	test -x .venv-quix/bin/python || ($(PYTHON) -m venv .venv-quix && .venv-quix/bin/pip install -q --upgrade pip)
+	.venv-quix/bin/pip install -q --group bench-quix
 	$(PY) bench/run_all.py
 
 clean:

@@ -192,7 +192,7 @@ async def aggregator_rate(
 
     def on_commit() -> None:
         commits.append(time.perf_counter())
-        stored = agg._stored
+        stored = agg.checkpoint.stored
         if all(stored.get(k, 0) >= v for k, v in want.items() if v):
             done.set()
 

@@ -300,6 +300,13 @@ def plan(quick: bool) -> list[Step]:
             )
         )
 
+    # --- aggregator vs a Quix Streams peer (same topic, same run); by state backend; freshness after a backfill
+    qx = ["--events", "2000", "--rounds", "1"] if q else ["--events", "100000", "--rounds", "2"]
+    steps.append(Step("agg_quix", [py, "bench/bench_quix_peer.py", *qx, "--json"], 900))
+    pg_n, fresh_n = ("2000", "10000") if q else ("50000", "200000")
+    steps.append(Step("agg_pg", [py, "bench/bench_aggregator_pg.py", "--events", pg_n, "--json"], 900))
+    steps.append(Step("agg_fresh", [py, "bench/bench_freshness.py", "--events", fresh_n, "--json"], 900))
+
     # --- uploader: the full run (drain, naive, latency at 2,000/s, 1M backlog with the API down),
     #     then throughput-only runs for events / model-run / data-row scaling
     if q:
@@ -732,6 +739,38 @@ def render(steps: list[Step], info: dict[str, str], meta: dict[str, Any], quick:
         f"at start {fmt(ag_main.get('rss_mb_at_start'))} MB, after 10k data rows {fmt(rss10k)} MB, after "
         f"{fmt(ag_main.get('leaves'))} data rows {fmt(rss1m)} MB (build {fmt(ag_main.get('build_s'), 1)} s)."
     )
+    add("")
+
+    qx, pg, fr = R.d("agg_quix"), R.d("agg_pg"), R.d("agg_fresh")
+    add("### Aggregator vs a Quix Streams peer, by state backend, and freshness after a backfill")
+    add("")
+    if qx:
+        add(
+            f"`bench/bench_quix_peer.py`, {fmt(qx.get('events'))} events, median of {qx.get('rounds')} "
+            f"interleaved rounds: aggregator {fmt(qx.get('aggregator_per_s'))}/s, Quix Streams peer "
+            f"{fmt(qx.get('quix_peer_per_s'))}/s (**{fmt(qx.get('ratio_aggregator_to_quix'), 2)}×**, target ≥ 5×), "
+            f"raw drain {fmt(qx.get('raw_drain_per_s'))}/s "
+            f"(aggregator {pct(qx.get('ratio_aggregator_to_drain'))} of it, target ≥ 5 %); peer verified against "
+            f"the aggregator's store: {qx.get('verified')}."
+        )
+    else:
+        add(f"Quix peer: failed: {R.by['agg_quix'].error if 'agg_quix' in R.by else 'not run'}")
+    add("")
+    if pg:
+        add(
+            f"`bench/bench_aggregator_pg.py`, {fmt(pg.get('events'))} events: "
+            f"SQLite {fmt(pg.get('sqlite_1_per_s'))}/s; "
+            f"PostgreSQL 1 replica {fmt(pg.get('postgres_1_per_s'))}/s, 2 replicas {fmt(pg.get('postgres_2_per_s'))}/s "
+            "(n/a = RUNSTREAM_TEST_POSTGRES_DSN not set: `source .ci/postgres` first)."
+        )
+    add("")
+    if fr:
+        add(
+            f"`bench/bench_freshness.py`, {fmt(fr.get('events'))} events: "
+            f"backfill {fmt(fr.get('backfill_s'), 1)} s, "
+            f"aggregates complete {fmt(fr.get('lag_after_backfill_s'), 1)} s after it ended = "
+            f"**{fmt(fr.get('complete_after_backfills'), 1)}×** the backfill's duration (target ≤ 3×)."
+        )
     add("")
 
     def up_table(keys: list[str]) -> None:

@@ -7,19 +7,20 @@ store transaction; on assignment we seek to the stored offsets, so a crash or a 
 replays exactly the messages whose effect was not stored. Offsets are also committed to
 Kafka afterwards, best effort, only so lag is visible to the usual tools (and KEDA).
 
-Why batches: each poll (up to ``max_batch`` records) is parsed first, then every cold state
-row the batch will read is loaded with one query per table (CachedState.prefetch), then the
-messages are applied in offset order against memory. Why a pipelined commit: the changes
-are encoded to rows at the commit tick and written in a thread while the next batches are
-applied; the next commit (or a rebalance) first waits for it. A batch that takes longer than
-the interval is committed mid-way (every 1000 messages the deadline is checked), so the
-interval holds however long a poll batch takes. State and offsets still go in
-one transaction, and the cache keeps every row of the in-flight commit, so nothing reads a
-stale row; if the commit is fenced off, everything since the stored offsets is dropped and
-re-read (the usual recovery path).
+The loop reads poll → parse → apply → checkpoint. Each poll (up to ``max_batch`` records) is
+parsed first, then every cold state row the batch will read is loaded with one query per table
+(CachedState.prefetch), then the messages are applied in chunks of ``apply_chunk`` with
+service.aggregation.apply_batch (leaf writes collected per tree, each changed tree recomputed
+once). The commit lifecycle is service.state.Checkpoint: at each tick past the interval the
+changes are encoded to rows and written in a thread while the next chunks are applied
+(pipelined); the next commit (or a rebalance) first waits for it. Ticks come between chunks,
+so the interval holds however long a poll batch takes. State and offsets still go in one
+transaction, and the cache keeps every row of the in-flight commit, so nothing reads a stale
+row; if the commit is fenced off, everything since the stored offsets is dropped and re-read
+(the usual recovery path).
 
 A message is the unit of rejection: it is validated as a whole before anything changes
-(service.aggregation.apply_message); an aggregate conflict or domain error sends it to the
+(service.aggregation.apply_batch); an aggregate conflict or domain error sends it to the
 DLQ once. Messages that fail parsing are dead-lettered by the uploader group reading the same
 topics; the aggregator only counts and logs them (no duplicate DLQ entries per message).
 """
@@ -47,7 +48,7 @@ from service.aggregation import (
     AnnotationUpdate,
     MessageOps,
     MetricLeaf,
-    apply_message,
+    apply_batch,
     normalize_value,
 )
 from service.config import Settings
@@ -55,7 +56,7 @@ from service.dlq_headers import DlqHeaders
 from service.errors import ConfigError, EventValidationError
 from service.events import EventKind, MetricEvent, PredictionEvent, parse_event
 from service.metrics import ConsumerMetrics
-from service.state_store import CachedState, SqlStateBackend, StaleStateError, StateBackend, open_backend
+from service.state import CachedState, Checkpoint, SqlStateBackend, StateBackend, open_backend
 
 log = logging.getLogger("runstream.aggregator")
 
@@ -140,21 +141,21 @@ class Aggregator:
         self._dlq = dlq
         self._own_dlq = dlq is None
         self._lock = asyncio.Lock()
-        self._assigned: set[TP] = set()
-        self._positions: dict[TP, int] = {}  # next offset to apply, per assigned partition
-        self._stored: dict[TP, int] = {}  # offset the store holds (fencing expectation)
         self._consumer: AIOKafkaConsumer | None = None
-        self._on_commit = on_commit
         self.last_progress = time.monotonic()  # liveness: the poll loop is turning
         self.max_batch = max_batch
+        # messages applied as one batch (apply_batch) between commit-deadline checks
+        self.apply_chunk = 2500
         self.metrics = metrics if metrics is not None else ConsumerMetrics.create()
-        self._commit_seconds = self.metrics.aggregator_commit_seconds.labels(self.group)
-        self._inflight: asyncio.Task[None] | None = None
-        self._interval = settings.state_commit_interval_ms / 1000.0
-        self._next_commit = 0.0  # monotonic deadline of the next commit (set by run)
-        self._published = False  # a commit landed since offsets were last mirrored to Kafka
-        self._inflight_offsets: dict[TP, int] = {}
-        self._inflight_started = 0.0
+        self.checkpoint = Checkpoint(
+            backend,
+            self.state,
+            self.group,
+            interval_s=settings.state_commit_interval_ms / 1000.0,
+            seek=self._seek,
+            on_commit=on_commit,
+            commit_seconds=self.metrics.aggregator_commit_seconds.labels(self.group),
+        )
 
     @property
     def ready(self) -> bool:
@@ -181,7 +182,8 @@ class Aggregator:
             consumer, f"consumer {self.group}", stop=stop, bootstrap=s.kafka_bootstrap, options=s.kafka_client_options()
         )
         self._consumer = consumer
-        self._next_commit = time.monotonic() + self._interval
+        checkpoint = self.checkpoint
+        checkpoint.start_clock()
         try:
             while not stop.is_set():
                 self.last_progress = time.monotonic()
@@ -189,36 +191,42 @@ class Aggregator:
                 async with self._lock:
                     if batch:
                         await self._process(batch)
-                    if self._inflight is not None and self._inflight.done():
-                        self._published |= await self._finish_commit_locked()
-                    await self._commit_tick_locked()
-                    published, self._published = self._published, False
+                    await checkpoint.tick()
+                    self._sync_stats()
+                    published = checkpoint.take_published()
                 if published:
-                    await self._kafka_commit()
+                    await self._kafka_commit(published)
             async with self._lock:
-                await self._commit_locked()
-            await bounded(self._kafka_commit(), "Kafka offset mirror commit")
+                await checkpoint.close()
+                self._sync_stats()
+                published = checkpoint.take_published()
+            if published:
+                await bounded(self._kafka_commit(published), "Kafka offset mirror commit")
         finally:
             self._consumer = None
-            if self._inflight is not None:  # an error left a commit running: let its thread end
-                await asyncio.wait([self._inflight])
-                self._inflight = None
+            await checkpoint.wait_idle()
             try:
                 await bounded(consumer.stop(), f"leaving group {self.group}")
             finally:
                 if self._own_dlq and self._dlq is not None:
                     await self._dlq.stop()
 
+    def _sync_stats(self) -> None:
+        cp, stats = self.checkpoint, self.stats
+        stats.commits, stats.stale, stats.last_commit_at = cp.commits, cp.stale, cp.last_commit_at
+        stats.assigned = len(cp.assigned)
+
     # ---- per batch
 
     async def _process(self, batch: dict[TopicPartition, list[Any]]) -> None:
-        """Parse, prefetch cold state in bulk, then apply in offset order. Caller holds the lock."""
+        """Parse, prefetch cold state in bulk, apply in offset order, checkpoint. Caller holds the lock."""
+        cp = self.checkpoint
         items: list[tuple[Any, MessageOps | None]] = []
         for tp, records in batch.items():
             key = (tp.topic, tp.partition)
-            if key not in self._assigned:
+            if key not in cp.assigned:
                 continue  # fetched before a revoke
-            pos = self._positions.get(key)
+            pos = cp.positions.get(key)
             kind: EventKind = "prediction" if tp.topic == self.settings.topic_predictions else "metric"
             for rec in records:
                 if pos is not None and rec.offset < pos:
@@ -229,28 +237,27 @@ class Aggregator:
         await asyncio.to_thread(self.state.prefetch, [ops for _rec, ops in items if ops is not None])
         outcomes: Counter[tuple[str, str]] = Counter()
         state = self.state
-        positions = self._positions
-        for i, (rec, ops) in enumerate(items):
-            if ops is None:
-                outcome = "skipped"
-            else:
-                try:
-                    apply_message(state, ops)
-                    outcome = "applied"
-                except AggregateError as exc:
-                    await self._dead_letter(rec, exc)
-                    outcome = "dlq"
-            outcomes[(rec.topic, outcome)] += 1
-            positions[(rec.topic, rec.partition)] = rec.offset + 1
-            if i % 1000 == 999:
-                # A batch can take longer than the commit interval: commit mid-batch (state and
-                # positions agree after every message) so the interval holds; keep the cache
-                # whole, the rest of the batch was prefetched into it.
-                stale = self.stats.stale
-                if self._inflight is not None and self._inflight.done():
-                    self._published |= await self._finish_commit_locked(evict=False)
-                await self._commit_tick_locked(evict=False)
-                if self.stats.stale != stale:
+        step = self.apply_chunk
+        for start in range(0, len(items), step):
+            chunk = items[start : start + step]
+            valid = [(rec, ops) for rec, ops in chunk if ops is not None]
+            rejected = apply_batch(state, [ops for _rec, ops in valid])
+            for rec, _ops in valid:
+                outcomes[(rec.topic, "applied")] += 1
+            for i, exc in rejected:
+                rec = valid[i][0]
+                await self._dead_letter(rec, exc)
+                outcomes[(rec.topic, "applied")] -= 1
+                outcomes[(rec.topic, "dlq")] += 1
+            for rec, ops in chunk:
+                if ops is None:
+                    outcomes[(rec.topic, "skipped")] += 1
+                cp.advance((rec.topic, rec.partition), rec.offset + 1)
+            if start + step < len(items):
+                # A batch can take longer than the commit interval: checkpoint between chunks
+                # (state and positions agree after every chunk) so the interval holds; keep the
+                # cache whole, the rest of the batch was prefetched into it.
+                if not await cp.tick(evict=False):
                     break  # fenced off: state was reset and partitions re-seeked; drop the rest
                 await asyncio.sleep(0)  # let the query API and heartbeats in during a big batch
         stats = self.stats
@@ -297,97 +304,28 @@ class Aggregator:
             ),
         )
 
-    # ---- commits
+    # ---- offsets and rebalance
 
-    async def _commit_locked(self) -> bool:
-        """Write everything applied so far and wait until it is durable. Caller holds the lock."""
-        await self._finish_commit_locked()
-        self._start_commit_locked()
-        return await self._finish_commit_locked()
-
-    def _start_commit_locked(self) -> None:
-        """Encode state changes + next offsets and start writing them (one store transaction)
-        in a thread. At most one commit is in flight: call :meth:`_finish_commit_locked` first."""
-        assert self._inflight is None
-        offsets = {tp: pos for tp, pos in self._positions.items() if pos != self._stored.get(tp)}
-        if not offsets and not len(self.state.changes):
-            return
-        changes = self.state.take_changes()
-        encoded = changes.encode()
-        expected = {tp: self._stored.get(tp) for tp in offsets}
-        self._inflight_offsets = offsets
-        self._inflight_started = time.perf_counter()
-        self._inflight = asyncio.create_task(
-            asyncio.to_thread(self.backend.commit, self.group, encoded, offsets, expected)
-        )
-
-    async def _commit_tick_locked(self, *, evict: bool = True) -> None:
-        """At the commit deadline: wait for the in-flight commit, start the next. Caller holds the lock."""
-        if time.monotonic() < self._next_commit:
-            return
-        self._published |= await self._finish_commit_locked(evict=evict)
-        self._start_commit_locked()
-        # from the deadline, not from now: checks are every 1000 messages, so "now" drifts late
-        self._next_commit = max(self._next_commit + self._interval, time.monotonic() + self._interval / 2)
-
-    async def _finish_commit_locked(self, *, evict: bool = True) -> bool:
-        """Wait for the in-flight commit; True if it stored something. Caller holds the lock.
-
-        ``evict=False`` keeps every cached row (mid-batch: the rest of the batch reads them)."""
-        task, self._inflight = self._inflight, None
-        if task is None:
-            return False
-        try:
-            await task
-        except StaleStateError as exc:
-            self.stats.stale += 1
-            log.warning("commit fenced off: %s; reloading state for the current assignment", exc)
-            self.state.reset()
-            await self._load_and_seek(self._assigned)
-            return False
-        except BaseException:
-            self.state.reset()  # the cache holds rows the store does not: never serve them
-            raise
-        self._commit_seconds.observe(time.perf_counter() - self._inflight_started)
-        if evict:
-            self.state.committed()
-        self._stored.update(self._inflight_offsets)
-        self.stats.commits += 1
-        self.stats.last_commit_at = time.time()
-        if self._on_commit is not None:
-            self._on_commit()
-        return True
-
-    async def _kafka_commit(self) -> None:
+    async def _kafka_commit(self, offsets: dict[tuple[str, int], int]) -> None:
         """Mirror stored offsets to Kafka for lag visibility only; failures do not matter."""
         consumer = self._consumer
-        if consumer is None or not self._stored:
-            return
-        offsets = {TopicPartition(t, p): o for (t, p), o in self._stored.items() if (t, p) in self._assigned}
-        if not offsets:
+        if consumer is None or not offsets:
             return
         try:
             # Bounded: with the broker gone, commit() waits for a coordinator forever and the loop
             # would never see a stop request.
-            await asyncio.wait_for(consumer.commit(offsets), 5.0)
+            await asyncio.wait_for(consumer.commit({TopicPartition(t, p): o for (t, p), o in offsets.items()}), 5.0)
         except (KafkaError, AssertionError, TimeoutError) as exc:
             log.debug("kafka offset commit skipped: %r", exc)
 
-    async def _load_and_seek(self, partitions: set[TP]) -> None:
+    async def _seek(self, tp: tuple[str, int], offset: int | None) -> None:
         consumer = self._consumer
-        stored = await asyncio.to_thread(self.backend.load_offsets, self.group, sorted(partitions))
-        for tp in partitions:
-            self._stored.pop(tp, None)
-            self._positions.pop(tp, None)
-            if tp in stored:
-                self._stored[tp] = stored[tp]
-                self._positions[tp] = stored[tp]
-                if consumer is not None:
-                    consumer.seek(TopicPartition(*tp), stored[tp])
-            elif consumer is not None:
-                await consumer.seek_to_beginning(TopicPartition(*tp))
-
-    # ---- rebalance
+        if consumer is None:
+            return
+        if offset is None:
+            await consumer.seek_to_beginning(TopicPartition(*tp))
+        else:
+            consumer.seek(TopicPartition(*tp), offset)
 
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
         """Flush state + offsets while we still own the partitions, then forget cached state."""
@@ -395,24 +333,15 @@ class Aggregator:
             self.stats.recovering = True
             self.stats.rebalances += 1
             try:
-                await self._commit_locked()
+                await self.checkpoint.on_revoked({(tp.topic, tp.partition) for tp in revoked})
             finally:
-                for tp in revoked:
-                    key = (tp.topic, tp.partition)
-                    self._assigned.discard(key)
-                    self._positions.pop(key, None)
-                    self._stored.pop(key, None)
-                self.state.reset()
-                self.stats.assigned = len(self._assigned)
+                self._sync_stats()
 
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
         """Seek every new partition to the offset the store holds (the beginning if none)."""
         async with self._lock:
-            keys = {(tp.topic, tp.partition) for tp in assigned}
-            self.state.reset()
-            self._assigned |= keys
-            await self._load_and_seek(keys)
-            self.stats.assigned = len(self._assigned)
+            await self.checkpoint.on_assigned({(tp.topic, tp.partition) for tp in assigned})
+            self._sync_stats()
             self.stats.recovering = False
 
 

@@ -1,30 +1,33 @@
-"""Pure aggregation math and the incremental metric-tree update (DESIGN §4). No I/O.
+"""Pure aggregation math and the batch metric-tree update (DESIGN §4). No I/O.
 
 A metric is a tree per data row: data row (level 0) → feature (level 1) → subclass (level 2).
-Each node holds two aggregates: one over the leaves reported *directly* at it and one over its
-children's values; its value is the direct aggregate if it has any leaf, else the children's.
-Per model run we also keep, for every (metric, confidence key, level, feature, subclass), the
-aggregate over the node values of all data rows: that is what the query API serves in O(1).
+A node's value aggregates the leaves reported *directly* at it if it has any, else its
+children's values. Per model run we also keep, for every (metric, confidence key, level,
+feature, subclass), the aggregate over the node values of all data rows: that is what the
+query API serves in O(1).
 
-Why exact sums: every aggregate keeps Σx, Σln x and Σ1/x as *exact* fixed-point integers
-(units of 2⁻¹⁰⁷⁴, the smallest float step). Adding and later subtracting the same float is then
-exact, so after millions of replacements the sums equal a from-scratch ``math.fsum`` of the
-current members — float drift and cancellation cannot creep in — and the result is the
-correctly rounded sum of what is there now.
+Node values are recomputed from their tree's leaves when the tree changes (trees are small;
+``math.fsum`` is correctly rounded). Run aggregates, whose members come and go in numbers,
+keep Σx, Σln x and Σ1/x as *exact* fixed-point integers (units of 2⁻¹⁰⁷⁴, the smallest float
+step): adding and later subtracting the same float is exact, so after millions of
+replacements the sums equal a from-scratch ``math.fsum`` of the current members — float
+drift and cancellation cannot creep in — and both kinds of value are the correctly rounded
+result of what is there now.
 
 Confidence-keyed values are split per confidence key: key ``""`` is the plain value, ``"0.5"``
 the value at confidence 0.5; each key is an independent tree, so "explicit wins over roll-up"
 and every aggregation apply per key.
 
-The update works against :class:`StateAccess` (get/put of per-data-row :class:`Tree` objects,
-run aggregates, metric definitions and the annotation index); :class:`MemoryState` is the dict implementation used by
-unit tests, ``service.state_store`` provides the cached, durable one.
+The update (:func:`apply_batch`) works against :class:`StateAccess` (get/put of per-data-row
+:class:`Tree` objects, run aggregates, metric definitions and the annotation index);
+:class:`MemoryState` is the dict implementation used by unit tests, ``service.state`` provides
+the cached, durable one.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, Protocol, TypeAlias
 
@@ -231,20 +234,107 @@ def numeric_value(value: Value) -> float | None:
     return value
 
 
-@dataclass(slots=True)
-class NodeState:
-    """One node of a data row's metric tree (one confidence key)."""
+# --------------------------------------------------------------------------------------------
+# node values
 
-    direct: Agg = field(default_factory=Agg)
-    children: Agg = field(default_factory=Agg)
-    value: Value | None = None
-    # the number the store indexes for this node (state_store), to write only changed values
-    indexed: float | None = field(default=None, compare=False, repr=False)
 
-    def compute(self, aggregation: Aggregation) -> Value | None:
-        if self.direct.n > 0:
-            return self.direct.result(aggregation)
-        return self.children.result(aggregation)
+def _fsum(values: Iterable[float]) -> float:
+    """Correctly rounded sum (``math.fsum``); where that overflows, the exact sum rounded (±inf)."""
+    vs = list(values)
+    try:
+        return math.fsum(vs)
+    except OverflowError:
+        return from_fixed(sum(to_fixed(v) for v in vs))
+
+
+def _am(vs: list[Value]) -> Value:
+    return vs[0] if len(vs) == 1 else _fsum(vs) / len(vs)  # type: ignore[arg-type]
+
+
+def _sum(vs: list[Value]) -> Value:
+    return vs[0] if len(vs) == 1 else _fsum(vs)  # type: ignore[arg-type]
+
+
+def _gm(vs: list[Value]) -> Value:
+    if 0.0 in vs:
+        return 0.0
+    return math.exp(_fsum(math.log(v) for v in vs) / len(vs))  # type: ignore[arg-type]
+
+
+def _hm(vs: list[Value]) -> Value:
+    if 0.0 in vs:
+        return 0.0
+    return len(vs) / _fsum(1.0 / v for v in vs)  # type: ignore[operator]
+
+
+def _cm(vs: list[Value]) -> Value:
+    if len(vs) == 1:
+        return vs[0]
+    a = b = c = d = 0
+    for v in vs:
+        assert isinstance(v, tuple)
+        a += v[0]
+        b += v[1]
+        c += v[2]
+        d += v[3]
+    return (a, b, c, d)
+
+
+# Why math.fsum for node values: it is correctly rounded, so it equals the exact fixed-point
+# sum rounded once (what Agg computes) bit for bit, and a tree's few members need no running
+# sums: a changed tree is recomputed from its leaves, which is cheaper than keeping objects.
+_NODE_FN: dict[str, Callable[[list[Value]], Value]] = {
+    "ARITHMETIC_MEAN": _am,
+    "SUM": _sum,
+    "GEOMETRIC_MEAN": _gm,
+    "HARMONIC_MEAN": _hm,
+    "CONFUSION_MATRIX": _cm,
+}
+
+
+def tree_values(leaves: Mapping[LeafSub, LeafValue], aggregation: Aggregation) -> dict[NodeSub, Value]:
+    """Every node value of one tree from its leaves (DESIGN §4: explicit wins over roll-up)."""
+    fn = _NODE_FN[aggregation]
+    if len(leaves) == 1:  # the common tree: one leaf, its node and the ancestors roll it up alone
+        for (lvl, f, s, _src), lv in leaves.items():
+            if len(lv) == 1:
+                for ck, v in lv.items():
+                    x = fn([v])
+                    if lvl == LEVEL_DATA_ROW:
+                        return {(ck, lvl, f, s): x}
+                    if lvl == LEVEL_FEATURE:
+                        return {(ck, lvl, f, s): x, (ck, LEVEL_DATA_ROW, "", ""): fn([x])}
+                    y = fn([x])
+                    return {(ck, lvl, f, s): x, (ck, LEVEL_FEATURE, f, ""): y, (ck, LEVEL_DATA_ROW, "", ""): fn([y])}
+    direct: dict[NodeSub, list[Value]] = {}
+    deep = False
+    for (lvl, f, s, _src), lv in leaves.items():
+        if lvl:
+            deep = True
+        for ck, v in lv.items():
+            k = (ck, lvl, f, s)
+            members = direct.get(k)
+            if members is None:
+                direct[k] = [v]
+            else:
+                members.append(v)
+    out = {k: fn(vs) for k, vs in direct.items()}
+    if not deep:
+        return out
+    for level in (LEVEL_SUBCLASS, LEVEL_FEATURE):
+        children: dict[NodeSub, list[Value]] = {}
+        for (ck, lvl, f, _s), v in out.items():
+            if lvl == level:
+                pk = (ck, LEVEL_FEATURE, f, "") if level == LEVEL_SUBCLASS else (ck, LEVEL_DATA_ROW, "", "")
+                if pk not in direct:
+                    members = children.get(pk)
+                    if members is None:
+                        children[pk] = [v]
+                    else:
+                        members.append(v)
+        for k, vs in children.items():
+            out[k] = fn(vs)
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -253,58 +343,37 @@ class NodeState:
 
 @dataclass(slots=True)
 class Tree:
-    """Every leaf and node of one (model run, metric, data row).
+    """Every leaf and node value of one (model run, metric, data row).
 
     Why trees: a leaf change touches its node and the node's ancestors, which are all in the
-    same tree, so the update finds them with one lookup and a store keeps one row per tree.
+    same tree, so one lookup finds them and a store keeps one row per tree. Nodes hold only
+    their values (:func:`tree_values` of the leaves); the exact running sums are kept where
+    members come and go in numbers, the run aggregates.
     """
 
     leaves: dict[LeafSub, LeafValue] = field(default_factory=dict)
-    nodes: dict[NodeSub, NodeState] = field(default_factory=dict)
+    nodes: dict[NodeSub, Value] = field(default_factory=dict)
     aggregation: Aggregation = "ARITHMETIC_MEAN"  # the metric's (set when the tree is created)
-    # how many of its nodes have a value row in the store's index (state_store), so a commit
-    # notices nodes that left the tree; an int, not a copy of the values: memory per cached tree
-    indexed: int = field(default=0, compare=False, repr=False)
 
 
 def tree_from_leaves(leaves: dict[LeafSub, LeafValue], aggregation: Aggregation) -> Tree:
-    """Rebuild every node of a tree from its leaves, bottom-up.
+    """A tree with its node values computed from ``leaves``."""
+    return Tree(leaves, tree_values(leaves, aggregation), aggregation)
 
-    Why this is exact: the sums are exact fixed-point integers, so a from-scratch build equals
-    the incrementally maintained nodes bit for bit; a store therefore keeps only the leaves.
-    """
-    nodes: dict[NodeSub, NodeState] = {}
-    for (lvl, f, s, _src), lv in leaves.items():
-        for ck, v in lv.items():
-            sub = (ck, lvl, f, s)
-            node = nodes.get(sub)
-            if node is None:
-                node = nodes[sub] = NodeState()
-            node.direct.add_term(term(v, aggregation), 1)
-    for level in (LEVEL_SUBCLASS, LEVEL_FEATURE):
-        for (ck, lvl, f, _s), node in [item for item in nodes.items() if item[0][1] == level]:
-            value = node.value = node.compute(aggregation)
-            if value is None:
-                continue
-            psub = (ck, LEVEL_FEATURE, f, "") if lvl == LEVEL_SUBCLASS else (ck, LEVEL_DATA_ROW, "", "")
-            parent = nodes.get(psub)
-            if parent is None:
-                parent = nodes[psub] = NodeState()
-            parent.children.add_term(term(value, aggregation), 1)
-    for sub, node in nodes.items():
-        if sub[1] == LEVEL_DATA_ROW:
-            node.value = node.compute(aggregation)
-    return Tree(leaves, nodes, aggregation)
+
+# a node whose value changed in a batch: (node, value before, value after; None = no value)
+NodeMove: TypeAlias = tuple[NodeSub, Value | None, Value | None]
 
 
 class StateAccess(Protocol):
-    """What the tree update reads and writes; ``None`` as a put value deletes.
+    """What the batch update reads and writes; ``None`` as a put value deletes.
 
-    ``put_tree`` is called after a tree was changed in place (an empty tree is a deletion).
+    ``put_tree`` is called after a tree was changed in place (an empty tree is a deletion),
+    with the nodes whose value changed (a store keeps an index of node values).
     """
 
     def get_tree(self, key: TreeKey) -> Tree | None: ...
-    def put_tree(self, key: TreeKey, tree: Tree) -> None: ...
+    def put_tree(self, key: TreeKey, tree: Tree, moves: list[NodeMove]) -> None: ...
     def get_run_agg(self, key: RunAggKey) -> Agg | None: ...
     def put_run_agg(self, key: RunAggKey, agg: Agg | None) -> None: ...
     def get_metric_def(self, run: str, metric: str) -> Aggregation | None: ...
@@ -330,18 +399,18 @@ class MemoryState:
         return {(r, m, dr, *sub): v for (r, m, dr), t in self.trees.items() for sub, v in t.leaves.items()}
 
     @property
-    def nodes(self) -> dict[NodeKey, NodeState]:
-        """Every node by its flat key (a snapshot, for tests and comparisons)."""
+    def nodes(self) -> dict[NodeKey, Value]:
+        """Every node value by its flat key (a snapshot, for tests and comparisons)."""
         return {
-            (r, m, ck, dr, lvl, f, s): n
+            (r, m, ck, dr, lvl, f, s): v
             for (r, m, dr), t in self.trees.items()
-            for (ck, lvl, f, s), n in t.nodes.items()
+            for (ck, lvl, f, s), v in t.nodes.items()
         }
 
     def get_tree(self, key: TreeKey) -> Tree | None:
         return self.trees.get(key)
 
-    def put_tree(self, key: TreeKey, tree: Tree) -> None:
+    def put_tree(self, key: TreeKey, tree: Tree, moves: list[NodeMove]) -> None:
         if tree.leaves or tree.nodes:
             self.trees[key] = tree
         else:
@@ -377,6 +446,7 @@ class MemoryState:
 
 # --------------------------------------------------------------------------------------------
 # message operations
+
 
 
 class MetricLeaf(NamedTuple):
@@ -436,159 +506,217 @@ def _one_value(v: object) -> Value:
     return float(v)  # type: ignore[arg-type]
 
 
-def _check_leaf(leaf: MetricLeaf, pending: dict[str, Aggregation], state: StateAccess, run: str) -> None:
-    fixed = pending.get(leaf.metric) or state.get_metric_def(run, leaf.metric)
-    if fixed is not None and fixed != leaf.aggregation:
+def _check_leaf(
+    leaf: MetricLeaf, pending: dict[str, Aggregation], get_def: Callable[[str, str], Aggregation | None], run: str
+) -> None:
+    metric, aggregation = leaf.metric, leaf.aggregation
+    fixed = pending.get(metric) or get_def(run, metric)
+    if fixed is not None and fixed != aggregation:
         raise AggregateConflictError(
-            f"metric {leaf.metric!r} of model run {run!r} is aggregated with {fixed}; "
-            f"this message uses {leaf.aggregation}"
+            f"metric {metric!r} of model run {run!r} is aggregated with {fixed}; this message uses {aggregation}"
         )
-    pending[leaf.metric] = leaf.aggregation
-    is_cm = leaf.aggregation == "CONFUSION_MATRIX"
+    pending[metric] = aggregation
+    if aggregation == "ARITHMETIC_MEAN" or aggregation == "SUM":
+        for v in leaf.value.values():
+            if type(v) is not float or v - v != 0.0:  # not a float, or inf/nan: say which below
+                break
+        else:
+            return
+    is_cm = aggregation == "CONFUSION_MATRIX"
     for ck, v in leaf.value.items():
-        where = f"metric {leaf.metric!r}" + (f" at confidence {ck}" if ck else "")
         if isinstance(v, tuple) != is_cm:
-            raise AggregateDomainError(f"{where}: value type does not match aggregation {leaf.aggregation}")
+            raise AggregateDomainError(f"{_where(metric, ck)}: value type does not match aggregation {aggregation}")
         if isinstance(v, float):
             if not math.isfinite(v):
-                raise AggregateDomainError(f"{where}: value {v} is not finite")
-            if leaf.aggregation in ("GEOMETRIC_MEAN", "HARMONIC_MEAN"):
+                raise AggregateDomainError(f"{_where(metric, ck)}: value {v} is not finite")
+            if aggregation in ("GEOMETRIC_MEAN", "HARMONIC_MEAN"):
                 if v < 0:
-                    raise AggregateDomainError(f"{where}: negative value {v} is undefined under {leaf.aggregation}")
-                if leaf.aggregation == "HARMONIC_MEAN" and v != 0 and math.isinf(1.0 / v):
-                    raise AggregateDomainError(f"{where}: value {v} is too small for HARMONIC_MEAN")
+                    raise AggregateDomainError(
+                        f"{_where(metric, ck)}: negative value {v} is undefined under {aggregation}"
+                    )
+                if aggregation == "HARMONIC_MEAN" and v != 0 and math.isinf(1.0 / v):
+                    raise AggregateDomainError(f"{_where(metric, ck)}: value {v} is too small for HARMONIC_MEAN")
 
 
-def validate_message(state: StateAccess, ops: MessageOps) -> dict[str, Aggregation]:
-    """Raise the message's first rejection before anything is changed; return new metric defs."""
+def _where(metric: str, ck: str) -> str:
+    return f"metric {metric!r}" + (f" at confidence {ck}" if ck else "")
+
+
+def _level(f: str | None, s: str | None) -> int:
+    if s is not None:
+        return LEVEL_SUBCLASS
+    return LEVEL_DATA_ROW if f is None else LEVEL_FEATURE
+
+
+def validate_message(
+    state: StateAccess, ops: MessageOps, known: Mapping[tuple[str, str], Aggregation] | None = None
+) -> dict[str, Aggregation]:
+    """Raise the message's first rejection before anything is changed; return its metric defs.
+
+    ``known``: definitions fixed earlier in the same batch (not yet in ``state``).
+    """
     pending: dict[str, Aggregation] = {}
+    run = ops.run
+    get_def = state.get_metric_def
+    if known:
+
+        def get_def(run: str, metric: str) -> Aggregation | None:
+            return known.get((run, metric)) or state.get_metric_def(run, metric)
+
     for leaf in ops.metric_rows:
-        _check_leaf(leaf, pending, state, ops.run)
+        _check_leaf(leaf, pending, get_def, run)
     for ann in ops.annotations:
         for leaf in ann.leaves:
-            _check_leaf(leaf, pending, state, ops.run)
+            _check_leaf(leaf, pending, get_def, run)
     return pending
 
 
 def apply_message(state: StateAccess, ops: MessageOps) -> None:
-    """Validate, then apply every leaf change of one message with delta propagation.
+    """Validate, then apply one message; raises its AggregateError without changing anything."""
+    rejected = apply_batch(state, [ops])
+    if rejected:
+        raise rejected[0][1]
 
-    Raises AggregateConflictError / AggregateDomainError without changing anything.
+
+def apply_batch(state: StateAccess, batch: Sequence[MessageOps]) -> list[tuple[int, AggregateError]]:
+    """Apply messages in order, all-or-nothing each; return the rejected ones (index, error).
+
+    Why per batch: the leaf writes of every accepted message are first collected per tree (a
+    later write to the same leaf replaces an earlier one), then each changed tree is recomputed
+    once and each node whose value changed moves its run aggregate once. The result equals
+    applying the messages one by one: validation runs message by message, in order, against
+    the definitions the earlier messages fixed.
     """
-    defs = validate_message(state, ops)
-    run = ops.run
-    state.touch_run(run)
-    for metric, aggregation in defs.items():
-        if state.get_metric_def(run, metric) is None:
-            state.put_metric_def(run, metric, aggregation)
-    for leaf in ops.metric_rows:
-        key: LeafKey = (
-            run,
-            leaf.metric,
-            leaf.data_row,
-            leaf.level,
-            leaf.feature or "",
-            leaf.subclass or "",
-            "m",
-        )
-        set_leaf(state, key, leaf.aggregation, leaf.value)
-    for ann in ops.annotations:
-        _replace_annotation(state, run, ann)
+    rejected: list[tuple[int, AggregateError]] = []
+    writes: dict[TreeKey, dict[LeafSub, LeafValue | None]] = {}
+    tree_agg: dict[TreeKey, Aggregation] = {}
+    new_defs: dict[tuple[str, str], Aggregation] = {}
+    anns: dict[tuple[str, str], tuple[AnnotationLeaf, ...] | None] = {}
+    runs: set[str] = set()
+    get_def = state.get_metric_def
+    for i, ops in enumerate(batch):
+        run = ops.run
+        try:
+            defs = validate_message(state, ops, new_defs)
+        except AggregateError as exc:
+            rejected.append((i, exc))
+            continue
+        runs.add(run)
+        for metric, aggregation in defs.items():
+            if (run, metric) not in new_defs and get_def(run, metric) is None:
+                new_defs[(run, metric)] = aggregation
+        for leaf in ops.metric_rows:
+            tk = (run, leaf.metric, leaf.data_row)
+            f, s = leaf.feature, leaf.subclass
+            w = writes.get(tk)
+            if w is None:
+                w = writes[tk] = {}
+                tree_agg[tk] = leaf.aggregation
+            w[(_level(f, s), f or "", s or "", "m")] = leaf.value
+        for ann in ops.annotations:
+            src = "u:" + ann.uuid
+            akey = (run, ann.uuid)
+            old = anns[akey] if akey in anns else state.get_annotation(run, ann.uuid)
+            new: dict[AnnotationLeaf, LeafValue] = {}
+            for leaf in ann.leaves:
+                f, s = leaf.feature, leaf.subclass
+                new[(leaf.metric, leaf.data_row, _level(f, s), f or "", s or "")] = leaf.value  # last wins
+            for al in old or ():
+                if al not in new:
+                    metric, dr, level, f_, s_ = al
+                    tk = (run, metric, dr)
+                    w = writes.get(tk)
+                    if w is None:
+                        w = writes[tk] = {}
+                        agg_ = new_defs.get((run, metric)) or get_def(run, metric)
+                        assert agg_ is not None
+                        tree_agg[tk] = agg_
+                    w[(level, f_, s_, src)] = None
+            for (metric, dr, level, f_, s_), value in new.items():
+                tk = (run, metric, dr)
+                w = writes.get(tk)
+                if w is None:
+                    w = writes[tk] = {}
+                    tree_agg[tk] = defs[metric]
+                w[(level, f_, s_, src)] = value
+            anns[akey] = tuple(new) or None
+    for run in runs:
+        state.touch_run(run)
+    for (run, metric), aggregation in new_defs.items():
+        state.put_metric_def(run, metric, aggregation)
+    deltas: dict[RunAggKey, Agg] = {}
+    for tk, w in writes.items():
+        _apply_tree(state, tk, tree_agg[tk], w, deltas)
+    for rkey, d in deltas.items():
+        ragg = state.get_run_agg(rkey)
+        if ragg is None:
+            ragg = d
+        else:
+            ragg.n += d.n
+            ragg.zeros += d.zeros
+            ragg.s += d.s
+            a, c = ragg.cm, d.cm
+            ragg.cm = (a[0] + c[0], a[1] + c[1], a[2] + c[2], a[3] + c[3])
+        state.put_run_agg(rkey, ragg if ragg.n > 0 else None)
+    for (run, uuid), index in anns.items():
+        state.put_annotation(run, uuid, index)
+    return rejected
 
 
-def _replace_annotation(state: StateAccess, run: str, ann: AnnotationUpdate) -> None:
-    src = "u:" + ann.uuid
-    new: dict[LeafKey, tuple[Aggregation, LeafValue]] = {}
-    for leaf in ann.leaves:
-        key: LeafKey = (run, leaf.metric, leaf.data_row, leaf.level, leaf.feature or "", leaf.subclass or "", src)
-        new[key] = (leaf.aggregation, leaf.value)  # same (uuid, name, node) twice: last wins
-    old = state.get_annotation(run, ann.uuid) or ()
-    for metric, dr, level, f, s in old:
-        key = (run, metric, dr, level, f, s, src)
-        if key not in new:
-            aggregation = state.get_metric_def(run, metric)
-            assert aggregation is not None
-            set_leaf(state, key, aggregation, None)
-    for key, (aggregation, value) in new.items():
-        set_leaf(state, key, aggregation, value)
-    index = tuple((k[1], k[2], k[3], k[4], k[5]) for k in new)
-    state.put_annotation(run, ann.uuid, index or None)
-
-
-def set_leaf(state: StateAccess, key: LeafKey, aggregation: Aggregation, new: LeafValue | None) -> None:
-    """Set (or with None remove) one leaf and propagate the change of every affected node."""
-    run, metric, dr, level, f, s, src = key
-    tk = (run, metric, dr)
+def _apply_tree(
+    state: StateAccess,
+    tk: TreeKey,
+    aggregation: Aggregation,
+    w: dict[LeafSub, LeafValue | None],
+    deltas: dict[RunAggKey, Agg],
+) -> None:
+    """Set a tree's collected leaf writes and recompute it; a changed node value moves its run
+    aggregate, collected in ``deltas`` (one delta per run aggregate per batch)."""
     tree = state.get_tree(tk)
     if tree is None:
-        if new is None:
-            return
-        tree = Tree(aggregation=aggregation)
-    sub = (level, f, s, src)
+        tree = Tree({}, {}, aggregation)
     leaves = tree.leaves
-    old = leaves.get(sub)
-    if old == new:
+    changed = False
+    for sub, value in w.items():
+        if value is None:
+            if leaves.pop(sub, None) is not None:
+                changed = True
+        elif leaves.get(sub) != value:
+            leaves[sub] = value
+            changed = True
+    if not changed:
         return
-    if new is None:
-        del leaves[sub]
-    else:
-        leaves[sub] = new
-    if old is None:
-        assert new is not None
-        cks: Iterable[str] = new.keys()
-    elif new is None:
-        cks = old.keys()
-    else:
-        cks = old.keys() | new.keys()
-    nodes = tree.nodes
-    for ck in cks:
-        ov = old.get(ck) if old else None
-        nv = new.get(ck) if new else None
-        if ov == nv:
-            continue
-        node = nodes.get((ck, level, f, s)) or NodeState()
-        if ov is not None:
-            node.direct.add_term(term(ov, aggregation), -1)
-        if nv is not None:
-            node.direct.add_term(term(nv, aggregation), 1)
-        _refresh(state, run, metric, nodes, (ck, level, f, s), node, aggregation)
-    state.put_tree(tk, tree)
-
-
-def _refresh(
-    state: StateAccess,
-    run: str,
-    metric: str,
-    nodes: dict[NodeSub, NodeState],
-    sub: NodeSub,
-    node: NodeState,
-    aggregation: Aggregation,
-) -> None:
-    """Recompute a node's value; push old→new deltas to the run aggregate and the parent."""
-    while True:
-        old_value = node.value
-        a = node.direct if node.direct.n > 0 else node.children  # NodeState.compute, inlined (hot)
-        if a.n > 0:
-            new_value = node.value = a.result(aggregation)
-            nodes[sub] = node
-        else:
-            new_value = node.value = None
-            nodes.pop(sub, None)
-        if old_value == new_value:
-            return
-        ot = term(old_value, aggregation) if old_value is not None else _NO_TERM
-        nt = term(new_value, aggregation) if new_value is not None else _NO_TERM
-        ck, level, f, s = sub
-        rkey: RunAggKey = (run, metric, ck, level, f, s)
-        ragg = state.get_run_agg(rkey) or Agg()
-        ragg.move(ot, nt)
-        state.put_run_agg(rkey, ragg if ragg.n > 0 else None)
-        if level == LEVEL_DATA_ROW:
-            return
-        sub = (ck, LEVEL_FEATURE, f, "") if level == LEVEL_SUBCLASS else (ck, LEVEL_DATA_ROW, "", "")
-        parent = nodes.get(sub) or NodeState()
-        parent.children.move(ot, nt)
-        node = parent
+    aggregation = tree.aggregation
+    old_nodes = tree.nodes
+    new_nodes = tree.nodes = tree_values(leaves, aggregation)
+    moves: list[NodeMove] = []
+    run, metric, _dr = tk
+    for nsub, now in new_nodes.items():
+        was = old_nodes.pop(nsub, None)
+        if was != now:
+            moves.append((nsub, was, now))
+    for nsub, gone in old_nodes.items():
+        moves.append((nsub, gone, None))
+    for nsub, oval, nval in moves:
+        rkey: RunAggKey = (run, metric, nsub[0], nsub[1], nsub[2], nsub[3])
+        d = deltas.get(rkey)
+        if d is None:
+            d = deltas[rkey] = Agg()
+        if oval is not None:
+            t = term(oval, aggregation)
+            if type(t) is int:  # Agg.add_term, inlined (hot)
+                d.n -= 1
+                d.s -= t
+            else:
+                d.add_term(t, -1)
+        if nval is not None:
+            t = term(nval, aggregation)
+            if type(t) is int:
+                d.n += 1
+                d.s += t
+            else:
+                d.add_term(t, 1)
+    state.put_tree(tk, tree, moves)
 
 
 _NO_TERM: Any = object()

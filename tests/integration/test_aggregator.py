@@ -264,7 +264,7 @@ def test_cached_state_with_prefetch_equals_memory_state(
         fresh = CachedState(backend, max_clean=0)
         for k, v in mem.nodes.items():
             got = fresh.get_node(k)
-            assert got is not None and got.value == v.value and got.direct == v.direct, k
+            assert got is not None and got == v, k
         for k, a in mem.run_aggs.items():
             assert fresh.get_run_agg(k) == a, k
         for k, lv in mem.leaves.items():
@@ -280,8 +280,8 @@ def test_cached_state_with_prefetch_equals_memory_state(
             assert len(tree.leaves) == sum(1 for k in mem.leaves if k[:3] == (run, metric, dr))
         # filters (indexed node values, every level and confidence key) select what the engine holds
         want: dict[tuple[Any, ...], dict[str, float]] = {}
-        for (run, metric, ck, dr, lvl, f, s), node in mem.nodes.items():
-            num = None if node.value is None else numeric_value(node.value)
+        for (run, metric, ck, dr, lvl, f, s), value in mem.nodes.items():
+            num = numeric_value(value)
             group = want.setdefault((run, metric, ck, lvl, f, s), {})
             if num is not None:
                 group[dr] = num
@@ -290,7 +290,7 @@ def test_cached_state_with_prefetch_equals_memory_state(
             for dr, num in rows.items():
                 got = backend.rows_in_range(run, metric, ck, lvl, f, s, num, num)
                 assert sorted(got) == sorted(d for d, x in rows.items() if x == num), (dr, num)
-        stored_groups = backend._all("SELECT DISTINCT run, metric, ck, lvl, f, s FROM rs_node_values", ())
+        stored_groups = backend._all("SELECT DISTINCT run, metric, ck, lvl, f, s FROM rs_node_nums", ())
         assert {(r, m, ck, int(lvl), f, s) for r, m, ck, lvl, f, s in stored_groups} <= set(want)
     finally:
         backend.close()

@@ -107,7 +107,7 @@ def test_groups_do_not_fence_each_other(replicas: tuple[SqlStateBackend, SqlStat
     assert a.load_offsets("other-group", [P0]) == {P0: 99}
 
 
-# ---- filters on nodes below the data row (rs_node_values) ------------------------------------
+# ---- filters on nodes below the data row (rs_node_nums) --------------------------------------
 
 
 def _leaf(value: dict[str, float], f: str | None = "cat", s: str | None = None, dr: str = "id:d1") -> MetricLeaf:
@@ -165,7 +165,35 @@ def test_node_disappears_from_the_index_with_its_leaf(tmp_path: Path) -> None:
             backend.commit(GROUP, state.take_changes(), {P0: n}, {P0: n - 1 if n > 1 else None})
         assert backend.rows_in_range("r", "am", "", 1, "cat", "", None, None) == []
         assert backend.rows_in_range("r", "am", "", 1, "dog", "", None, None) == ["id:d1"]
-        assert backend._all("SELECT f FROM rs_node_values", ()) == [("dog",)]
+        assert backend._all("SELECT f FROM rs_node_nums", ()) == [("dog",)]
+    finally:
+        backend.close()
+
+
+def test_node_value_index_of_the_previous_layout_is_moved_on_open(tmp_path: Path) -> None:
+    """A store whose node values sit in rs_node_values (row per node + a value index) keeps its
+    filters: opening it moves the rows into rs_node_nums and drops the old table."""
+    import sqlite3
+
+    path = tmp_path / "s.sqlite3"
+    SqlStateBackend.sqlite(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute(
+        "CREATE TABLE rs_node_values (run TEXT NOT NULL, dr TEXT NOT NULL, metric TEXT NOT NULL, ck TEXT NOT NULL, "
+        "lvl INTEGER NOT NULL, f TEXT NOT NULL, s TEXT NOT NULL, num DOUBLE PRECISION NOT NULL, "
+        "PRIMARY KEY (run, dr, metric, ck, lvl, f, s)) WITHOUT ROWID"
+    )
+    conn.executemany(
+        "INSERT INTO rs_node_values VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [("r", "id:d1", "am", "", 1, "cat", "", 0.25), ("r", "id:d2", "am", "", 1, "cat", "", 0.75)],
+    )
+    conn.commit()
+    conn.close()
+    backend = SqlStateBackend.sqlite(path)
+    try:
+        assert backend.rows_in_range("r", "am", "", 1, "cat", "", 0.2, 0.3) == ["id:d1"]
+        assert sorted(backend.rows_in_range("r", "am", "", 1, "cat", "", None, None)) == ["id:d1", "id:d2"]
+        assert backend._all("SELECT name FROM sqlite_master WHERE name = 'rs_node_values'", ()) == []
     finally:
         backend.close()
 

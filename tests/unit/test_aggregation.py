@@ -18,6 +18,7 @@ from service.aggregation import (
     MemoryState,
     MessageOps,
     MetricLeaf,
+    apply_batch,
     apply_message,
     cm_ratios,
     decode_int,
@@ -79,9 +80,9 @@ def _leaf(metric: str, dr: str, f: str | None, s: str | None, value: Any) -> Met
 def test_explicit_value_wins_over_rollup_and_switches_back() -> None:
     st_ = MemoryState()
     apply_message(st_, MessageOps(RUN, [_leaf("am", "d1", "cat", None, 1.0), _leaf("am", "d1", "dog", None, 3.0)]))
-    assert st_.nodes[(RUN, "am", "", "d1", 0, "", "")].value == 2.0
+    assert st_.nodes[(RUN, "am", "", "d1", 0, "", "")] == 2.0
     apply_message(st_, MessageOps(RUN, [_leaf("am", "d1", None, None, 10.0)]))
-    assert st_.nodes[(RUN, "am", "", "d1", 0, "", "")].value == 10.0
+    assert st_.nodes[(RUN, "am", "", "d1", 0, "", "")] == 10.0
     assert st_.run_aggs[(RUN, "am", "", 0, "", "")].result("ARITHMETIC_MEAN") == 10.0
     assert st_.run_aggs[(RUN, "am", "", 1, "cat", "")].result("ARITHMETIC_MEAN") == 1.0
 
@@ -178,7 +179,7 @@ def test_incremental_equals_recomputation(messages: list[MessageOps]) -> None:
     leaves = reference_leaves(accepted)
     expected_nodes = node_values(leaves, defs)
     got_nodes = {
-        (m, ck, dr, *_ref_key(level, f, s)): n.value for (_r, m, ck, dr, level, f, s), n in state.nodes.items()
+        (m, ck, dr, *_ref_key(level, f, s)): v for (_r, m, ck, dr, level, f, s), v in state.nodes.items()
     }
     assert set(got_nodes) == set(expected_nodes)
     for k, v in expected_nodes.items():
@@ -197,3 +198,29 @@ def test_incremental_equals_recomputation(messages: list[MessageOps]) -> None:
     for (_r, m, _dr), tree in state.trees.items():
         assert tree.leaves, "a tree without leaves must have been deleted"
         assert tree_from_leaves(dict(tree.leaves), defs[m]).nodes == tree.nodes
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(message(), min_size=1, max_size=25), st.lists(st.integers(1, 8), min_size=1, max_size=25))
+def test_batches_equal_one_message_at_a_time(messages: list[MessageOps], cuts: list[int]) -> None:
+    """apply_batch over any chunking (writes to one leaf collapsed, rejected messages in between,
+    annotations replaced within a chunk) leaves exactly the state of applying message by message."""
+    one, batched = MemoryState(), MemoryState()
+    rejected_one: list[int] = []
+    for i, msg in enumerate(messages):
+        try:
+            apply_message(one, msg)
+        except (AggregateConflictError, AggregateDomainError):
+            rejected_one.append(i)
+    rejected_batched: list[int] = []
+    start, k = 0, 0
+    while start < len(messages):
+        size = cuts[k % len(cuts)]
+        rejected_batched += [start + i for i, _exc in apply_batch(batched, messages[start : start + size])]
+        start, k = start + size, k + 1
+    assert rejected_batched == rejected_one
+    assert batched.leaves == one.leaves
+    assert batched.nodes == one.nodes
+    assert batched.run_aggs == one.run_aggs
+    assert batched.metric_defs == one.metric_defs
+    assert batched.annotations == one.annotations

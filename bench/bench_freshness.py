@@ -1,0 +1,203 @@
+"""Freshness after a backfill: how long after ``runstream backfill`` finishes the API serves it all.
+
+    .venv/bin/python bench/bench_freshness.py [--events 1000000] [--runs 50] [--json]
+
+Uses RUNSTREAM_KAFKA_BOOTSTRAP when set, else starts the dev broker (service.devkafka).
+
+1. Writes an event file of the backfill bench's workload (bench_backfill.py: half one-row
+   predictions with a customMetric ``iou`` on their own data row, half one-row ``acc`` metrics,
+   spread over ``--runs`` model runs).
+2. Starts the aggregator as the service runs it (``python -m service run --role aggregator``,
+   SQLite, commit interval 1 s) with its HTTP API, on empty topics.
+3. Runs ``python -m service backfill FILE`` (the real command) and times it: backfill duration
+   D = process start → exit (every event written and acknowledged).
+4. Polls the API (GET /v1/model-runs/{run}/metrics, one request every 0.25 s, the run of the last
+   event first, then each other run) until every run reports the expected data-row counts of both
+   metrics: the aggregates include every event.
+
+Reports D, the time from the backfill's end until the aggregates were complete (lag), and
+(D + lag) / D: how many backfill durations until the dashboard is current (target ≤ 3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from service.devkafka import free_port
+from service.kafka_admin import create_topics
+
+ROOT = Path(__file__).resolve().parents[1]
+PYTHON = str(ROOT / ".venv" / "bin" / "python")
+
+
+def write_events(path: Path, n: int, runs: int, seed: int = 7) -> dict[str, Counter[str]]:
+    """The backfill bench's events, streamed to ``path``; expected data-row counts per run and metric."""
+    rnd = random.Random(seed)
+    expected: dict[str, Counter[str]] = {}
+    with path.open("wb") as f:
+        for i in range(n):
+            run = f"mr-{i % runs}"
+            if i % 2 == 0:
+                ev: dict[str, Any] = {
+                    "model_run_id": run,
+                    "predictions": [
+                        {
+                            "dataRow": {"globalKey": f"img-{i}"},
+                            "name": "cat",
+                            "bbox": {"top": 1, "left": 2, "height": 30, "width": 40},
+                            "customMetrics": [{"name": "iou", "value": round(rnd.random(), 4)}],
+                        }
+                    ],
+                }
+                metric = "iou"
+            else:
+                ev = {
+                    "model_run_id": run,
+                    "metrics": [{"data_row": {"id": f"dr-{i}"}, "metric_name": "acc", "value": round(rnd.random(), 4)}],
+                }
+                metric = "acc"
+            f.write(orjson.dumps(ev) + b"\n")
+            expected.setdefault(run, Counter())[metric] += 1
+    return expected
+
+
+async def run_complete(session: aiohttp.ClientSession, url: str, run: str, want: Counter[str]) -> bool:
+    """Whether the API reports every expected data-row count of ``run``."""
+    async with session.get(f"{url}/v1/model-runs/{run}/metrics") as r:
+        if r.status != 200:
+            return False
+        body = orjson.loads(await r.read())
+    got = {m["metric"]: m["count"] for m in body.get("metrics", [])}
+    return all(got.get(metric) == n for metric, n in want.items())
+
+
+def start_aggregator(tmp: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    with (tmp / "aggregator.log").open("wb") as log:
+        return subprocess.Popen(
+            [PYTHON, "-m", "service", "run", "--role", "aggregator"], cwd=tmp, env=env, stdout=log, stderr=log
+        )
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--events", type=int, default=1_000_000)
+    ap.add_argument("--runs", type=int, default=50)
+    ap.add_argument("--limit-s", type=float, default=1800, help="give up waiting after this long")
+    ap.add_argument("--json", action="store_true", help="print one JSON object with every figure as the last line")
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-fresh-"))
+    broker = None
+    bootstrap = os.environ.get("RUNSTREAM_KAFKA_BOOTSTRAP")
+    if not bootstrap:
+        from service.devkafka import DevKafka
+
+        broker = DevKafka(data_dir=tmp / "kafka")
+        broker.start()
+        bootstrap = broker.bootstrap
+    agg: subprocess.Popen[bytes] | None = None
+    try:
+        stamp = int(time.time())
+        topics = {"pred": f"fresh-pred-{stamp}", "met": f"fresh-met-{stamp}", "dlq": f"fresh-dlq-{stamp}"}
+        await create_topics(bootstrap, [topics["pred"], topics["met"]], partitions=6)
+        await create_topics(bootstrap, [topics["dlq"]], partitions=1)
+        events = tmp / "events.ndjson"
+        expected = write_events(events, args.events, args.runs)
+        last_run = f"mr-{(args.events - 1) % args.runs}"
+        port = free_port()
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "RUNSTREAM_KAFKA_BOOTSTRAP": bootstrap,
+            "RUNSTREAM_TOPIC_PREDICTIONS": topics["pred"],
+            "RUNSTREAM_TOPIC_METRICS": topics["met"],
+            "RUNSTREAM_TOPIC_DLQ": topics["dlq"],
+            "RUNSTREAM_AGGREGATOR_GROUP": f"fresh-agg-{stamp}",
+            "RUNSTREAM_STATE_BACKEND": "sqlite",
+            "RUNSTREAM_STATE_SQLITE_PATH": str(tmp / "state.sqlite3"),
+            "RUNSTREAM_STATE_COMMIT_INTERVAL_MS": "1000",
+            "RUNSTREAM_HTTP_PORT": str(port),
+            "RUNSTREAM_HTTP_HOST": "127.0.0.1",
+        }
+        url = f"http://127.0.0.1:{port}"
+        agg = start_aggregator(tmp, env)
+        log_tail = lambda: (tmp / "aggregator.log").read_text()[-3000:]  # noqa: E731
+        async with aiohttp.ClientSession() as session:
+            deadline = time.monotonic() + 120
+            while True:
+                assert agg.poll() is None, log_tail()
+                try:
+                    async with session.get(url + "/readyz") as r:
+                        if r.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise SystemExit("aggregator did not become ready:\n" + log_tail())
+                await asyncio.sleep(0.2)
+            t0 = time.perf_counter()
+            backfill = await asyncio.create_subprocess_exec(
+                PYTHON, "-m", "service", "backfill", str(events), cwd=str(tmp), env=env,
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+            )
+            _out, err = await backfill.communicate()
+            t1 = time.perf_counter()
+            if backfill.returncode != 0:
+                raise SystemExit(f"backfill failed ({backfill.returncode}): {err.decode(errors='replace')[-2000:]}")
+            # One request at a time, starting with the run of the last event written, so the poller
+            # adds a few requests per second to the aggregator's process, not one per run per poll.
+            pending = sorted(expected, key=lambda r: r != last_run)
+            while pending:
+                if await run_complete(session, url, pending[0], expected[pending[0]]):
+                    pending.pop(0)
+                    continue
+                if time.perf_counter() - t1 > args.limit_s:
+                    raise SystemExit(f"aggregates incomplete after {args.limit_s:.0f} s ({len(pending)} runs left)")
+                assert agg.poll() is None, log_tail()
+                await asyncio.sleep(0.25)
+            t2 = time.perf_counter()
+        duration, lag = t1 - t0, t2 - t1
+        out = {
+            "events": args.events,
+            "runs": args.runs,
+            "backfill_s": duration,
+            "backfill_per_s": args.events / duration,
+            "lag_after_backfill_s": lag,
+            "complete_after_backfills": (duration + lag) / duration,
+            "aggregator_per_s_end_to_end": args.events / (duration + lag),
+        }
+        print(
+            f"events={args.events} backfill={duration:.1f}s ({out['backfill_per_s']:,.0f}/s) "
+            f"aggregates complete {lag:.1f}s after it ended = {out['complete_after_backfills']:.1f}x the backfill's "
+            f"duration (aggregator end to end {out['aggregator_per_s_end_to_end']:,.0f}/s)"
+        )
+        if args.json:
+            print(json.dumps(out))
+    finally:
+        if agg is not None and agg.poll() is None:
+            agg.terminate()
+            try:
+                agg.wait(30)
+            except subprocess.TimeoutExpired:
+                agg.kill()
+        if broker is not None:
+            broker.stop()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
