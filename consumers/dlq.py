@@ -25,13 +25,11 @@ import zlib
 from collections.abc import Callable
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
-from consumers.kafka_start import start_kafka_client
 from service.dlq_headers import DlqHeaders
+from service.kafka import START_TIMEOUT_S, KafkaEndpoint, make_admin, make_producer, start_client
 
 log = logging.getLogger("runstream.dlq")
 
@@ -74,17 +72,14 @@ class DlqWriter:
         self._bootstrap = bootstrap
         self._options = dict(client_options or {})
         self._max_request_size = max_request_size
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap,
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=5,
+        self._endpoint = KafkaEndpoint(bootstrap, self._options)
+        self._producer = make_producer(
+            self._endpoint,
             compression_type="gzip",
             # Dead letters come in bursts (a rejected model run: thousands at once); with the 16 KiB
             # default every full batch wakes every waiting sender (quadratic in the burst).
             max_batch_size=1_048_576,
             max_request_size=max_request_size,
-            **(client_options or {}),
         )
         self._retry_max_s = retry_max_s
         self._started = False
@@ -95,9 +90,7 @@ class DlqWriter:
 
     async def start(self, stop: asyncio.Event | None = None) -> None:
         """Start the producer; ``stop`` ends a wait for an unreachable broker (KafkaStartAborted)."""
-        await start_kafka_client(
-            self._producer, "DLQ producer", stop=stop, bootstrap=self._bootstrap, options=self._options
-        )
+        await start_client(self._producer, self._endpoint, "DLQ producer", retry_for_s=START_TIMEOUT_S, stop=stop)
         self._started = True
         self.limit = await self.topic_limit()
 
@@ -165,9 +158,10 @@ class DlqWriter:
 
 async def topic_max_message_bytes(bootstrap: str, topic: str, options: dict[str, Any]) -> int:
     """A topic's effective ``max.message.bytes``; DEFAULT_TOPIC_LIMIT when it cannot be read."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **options)
+    endpoint = KafkaEndpoint(bootstrap, options)
+    admin = make_admin(endpoint)
     try:
-        await asyncio.wait_for(admin.start(), 10)
+        await asyncio.wait_for(start_client(admin, endpoint, "DLQ topic admin"), 10)
         wanted = ConfigResource(ConfigResourceType.TOPIC, topic, {"max.message.bytes": ""})
         resp = await asyncio.wait_for(admin.describe_configs([wanted]), 10)
         for r in resp:

@@ -26,11 +26,11 @@ from aiokafka.errors import KafkaError
 
 from consumers.dlq import DlqWriter
 from consumers.dlq_txn import Letter, TransactionalDlq
-from consumers.kafka_start import start_kafka_client
 from consumers.shutdown import bounded
 from service.batching import Batch, Batcher, BatchLimits
 from service.dlq_headers import DlqHeaders
 from service.errors import RunstreamError
+from service.kafka import START_TIMEOUT_S, KafkaEndpoint, make_consumer, start_client
 from service.metrics import ConsumerMetrics
 from service.offsets import OffsetTracker
 
@@ -168,21 +168,18 @@ class ConsumerRuntime(Generic[W]):
 
     async def run(self, stop: asyncio.Event) -> None:
         cfg = self.config
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=cfg.bootstrap,
+        endpoint = KafkaEndpoint(cfg.bootstrap, cfg.client_options)
+        consumer = make_consumer(
+            endpoint,
             group_id=cfg.group_id,
-            enable_auto_commit=False,
             auto_offset_reset=cfg.auto_offset_reset,
             max_partition_fetch_bytes=cfg.max_partition_fetch_bytes,
             fetch_max_bytes=cfg.fetch_max_bytes,
             max_poll_records=cfg.max_poll_records,
-            **cfg.client_options,
         )
         self._consumer = consumer
         consumer.subscribe(list(cfg.topics), listener=_Listener(self))
-        await start_kafka_client(
-            consumer, f"consumer {cfg.group_id}", stop=stop, bootstrap=cfg.bootstrap, options=cfg.client_options
-        )
+        await start_client(consumer, endpoint, f"consumer {cfg.group_id}", retry_for_s=START_TIMEOUT_S, stop=stop)
         self.status.started = True
         committer = asyncio.create_task(self._committer())
         lag_task = asyncio.create_task(self._lag_reporter())

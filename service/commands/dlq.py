@@ -20,12 +20,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka import TopicPartition
 
 from service.config import Settings
 from service.dlq_headers import ERROR_CLASSES, DlqHeaders
 from service.errors import ConfigError, DlqHeaderError
+from service.kafka import KafkaEndpoint, make_admin, make_consumer, make_producer, start_client
 
 
 @dataclass
@@ -50,11 +50,10 @@ async def replay(
     out: TextIO | None = None,
 ) -> ReplayStats:
     """Scan the DLQ snapshot and re-publish matching messages; waits for every ack."""
-    if not settings.kafka_bootstrap:
-        raise ConfigError("RUNSTREAM_KAFKA_BOOTSTRAP is not set")
-    bootstrap, topic, opts = settings.kafka_bootstrap, settings.topic_dlq, settings.kafka_client_options()
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **opts)
-    await admin.start()
+    endpoint = KafkaEndpoint.from_settings(settings)
+    topic = settings.topic_dlq
+    admin = make_admin(endpoint)
+    await start_client(admin, endpoint, "DLQ replay admin")
     try:
         described = await admin.describe_topics([topic])
     finally:
@@ -64,11 +63,14 @@ async def replay(
         raise ConfigError(f"DLQ topic {topic!r} does not exist")
     stats = ReplayStats()
     # read_committed: letters of an aborted uploader transaction are not dead letters.
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                isolation_level="read_committed", **opts)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, **opts)
-    await consumer.start()
-    await producer.start()
+    consumer = make_consumer(endpoint, isolation_level="read_committed")
+    producer = make_producer(endpoint, linger_ms=0)
+    await start_client(consumer, endpoint, "DLQ replay consumer")
+    try:
+        await start_client(producer, endpoint, "DLQ replay producer")
+    except BaseException:
+        await consumer.stop()
+        raise
     try:
         consumer.assign(parts)
         await consumer.seek_to_beginning(*parts)

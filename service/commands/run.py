@@ -29,13 +29,13 @@ from prometheus_client import CollectorRegistry
 
 from consumers.aggregator import Aggregator, run_aggregator
 from consumers.dlq_monitor import DlqMonitor
-from consumers.kafka_start import KafkaStartAborted
 from consumers.runtime import RuntimeStatus
 from consumers.shutdown import bounded
 from service.config import Settings
 from service.errors import ConfigError, RunstreamError
 from service.gc_tuning import tune_gc
 from service.health import Probe
+from service.kafka import KafkaStartAborted
 from service.log_collapse import RepeatCollapser
 from service.logging_setup import configure_logging
 from service.metric_history import MetricHistory, run_level_values

@@ -7,7 +7,7 @@ import asyncio
 
 from service.config import Settings
 from service.errors import ConfigError
-from service.kafka_admin import create_topics
+from service.kafka import create_topics
 
 
 def dlq_topic_configs(settings: Settings) -> dict[str, dict[str, str]]:
