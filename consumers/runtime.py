@@ -24,11 +24,10 @@ import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
-from consumers.dlq import DlqWriter
-from consumers.dlq_txn import Letter, TransactionalDlq
+from consumers.dlq import DlqHeaders, DlqWriter
+from consumers.dlq.transactional import Letter, TransactionalDlq
 from consumers.shutdown import bounded
 from service.batching import Batch, Batcher, BatchLimits
-from service.dlq_headers import DlqHeaders
 from service.errors import RunstreamError
 from service.kafka import START_TIMEOUT_S, KafkaEndpoint, make_consumer, start_client
 from service.metrics import ConsumerMetrics
@@ -356,7 +355,7 @@ class ConsumerRuntime(Generic[W]):
         if self.status.fatal is not None:
             return False
         if isinstance(self.dlq, TransactionalDlq):
-            # Written by the transaction that commits past the message (exactly once): see consumers/dlq_txn.py.
+            # Written by the transaction that commits past the message (exactly once): consumers/dlq/transactional.py.
             for r in rejections:
                 self.dlq.add(r.record.topic, r.record.partition,
                              Letter(r.record.offset, r.record.key, r.record.value, self._headers(r)))
@@ -374,14 +373,7 @@ class ConsumerRuntime(Generic[W]):
         return True
 
     def _headers(self, r: Rejection) -> DlqHeaders:
-        return DlqHeaders(
-            error_class=r.error_class,
-            error_message=r.message,
-            source_topic=r.record.topic,
-            source_partition=r.record.partition,
-            source_offset=r.record.offset,
-            consumer_group=self.config.group_id,
-        )
+        return DlqHeaders.for_record(r.record, error_class=r.error_class, message=r.message, group=self.config.group_id)
 
     async def _dlq_one(self, r: Rejection) -> None:
         assert isinstance(self.dlq, DlqWriter)

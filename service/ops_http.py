@@ -16,7 +16,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from consumers.dlq_monitor import DlqMonitor
+from consumers.dlq.monitor import DlqMonitor
 from service.health import Probe, liveness, readiness
 from service.metric_history import MetricHistory
 from service.ops_openapi import ops_openapi_paths

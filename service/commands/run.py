@@ -28,7 +28,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from consumers.aggregator import Aggregator, run_aggregator
-from consumers.dlq_monitor import DlqMonitor
+from consumers.dlq.monitor import DlqMonitor
 from consumers.runtime import RuntimeStatus
 from consumers.shutdown import bounded
 from service.config import Settings

@@ -34,9 +34,9 @@ from schemathesis.specs.openapi.checks import (
 )
 from test_query_api import RUN, TOKEN, populate
 
-from consumers.dlq_monitor import DlqMonitor
+from consumers.dlq.headers import DlqHeaders
+from consumers.dlq.monitor import DlqMonitor
 from service.config import Settings
-from service.dlq_headers import DlqHeaders
 from service.metric_history import MetricHistory
 from service.metrics import ConsumerMetrics
 from service.ops_http import add_ops_routes

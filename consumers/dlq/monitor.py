@@ -16,8 +16,8 @@ from datetime import datetime
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from consumers.dlq.headers import DlqHeaders
 from service.config import Settings
-from service.dlq_headers import DlqHeaders
 from service.errors import DlqHeaderError
 from service.kafka import KafkaEndpoint, make_consumer, start_client
 from service.run_verdicts import ERROR_CLASS as MODEL_RUN_CLASS

@@ -32,9 +32,10 @@ from typing import Any
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
-from consumers.dlq import dead_letter_record, topic_max_message_bytes
+from consumers.dlq.headers import DlqHeaders
+from consumers.dlq.letter import dead_letter_record
+from consumers.dlq.writer import topic_max_message_bytes
 from consumers.shutdown import bounded
-from service.dlq_headers import DlqHeaders
 from service.kafka import START_TIMEOUT_S, KafkaEndpoint, make_producer, start_client
 
 log = logging.getLogger("runstream.dlq")
