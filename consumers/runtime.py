@@ -29,6 +29,7 @@ from consumers.dlq.transactional import Letter, TransactionalDlq
 from consumers.shutdown import bounded
 from service.batching import Batch, Batcher, BatchLimits
 from service.errors import RunstreamError
+from service.health import Probe
 from service.kafka import START_TIMEOUT_S, KafkaEndpoint, make_consumer, start_client
 from service.metrics import ConsumerMetrics
 from service.offsets import OffsetTracker
@@ -98,10 +99,32 @@ class RuntimeStatus:
     rebalancing: bool = False
     last_progress: float = field(default_factory=time.monotonic)
 
+    def not_ready_reason(self) -> str | None:
+        """Why this member should not count as ready; None when it should.
+
+        A member that joined the group with no partitions is ready: with more replicas than
+        partitions the spare ones are healthy standbys, and an unready pod would hold up rolling
+        updates and read as an outage (DESIGN §5).
+        """
+        if self.fatal:
+            return self.fatal
+        if self.outage:
+            return self.outage
+        if not self.started:
+            return "not started"
+        if self.stopping:
+            return "stopping"
+        if self.rebalancing:
+            return "rebalancing"
+        return None if self.joined else "not joined the consumer group yet"
+
     @property
     def ready(self) -> bool:
-        return (self.started and self.joined and self.fatal is None and self.outage is None
-                and not self.stopping and not self.rebalancing)
+        return self.not_ready_reason() is None
+
+    def probe(self, name: str) -> Probe:
+        """This member as seen by /healthz and /readyz (service/health.py)."""
+        return Probe(name, lambda: self.last_progress, self.not_ready_reason)
 
 
 @dataclass(frozen=True)

@@ -128,7 +128,7 @@ async def run_service(
     monitor: DlqMonitor | None = None
     if role in ("uploader", "all"):
         status = RuntimeStatus()
-        probes.append(Probe("uploader", lambda: status.last_progress, lambda: _uploader_not_ready(status)))
+        probes.append(status.probe("uploader"))
         entry = _uploader_entry()
         tasks.append(asyncio.create_task(entry(settings, stop, metrics=metrics, status=status), name="uploader"))
     if role in ("aggregator", "all"):
@@ -189,20 +189,6 @@ async def run_service(
             await runner.cleanup()
         if api_backend is not None:
             api_backend.close()
-
-
-def _uploader_not_ready(status: RuntimeStatus) -> str | None:
-    if status.fatal:
-        return status.fatal
-    if status.outage:
-        return status.outage
-    if not status.started:
-        return "not started"
-    if status.stopping:
-        return "stopping"
-    if status.rebalancing:
-        return "rebalancing"
-    return None if status.assigned else "no partitions assigned"
 
 
 def _agg_progress(holder: list[Aggregator]) -> float:
