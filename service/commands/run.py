@@ -15,13 +15,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib
 import logging
 import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
 from aiohttp import web
@@ -31,6 +29,7 @@ from consumers.aggregator import Aggregator, run_aggregator
 from consumers.dlq.monitor import DlqMonitor
 from consumers.runtime import RuntimeStatus
 from consumers.shutdown import bounded
+from consumers.uploader import run_uploader
 from service.config import Settings
 from service.errors import ConfigError, RunstreamError
 from service.gc_tuning import tune_gc
@@ -80,23 +79,6 @@ def _watchdog(limit_s: float) -> None:
     threading.Thread(target=run, name="shutdown-watchdog", daemon=True).start()
 
 
-def _uploader_entry() -> Callable[..., Coroutine[Any, Any, None]]:
-    # --- HOOK: the uploader role (consumers/uploader.py, owned by the uploader colleague) -------
-    try:
-        module = importlib.import_module("consumers.uploader")
-    except ModuleNotFoundError as exc:
-        if exc.name == "consumers.uploader":
-            raise ConfigError(
-                "the uploader role is not available in this build (consumers/uploader.py is missing); "
-                "run with --role aggregator"
-            ) from exc
-        raise
-    fn = getattr(module, "run_uploader", None)
-    if fn is None:
-        raise ConfigError("consumers.uploader has no run_uploader(settings, stop)")
-    return cast(Callable[..., Coroutine[Any, Any, None]], fn)
-
-
 async def run_service(
     settings: Settings,
     role: str,
@@ -129,8 +111,9 @@ async def run_service(
     if role in ("uploader", "all"):
         status = RuntimeStatus()
         probes.append(status.probe("uploader"))
-        entry = _uploader_entry()
-        tasks.append(asyncio.create_task(entry(settings, stop, metrics=metrics, status=status), name="uploader"))
+        tasks.append(
+            asyncio.create_task(run_uploader(settings, stop, metrics=metrics, status=status), name="uploader")
+        )
     if role in ("aggregator", "all"):
         holder: list[Aggregator] = []
         probes.append(Probe("aggregator", lambda: _agg_progress(holder), lambda: _agg_not_ready(holder)))
@@ -148,7 +131,7 @@ async def run_service(
             background.append(asyncio.create_task(_start_monitor(monitor), name="dlq-monitor"))
             background.append(asyncio.create_task(_sample_history(api_backend, history, stop), name="history"))
             add_ops_routes(
-                app, probes=probes, registry=registry, dlq=monitor, history=history,
+                app, probes=probes, registry=registry, dlq=monitor.stats.snapshot, history=history,
                 snapshot=lambda run: asyncio.to_thread(run_metrics_document, api_backend, run),
             )  # fmt: skip
         else:

@@ -66,7 +66,7 @@ async def start_app(store: Path, token: str) -> tuple[web.AppRunner, SqlStateBac
     history = MetricHistory()
     history.record(RUN, 1.0, [("am", "", 0.5), ("am", "cat", 0.25)])
     add_ops_routes(
-        app, probes=[], registry=registry, dlq=dlq, history=history, stream_interval_s=0.1,
+        app, probes=[], registry=registry, dlq=dlq.stats.snapshot, history=history, stream_interval_s=0.1,
         snapshot=lambda run: asyncio.to_thread(run_metrics_document, backend, run),
     )  # fmt: skip
     runner = web.AppRunner(app, access_log=None)
