@@ -31,8 +31,8 @@ from service.batching import Batch, Batcher, BatchLimits
 from service.errors import RunstreamError
 from service.health import Probe
 from service.kafka import START_TIMEOUT_S, KafkaEndpoint, make_consumer, start_client
-from service.metrics import ConsumerMetrics
 from service.offsets import OffsetTracker
+from service.prometheus import ConsumerMetrics
 
 W = TypeVar("W")
 W_co = TypeVar("W_co", covariant=True)

@@ -55,7 +55,7 @@ from service.labelbox_client import (
     ResourceNotFoundError,
     TaskFailedError,
 )
-from service.metrics import ConsumerMetrics
+from service.prometheus import ConsumerMetrics
 from service.request_limiter import RequestLimiter
 from service.retry_policy import Classification, Outcome, classify, error_scope, retrying
 from service.run_verdicts import ERROR_CLASS as MODEL_RUN_ERROR_CLASS

@@ -38,8 +38,8 @@ from service.kafka import KafkaStartAborted
 from service.log_collapse import RepeatCollapser
 from service.logging_setup import configure_logging
 from service.metric_history import MetricHistory, run_level_values
-from service.metrics import ConsumerMetrics
 from service.ops_http import add_ops_routes
+from service.prometheus import ConsumerMetrics
 from service.query_api import build_query_app, run_metrics_document
 from service.state_store import StateBackend, open_backend
 

@@ -38,8 +38,8 @@ from consumers.dlq.headers import DlqHeaders
 from consumers.dlq.monitor import DlqMonitor
 from service.config import Settings
 from service.metric_history import MetricHistory
-from service.metrics import ConsumerMetrics
 from service.ops_http import add_ops_routes
+from service.prometheus import ConsumerMetrics
 from service.query_api import build_query_app, run_metrics_document
 from service.state_store import SqlStateBackend
 
