@@ -2,10 +2,10 @@
 """Async Labelbox GraphQL client for the uploader (aiohttp).
 
 Speaks exactly the operations the official SDK sends for ``ModelRun.upsert_labels``,
-``ModelRun.upsert_data_rows`` and ``ModelRun.add_predictions`` (reference §§1-3, 5): the
+``ModelRun.upsert_data_rows`` and ``ModelRun.add_predictions`` (PROTOCOL §§1-3, 5): the
 same query strings, variables, headers and multipart layout, so it works against Labelbox
 and against the local Labelbox-compatible API. Differences from the SDK are deliberate:
-every error is mapped to a specific exception type (reference §5b) that the pure retry
+every error is mapped to a specific exception type (PROTOCOL §5b) that the pure retry
 policy classifies, rate limits are detected by status code and message, ``Retry-After``
 is kept, and ``contentLength`` is the exact byte count.
 
@@ -60,7 +60,7 @@ SDK_VERSION = "7.17.0"
 NDJSON_MIME_TYPE = "application/x-ndjson"
 
 # ---------------------------------------------------------------------------------------
-# Operations, verbatim from the SDK (reference §§1-3).
+# Operations, verbatim from the SDK (PROTOCOL §§1-3).
 
 IMPORT_FIELDS = "errorFileUrl inputFileUrl modelRunId name progress state statusFileUrl id"
 
@@ -99,7 +99,7 @@ Q_GET_IMPORT = f"""query getModelErrorAnalysisPredictionImportPyApi($modelRunId 
 
 @dataclass(frozen=True)
 class ImportState:
-    """The eight fields of an MEAPredictionImport (reference §2d)."""
+    """The eight fields of an MEAPredictionImport (PROTOCOL §2d)."""
 
     id: str
     name: str
@@ -224,7 +224,7 @@ def map_response(
     *,
     operation: str | None = None,
 ) -> Any:
-    """Turn an HTTP response into ``data`` or raise the exception of reference §5b.
+    """Turn an HTTP response into ``data`` or raise the exception of PROTOCOL §5b.
 
     Checked in the SDK's order; additionally 429/408 are transient and 401/403 fatal
     whatever the body says, because that is what those statuses mean.
@@ -447,7 +447,7 @@ class LabelboxClient:
         payload = orjson.dumps({"query": query, "variables": variables})
         return await self._post(operation, sdk_method, lambda: payload, json_body=True, key=key)
 
-    # --- registrations (reference §§1, 3) ---
+    # --- registrations (PROTOCOL §§1, 3) ---
 
     async def create_label_registration(self, model_run_id: str, label_ids: list[str]) -> str:
         data = await self.execute(Q_LABEL_IDS, {"modelRunId": model_run_id, "labelIds": label_ids},
@@ -521,7 +521,7 @@ class LabelboxClient:
         await self.wait_task(lambda: self.data_row_task_status(task, model_run_id=model_run_id),
                              "data row registration")
 
-    # --- prediction import (reference §2) ---
+    # --- prediction import (PROTOCOL §2) ---
 
     async def create_prediction_import(self, model_run_id: str, name: str, payload: bytes) -> ImportState:
         """The multipart upload of ``createMEAPredictionImportByFilePyApi``."""
