@@ -50,8 +50,8 @@ if __package__ in (None, ""):
 
 from bench.drill_events import POISON, DrillStream, Produced, RunReference, diff, digest, flatten_api, make_catalog
 from bench.drill_procs import PrivatePostgres, RssSampler, ServiceProcess, free_port, fresh_database
+from consumers.dlq.headers import DlqHeaders
 from service.devkafka import DevKafka
-from service.dlq_headers import DlqHeaders
 from service.state_store import SqlStateBackend
 
 API_KEY = "drill-api-key-0123456789"

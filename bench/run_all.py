@@ -389,7 +389,7 @@ def plan(quick: bool) -> list[Step]:
 
 def uploader_shim(runs: int, data_rows: int, rest: list[str]) -> None:
     sys.path.insert(0, str(BENCH))
-    import bench_uploader  # the colleague's script, used unmodified
+    import bench_uploader  # bench/bench_uploader.py, used unmodified
 
     bench_uploader.RUNS = [f"bench-run-{i}" for i in range(runs)]
     bench_uploader.DATA_ROWS = [f"dr-{i}" for i in range(data_rows)]

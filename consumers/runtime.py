@@ -24,15 +24,15 @@ import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
-from consumers.dlq import DlqWriter
-from consumers.dlq_txn import Letter, TransactionalDlq
-from consumers.kafka_start import start_kafka_client
+from consumers.dlq import DlqHeaders, DlqWriter
+from consumers.dlq.transactional import Letter, TransactionalDlq
 from consumers.shutdown import bounded
 from service.batching import Batch, Batcher, BatchLimits
-from service.dlq_headers import DlqHeaders
 from service.errors import RunstreamError
-from service.metrics import ConsumerMetrics
+from service.health import Probe
+from service.kafka import START_TIMEOUT_S, KafkaEndpoint, make_consumer, start_client
 from service.offsets import OffsetTracker
+from service.prometheus import ConsumerMetrics
 
 W = TypeVar("W")
 W_co = TypeVar("W_co", covariant=True)
@@ -99,10 +99,32 @@ class RuntimeStatus:
     rebalancing: bool = False
     last_progress: float = field(default_factory=time.monotonic)
 
+    def not_ready_reason(self) -> str | None:
+        """Why this member should not count as ready; None when it should.
+
+        A member that joined the group with no partitions is ready: with more replicas than
+        partitions the spare ones are healthy standbys, and an unready pod would hold up rolling
+        updates and read as an outage (DESIGN §5).
+        """
+        if self.fatal:
+            return self.fatal
+        if self.outage:
+            return self.outage
+        if not self.started:
+            return "not started"
+        if self.stopping:
+            return "stopping"
+        if self.rebalancing:
+            return "rebalancing"
+        return None if self.joined else "not joined the consumer group yet"
+
     @property
     def ready(self) -> bool:
-        return (self.started and self.joined and self.fatal is None and self.outage is None
-                and not self.stopping and not self.rebalancing)
+        return self.not_ready_reason() is None
+
+    def probe(self, name: str) -> Probe:
+        """This member as seen by /healthz and /readyz (service/health.py)."""
+        return Probe(name, lambda: self.last_progress, self.not_ready_reason)
 
 
 @dataclass(frozen=True)
@@ -168,21 +190,18 @@ class ConsumerRuntime(Generic[W]):
 
     async def run(self, stop: asyncio.Event) -> None:
         cfg = self.config
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=cfg.bootstrap,
+        endpoint = KafkaEndpoint(cfg.bootstrap, cfg.client_options)
+        consumer = make_consumer(
+            endpoint,
             group_id=cfg.group_id,
-            enable_auto_commit=False,
             auto_offset_reset=cfg.auto_offset_reset,
             max_partition_fetch_bytes=cfg.max_partition_fetch_bytes,
             fetch_max_bytes=cfg.fetch_max_bytes,
             max_poll_records=cfg.max_poll_records,
-            **cfg.client_options,
         )
         self._consumer = consumer
         consumer.subscribe(list(cfg.topics), listener=_Listener(self))
-        await start_kafka_client(
-            consumer, f"consumer {cfg.group_id}", stop=stop, bootstrap=cfg.bootstrap, options=cfg.client_options
-        )
+        await start_client(consumer, endpoint, f"consumer {cfg.group_id}", retry_for_s=START_TIMEOUT_S, stop=stop)
         self.status.started = True
         committer = asyncio.create_task(self._committer())
         lag_task = asyncio.create_task(self._lag_reporter())
@@ -359,7 +378,7 @@ class ConsumerRuntime(Generic[W]):
         if self.status.fatal is not None:
             return False
         if isinstance(self.dlq, TransactionalDlq):
-            # Written by the transaction that commits past the message (exactly once): see consumers/dlq_txn.py.
+            # Written by the transaction that commits past the message (exactly once): consumers/dlq/transactional.py.
             for r in rejections:
                 self.dlq.add(r.record.topic, r.record.partition,
                              Letter(r.record.offset, r.record.key, r.record.value, self._headers(r)))
@@ -377,14 +396,7 @@ class ConsumerRuntime(Generic[W]):
         return True
 
     def _headers(self, r: Rejection) -> DlqHeaders:
-        return DlqHeaders(
-            error_class=r.error_class,
-            error_message=r.message,
-            source_topic=r.record.topic,
-            source_partition=r.record.partition,
-            source_offset=r.record.offset,
-            consumer_group=self.config.group_id,
-        )
+        return DlqHeaders.for_record(r.record, error_class=r.error_class, message=r.message, group=self.config.group_id)
 
     async def _dlq_one(self, r: Rejection) -> None:
         assert isinstance(self.dlq, DlqWriter)

@@ -28,7 +28,7 @@ import orjson
 import structlog
 from prometheus_client import CollectorRegistry
 
-from consumers.dlq_txn import TransactionalDlq, default_transactional_id
+from consumers.dlq.transactional import TransactionalDlq, default_transactional_id
 from consumers.runtime import (
     Accepted,
     ConsumerRuntime,
@@ -55,7 +55,7 @@ from service.labelbox_client import (
     ResourceNotFoundError,
     TaskFailedError,
 )
-from service.metrics import ConsumerMetrics
+from service.prometheus import ConsumerMetrics
 from service.request_limiter import RequestLimiter
 from service.retry_policy import Classification, Outcome, classify, error_scope, retrying
 from service.run_verdicts import ERROR_CLASS as MODEL_RUN_ERROR_CLASS
@@ -445,7 +445,7 @@ async def run_uploader(
     client = LabelboxClient(url, settings.labelbox_api_key.get_secret_value(),
                             on_request=metrics.observe_labelbox,
                             connector_limit=max(8, settings.max_in_flight_batches * 4), limiter=limiter)
-    # Dead letters and offset commits in one transaction: exactly-once dead letters (consumers/dlq_txn.py).
+    # Dead letters and offset commits in one transaction: exactly-once dead letters (consumers/dlq/transactional.py).
     dlq = TransactionalDlq(settings.kafka_bootstrap, settings.topic_dlq, settings.uploader_group,
                            default_transactional_id(settings.uploader_group, settings.transactional_id),
                            client_options=settings.kafka_client_options())

@@ -39,6 +39,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from service.config import Settings
 from service.errors import ConfigError, EventValidationError, RunstreamError
 from service.events import EventKind, MetricEvent, PredictionEvent, parse_event, parse_ndjson_row
+from service.kafka import KafkaEndpoint, make_producer, start_client
 
 __all__ = [
     "DEFAULT_ROWS_PER_EVENT",
@@ -410,21 +411,20 @@ class KeyedBatchSender:
 
 def make_backfill_producer(settings: Settings, *, linger_ms: int = 20, compression_type: str | None = None) -> Any:
     """Idempotent producer tuned for throughput: big batches, some linger, acks from all replicas."""
-    if not settings.kafka_bootstrap:
-        raise ConfigError("RUNSTREAM_KAFKA_BOOTSTRAP is not set; start a broker with 'runstream dev-kafka start'")
-    return AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap,
+    return make_producer(
+        backfill_endpoint(settings),
         client_id="runstream-backfill",
-        enable_idempotence=True,
-        acks="all",
         linger_ms=linger_ms,
         # below the broker's default message.max.bytes (1 MiB + 12) so a full batch is never refused
         max_batch_size=900_000,
         max_request_size=max(1_048_576, settings.max_message_bytes + 4096),
         compression_type=compression_type,
         request_timeout_ms=60_000,
-        **settings.kafka_client_options(),
     )
+
+
+def backfill_endpoint(settings: Settings) -> KafkaEndpoint:
+    return KafkaEndpoint.from_settings(settings, hint="start a broker with 'runstream dev-kafka start'")
 
 
 ProgressFn = Callable[[BackfillStats], None]
@@ -547,11 +547,12 @@ async def run_backfill(
     t0 = clock()
     if producer is not None:
         try:
-            await producer.start()
+            await start_client(producer, backfill_endpoint(settings), "backfill")
         except Exception as exc:
             if pool is not None:
                 pool.shutdown(cancel_futures=True)
-            raise BackfillError(f"cannot connect to Kafka at {settings.kafka_bootstrap}: {exc!r}") from exc
+            reason = str(exc) if isinstance(exc, RunstreamError) else f"cannot connect to Kafka: {exc!r}"
+            raise BackfillError(reason) from exc
         sender = KeyedBatchSender(producer)
     keys: dict[str, bytes] = {}
     try:

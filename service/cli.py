@@ -1,31 +1,23 @@
-"""The ``runstream`` command line (also ``python -m service``).
+"""The ``runstream`` command line (also ``python -m service``): the top layer.
 
 Each command lives in its own module under ``service/commands/`` and exposes
 ``register(subparsers)``; this file only assembles them, so adding a command never
-touches another command's code.
+touches another command's code. The CLI is the one place under ``service/`` that imports
+``consumers/`` (docs/DEVELOPING.md, "Layers"; tests/unit/test_layers.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Sequence
+from types import ModuleType
 
+from service.commands import backfill, demo, dev_kafka, dlq, local_labelbox, run, schema, topics, up
 from service.errors import RunstreamError
 
 # Modules under service.commands, in the order --help lists them.
-COMMAND_MODULES: tuple[str, ...] = (
-    "up",
-    "run",
-    "backfill",
-    "demo",
-    "local_labelbox",
-    "dev_kafka",
-    "topics",
-    "dlq",
-    "schema",
-)
+COMMAND_MODULES: tuple[ModuleType, ...] = (up, run, backfill, demo, local_labelbox, dev_kafka, topics, dlq, schema)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,13 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Stream model-run predictions and custom metrics from Kafka into Labelbox.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"service.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"service.commands.{name}":
-                continue  # command not built yet
-            raise
+    for module in COMMAND_MODULES:
         module.register(sub)
     return parser
 

@@ -2,10 +2,10 @@
 """Async Labelbox GraphQL client for the uploader (aiohttp).
 
 Speaks exactly the operations the official SDK sends for ``ModelRun.upsert_labels``,
-``ModelRun.upsert_data_rows`` and ``ModelRun.add_predictions`` (reference §§1-3, 5): the
+``ModelRun.upsert_data_rows`` and ``ModelRun.add_predictions`` (PROTOCOL §§1-3, 5): the
 same query strings, variables, headers and multipart layout, so it works against Labelbox
 and against the local Labelbox-compatible API. Differences from the SDK are deliberate:
-every error is mapped to a specific exception type (reference §5b) that the pure retry
+every error is mapped to a specific exception type (PROTOCOL §5b) that the pure retry
 policy classifies, rate limits are detected by status code and message, ``Retry-After``
 is kept, and ``contentLength`` is the exact byte count.
 
@@ -31,120 +31,36 @@ from typing import Any
 import aiohttp
 import orjson
 
-from service.errors import RunstreamError
+from service.labelbox_errors import (
+    AuthenticationError,
+    AuthorizationError,
+    ImportFailedError,
+    InternalServerError,
+    InvalidQueryError,
+    LabelboxError,
+    LabelboxFatalError,
+    LabelboxPermanentError,
+    LabelboxTransientError,
+    MalformedRequestError,
+    NetworkError,
+    OperationNotAllowedError,
+    RateLimitError,
+    ResourceConflictError,
+    ResourceNotFoundError,
+    SuspectServerError,
+    TaskFailedError,
+    TaskTimeoutError,
+    UnexpectedResponseError,
+    UnprocessableEntityError,
+    ValidationFailedError,
+)
 from service.request_limiter import RequestLimiter
 
 SDK_VERSION = "7.17.0"
 NDJSON_MIME_TYPE = "application/x-ndjson"
 
 # ---------------------------------------------------------------------------------------
-# Errors (reference §5b), grouped by what the retry policy does with them.
-
-
-class LabelboxError(RunstreamError):
-    """Base of every Labelbox API failure; ``status`` is the HTTP status when known."""
-
-    def __init__(self, message: str, *, status: int | None = None, operation: str | None = None) -> None:
-        self.message = message
-        self.status = status
-        self.operation = operation
-        super().__init__(message if operation is None else f"{operation}: {message}")
-
-
-class LabelboxTransientError(LabelboxError):
-    """Worth retrying: the same request may succeed later."""
-
-    retry_after: float | None = None
-    max_attempts: int | None = None  # a cap of its own (None: the global policy decides)
-
-
-class InternalServerError(LabelboxTransientError):
-    """HTTP 5xx, or a GraphQL INTERNAL_SERVER_ERROR that is not a client mistake."""
-
-
-class SuspectServerError(InternalServerError):
-    """A server error that may be caused by the payload (GraphQL 500): retried a few times, then bisected."""
-
-    max_attempts = 4
-
-
-class RateLimitError(LabelboxTransientError):
-    """HTTP 429 or the "You have exceeded ..." message (SDK: ApiLimitError)."""
-
-    def __init__(self, message: str, *, status: int | None = None, retry_after: float | None = None,
-                 operation: str | None = None) -> None:
-        super().__init__(message, status=status, operation=operation)
-        self.retry_after = retry_after
-
-
-class NetworkError(LabelboxTransientError):
-    """Connection refused/reset, DNS failure, or a request timeout."""
-
-
-class TaskTimeoutError(LabelboxTransientError):
-    """A registration task or an import did not reach a final state within its deadline."""
-
-
-class ImportFailedError(LabelboxTransientError):
-    """A prediction import ended in state FAILED; re-importing usually works, a few times at most."""
-
-    max_attempts = 4
-
-
-class LabelboxFatalError(LabelboxError):
-    """The pipeline cannot work at all (credentials): stop, commit nothing, DLQ nothing."""
-
-
-class AuthenticationError(LabelboxFatalError):
-    """AUTHENTICATION_ERROR or HTTP 401: the API key is missing, wrong or revoked."""
-
-
-class AuthorizationError(LabelboxFatalError):
-    """AUTHORIZATION_ERROR or HTTP 403: the key may not do this."""
-
-
-class LabelboxPermanentError(LabelboxError):
-    """The request itself is wrong; retrying the same payload cannot help."""
-
-
-class InvalidQueryError(LabelboxPermanentError):
-    """GRAPHQL_VALIDATION_FAILED / GRAPHQL_PARSE_FAILED / INTERNAL_SERVER_ERROR with status 400."""
-
-
-class ValidationFailedError(LabelboxPermanentError):
-    """GRAPHQL_VALIDATION_FAILED with "Query complexity limit exceeded"."""
-
-
-class UnprocessableEntityError(LabelboxPermanentError):
-    """INTERNAL_SERVER_ERROR with status 422."""
-
-
-class OperationNotAllowedError(LabelboxPermanentError):
-    """OPERATION_NOT_ALLOWED, or INTERNAL_SERVER_ERROR with status 426 (e.g. LBU limit)."""
-
-
-class ResourceNotFoundError(LabelboxPermanentError):
-    """RESOURCE_NOT_FOUND (the SDK returns None here; we name it)."""
-
-
-class ResourceConflictError(LabelboxPermanentError):
-    """RESOURCE_CONFLICT."""
-
-
-class MalformedRequestError(LabelboxPermanentError):
-    """MALFORMED_REQUEST."""
-
-
-class TaskFailedError(LabelboxPermanentError):
-    """A label or data-row registration task ended FAILED (errorMessage kept)."""
-
-
-class UnexpectedResponseError(LabelboxPermanentError):
-    """Non-JSON body, unknown error code, or a 4xx without GraphQL errors."""
-
-
-# ---------------------------------------------------------------------------------------
-# Operations, verbatim from the SDK (reference §§1-3).
+# Operations, verbatim from the SDK (PROTOCOL §§1-3).
 
 IMPORT_FIELDS = "errorFileUrl inputFileUrl modelRunId name progress state statusFileUrl id"
 
@@ -183,7 +99,7 @@ Q_GET_IMPORT = f"""query getModelErrorAnalysisPredictionImportPyApi($modelRunId 
 
 @dataclass(frozen=True)
 class ImportState:
-    """The eight fields of an MEAPredictionImport (reference §2d)."""
+    """The eight fields of an MEAPredictionImport (PROTOCOL §2d)."""
 
     id: str
     name: str
@@ -308,7 +224,7 @@ def map_response(
     *,
     operation: str | None = None,
 ) -> Any:
-    """Turn an HTTP response into ``data`` or raise the exception of reference §5b.
+    """Turn an HTTP response into ``data`` or raise the exception of PROTOCOL §5b.
 
     Checked in the SDK's order; additionally 429/408 are transient and 401/403 fatal
     whatever the body says, because that is what those statuses mean.
@@ -531,7 +447,7 @@ class LabelboxClient:
         payload = orjson.dumps({"query": query, "variables": variables})
         return await self._post(operation, sdk_method, lambda: payload, json_body=True, key=key)
 
-    # --- registrations (reference §§1, 3) ---
+    # --- registrations (PROTOCOL §§1, 3) ---
 
     async def create_label_registration(self, model_run_id: str, label_ids: list[str]) -> str:
         data = await self.execute(Q_LABEL_IDS, {"modelRunId": model_run_id, "labelIds": label_ids},
@@ -605,7 +521,7 @@ class LabelboxClient:
         await self.wait_task(lambda: self.data_row_task_status(task, model_run_id=model_run_id),
                              "data row registration")
 
-    # --- prediction import (reference §2) ---
+    # --- prediction import (PROTOCOL §2) ---
 
     async def create_prediction_import(self, model_run_id: str, name: str, payload: bytes) -> ImportState:
         """The multipart upload of ``createMEAPredictionImportByFilePyApi``."""
@@ -700,4 +616,48 @@ def _task_status(data: Any, field: str) -> TaskStatus:
     return TaskStatus(status=str(obj.get("status")), error_message=obj.get("errorMessage"))
 
 
-__all__ = [name for name in dir() if not name.startswith("_")]
+__all__ = [
+    "DEFAULT_RATE_LIMIT_PAUSE_S",
+    "IMPORT_FIELDS",
+    "NDJSON_MIME_TYPE",
+    "Q_CREATE_IMPORT",
+    "Q_DATA_ROWS",
+    "Q_DATA_ROW_STATUS",
+    "Q_GET_IMPORT",
+    "Q_LABEL_IDS",
+    "Q_LABEL_STATUS",
+    "Q_PROJECT",
+    "SDK_VERSION",
+    "AuthenticationError",
+    "AuthorizationError",
+    "ImportFailedError",
+    "ImportState",
+    "InternalServerError",
+    "InvalidQueryError",
+    "LabelboxClient",
+    "LabelboxError",
+    "LabelboxFatalError",
+    "LabelboxPermanentError",
+    "LabelboxTransientError",
+    "MalformedRequestError",
+    "NetworkError",
+    "OperationNotAllowedError",
+    "PollPolicy",
+    "RateLimitError",
+    "ResourceConflictError",
+    "ResourceNotFoundError",
+    "RowStatus",
+    "SuspectServerError",
+    "TaskFailedError",
+    "TaskStatus",
+    "TaskTimeoutError",
+    "UnexpectedResponseError",
+    "UnprocessableEntityError",
+    "ValidationFailedError",
+    "file_name",
+    "map_response",
+    "multipart_parts",
+    "ndjson_bytes",
+    "parse_retry_after",
+    "parse_status_file",
+]

@@ -1,7 +1,8 @@
 """Operational HTTP routes mounted next to the query API: health, Prometheus, dashboard, DLQ, trends.
 
 Everything here reads state other components own (probes, registry, DLQ monitor, metric
-history); nothing here writes it, so the routes can never stall the consumers.
+history) through callables and snapshots handed in by the CLI; nothing here writes it, so the
+routes can never stall the consumers, and this layer never imports a consumer.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from consumers.dlq_monitor import DlqMonitor
 from service.health import Probe, liveness, readiness
 from service.metric_history import MetricHistory
 from service.ops_openapi import ops_openapi_paths
@@ -24,6 +24,7 @@ from service.pipeline_status import pipeline_status
 from service.query_api import MAX_ID_CHARS, OPENAPI_KEY
 
 Snapshot = Callable[[str], Awaitable[dict[str, Any] | None]]
+DlqSnapshot = Callable[[], dict[str, Any]]  # the DLQ monitor's current counts and recent letters
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -36,7 +37,7 @@ def add_ops_routes(
     probes: Sequence[Probe],
     registry: CollectorRegistry,
     stall_after_s: float = 60.0,
-    dlq: DlqMonitor | None = None,
+    dlq: DlqSnapshot | None = None,
     history: MetricHistory | None = None,
     snapshot: Snapshot | None = None,
     stream_interval_s: float = 1.0,
@@ -62,7 +63,7 @@ def add_ops_routes(
     async def dlq_summary(_: web.Request) -> web.Response:
         if dlq is None:
             return _json({"error": {"status": 404, "message": "the DLQ monitor is not running here"}}, 404)
-        return _json(dlq.stats.snapshot())
+        return _json(dlq())
 
     def too_long(run: str) -> web.Response | None:
         if len(run) <= MAX_ID_CHARS:
@@ -71,7 +72,7 @@ def add_ops_routes(
         return _json({"error": {"status": 400, "message": message}}, 400)
 
     async def pipeline(_: web.Request) -> web.Response:
-        return _json(pipeline_status(registry, dlq.stats.snapshot() if dlq is not None else None))
+        return _json(pipeline_status(registry, dlq() if dlq is not None else None))
 
     async def run_history(request: web.Request) -> web.Response:
         run = request.match_info["run"]

@@ -20,11 +20,11 @@ from types import TracebackType
 from typing import Any, Literal
 
 import orjson
-from aiokafka import AIOKafkaProducer
 
 from service.config import Settings
 from service.errors import ConfigError, EventValidationError, MessageTooLargeError, RunstreamError
 from service.events import EventKind, parse_event
+from service.kafka import KafkaEndpoint, make_producer, start_client
 
 __all__ = [
     "DEFAULT_MAX_ROWS_PER_EVENT",
@@ -196,8 +196,7 @@ class RunstreamProducer:
         compression_type: Literal["gzip", "snappy", "lz4", "zstd"] | None = None,
         client_id: str = "runstream-producer",
     ) -> None:
-        if not settings.kafka_bootstrap:
-            raise ConfigError("RUNSTREAM_KAFKA_BOOTSTRAP is not set; the producer needs a Kafka broker")
+        self._endpoint = KafkaEndpoint.from_settings(settings, hint="the producer needs a Kafka broker")
         if max_rows_per_event < 1:
             raise ConfigError("max_rows_per_event must be at least 1")
         self._settings = settings
@@ -208,23 +207,20 @@ class RunstreamProducer:
             "metric": settings.topic_metrics,
             "label": settings.topic_labels,
         }
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap,
+        self._producer = make_producer(
+            self._endpoint,
             client_id=client_id,
-            enable_idempotence=True,
-            acks="all",
             linger_ms=linger_ms,
             compression_type=compression_type,
             # room for the largest event the service accepts, plus record overhead
             max_request_size=max(1_048_576, settings.max_message_bytes + 4096),
-            **settings.kafka_client_options(),
         )
         self._pending: list[Any] = []
         self._started = False
         self.events_sent = 0
 
     async def start(self) -> None:
-        await self._producer.start()
+        await start_client(self._producer, self._endpoint, "runstream producer")
         self._started = True
 
     async def stop(self) -> None:

@@ -27,7 +27,6 @@ class RequestLimiter:
         self._waiters: dict[int, asyncio.Future[None]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
-        self.waited_s = 0.0  # total time requests spent waiting for their turn (for metrics)
         self.pauses = 0  # Retry-After pauses applied
 
     def __repr__(self) -> str:
@@ -61,7 +60,6 @@ class RequestLimiter:
             raise
         finally:
             waited = self._clock() - now
-            self.waited_s += waited
             if self._on_wait is not None:
                 self._on_wait(waited)
 

@@ -8,20 +8,19 @@ the only clock and randomness come in through arguments.
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
+from service import labelbox_errors as lb
 from service.error_scope import Scope, scope_of
-from service.labelbox_client import (
+from service.labelbox_errors import (
     LabelboxError,
     LabelboxFatalError,
     LabelboxPermanentError,
@@ -45,8 +44,6 @@ class Classification:
 
 def classify(exc: BaseException) -> Classification:
     """Decide what an exception from a Labelbox call means for the batch."""
-    from service import labelbox_client as lb
-
     if isinstance(exc, LabelboxFatalError):
         return Classification(Outcome.FATAL, "auth")
     if isinstance(exc, LabelboxTransientError):
@@ -61,16 +58,10 @@ def classify(exc: BaseException) -> Classification:
         return Classification(Outcome.TRANSIENT, reason, exc.retry_after, exc.max_attempts)
     if isinstance(exc, LabelboxPermanentError):
         return Classification(Outcome.PERMANENT, "rejected")
-    if isinstance(exc, (aiohttp.ClientConnectionError, ConnectionError, asyncio.TimeoutError, TimeoutError)):
+    # The HTTP client turns its library's errors into NetworkError; bare socket errors and
+    # timeouts from anywhere else on the call path are network trouble too.
+    if isinstance(exc, (ConnectionError, TimeoutError)):
         return Classification(Outcome.TRANSIENT, "network")
-    if isinstance(exc, aiohttp.ClientResponseError):
-        if exc.status in (401,):
-            return Classification(Outcome.FATAL, "auth")
-        if exc.status == 403:
-            return Classification(Outcome.FATAL, "auth")
-        if exc.status >= 500 or exc.status in (408, 429):
-            return Classification(Outcome.TRANSIENT, "server_error")
-        return Classification(Outcome.PERMANENT, "rejected")
     # Anything else is a bug on our side. Dead-lettering on a bug would empty the topics
     # into the DLQ, and retrying would spin: stop instead (nothing committed, nothing lost).
     return Classification(Outcome.FATAL, "unexpected")
@@ -79,8 +70,6 @@ def classify(exc: BaseException) -> Classification:
 def error_scope(exc: BaseException, model_run_id: str | None = None) -> Scope | None:
     """RUN or PAYLOAD for a permanent error, or an authorization error, of a call for ``model_run_id``
     (service.error_scope decides on Labelbox's code and text); None for anything else."""
-    from service import labelbox_client as lb
-
     if not isinstance(exc, (LabelboxPermanentError, lb.AuthorizationError)):
         return None
     code = {

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from service.devkafka import DevKafka
-from service.kafka_admin import create_topics
+from service.kafka import create_topics
 
 _RUN = uuid.uuid4().hex[:8]
 _counter = itertools.count()

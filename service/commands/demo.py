@@ -14,14 +14,13 @@ from collections import Counter
 from collections.abc import Iterator
 
 import orjson
-from aiokafka import AIOKafkaProducer
 
 from service.backfill import RateLimiter
 from service.config import Settings
 from service.demo_data import DemoMessage, demo_catalog, demo_stream
 from service.errors import ConfigError
 from service.events import EventKind
-from service.kafka_admin import create_topics
+from service.kafka import KafkaEndpoint, create_topics, make_producer, start_client
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -48,10 +47,9 @@ def _run(args: argparse.Namespace) -> int:
         sys.stdout.write(orjson.dumps(catalog.to_json(), option=orjson.OPT_INDENT_2).decode() + "\n")
         return 0
     settings = Settings()
-    if not settings.kafka_bootstrap:
-        raise ConfigError("RUNSTREAM_KAFKA_BOOTSTRAP is not set; start a broker with 'runstream dev-kafka start'")
+    endpoint = KafkaEndpoint.from_settings(settings, hint="start a broker with 'runstream dev-kafka start'")
     stream = demo_stream(catalog, args.seed, bad_fraction=args.bad_fraction)
-    sent, bad = asyncio.run(_produce(settings, stream, args.rate, args.duration, args.count))
+    sent, bad = asyncio.run(_produce(settings, endpoint, stream, args.rate, args.duration, args.count))
     total = sum(sent.values())
     by_kind = ", ".join(f"{k} {v}" for k, v in sorted(sent.items()))
     print(f"demo: sent {total} events ({by_kind}) for {args.model_runs} model run(s); {bad} bad ones for the DLQ")
@@ -60,26 +58,23 @@ def _run(args: argparse.Namespace) -> int:
 
 async def _produce(
     settings: Settings,
+    endpoint: KafkaEndpoint,
     stream: Iterator[DemoMessage],
     rate: float,
     duration: float | None,
     count: int | None,
 ) -> tuple[Counter[str], int]:
-    assert settings.kafka_bootstrap is not None
-    opts = settings.kafka_client_options()
     topics: dict[EventKind, str] = {
         "prediction": settings.topic_predictions,
         "metric": settings.topic_metrics,
         "label": settings.topic_labels,
     }
-    await create_topics(settings.kafka_bootstrap, [*topics.values(), settings.topic_dlq], partitions=6, **opts)
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=True, acks="all", linger_ms=5, **opts
-    )
+    await create_topics(endpoint.bootstrap, [*topics.values(), settings.topic_dlq], partitions=6, **endpoint.options)
+    producer = make_producer(endpoint)
     limiter = RateLimiter(rate) if rate > 0 else None
     sent: Counter[str] = Counter()
     bad = 0
-    await producer.start()
+    await start_client(producer, endpoint, "demo producer")
     try:
         t0 = time.monotonic()
         futures = []

@@ -15,32 +15,31 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib
 import logging
 import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from consumers.aggregator import Aggregator, run_aggregator
-from consumers.dlq_monitor import DlqMonitor
-from consumers.kafka_start import KafkaStartAborted
+from consumers.dlq.monitor import DlqMonitor
 from consumers.runtime import RuntimeStatus
 from consumers.shutdown import bounded
+from consumers.uploader import run_uploader
 from service.config import Settings
 from service.errors import ConfigError, RunstreamError
 from service.gc_tuning import tune_gc
 from service.health import Probe
+from service.kafka import KafkaStartAborted
 from service.log_collapse import RepeatCollapser
 from service.logging_setup import configure_logging
 from service.metric_history import MetricHistory, run_level_values
-from service.metrics import ConsumerMetrics
 from service.ops_http import add_ops_routes
+from service.prometheus import ConsumerMetrics
 from service.query_api import build_query_app, run_metrics_document
 from service.state_store import StateBackend, open_backend
 
@@ -80,23 +79,6 @@ def _watchdog(limit_s: float) -> None:
     threading.Thread(target=run, name="shutdown-watchdog", daemon=True).start()
 
 
-def _uploader_entry() -> Callable[..., Coroutine[Any, Any, None]]:
-    # --- HOOK: the uploader role (consumers/uploader.py, owned by the uploader colleague) -------
-    try:
-        module = importlib.import_module("consumers.uploader")
-    except ModuleNotFoundError as exc:
-        if exc.name == "consumers.uploader":
-            raise ConfigError(
-                "the uploader role is not available in this build (consumers/uploader.py is missing); "
-                "run with --role aggregator"
-            ) from exc
-        raise
-    fn = getattr(module, "run_uploader", None)
-    if fn is None:
-        raise ConfigError("consumers.uploader has no run_uploader(settings, stop)")
-    return cast(Callable[..., Coroutine[Any, Any, None]], fn)
-
-
 async def run_service(
     settings: Settings,
     role: str,
@@ -128,9 +110,10 @@ async def run_service(
     monitor: DlqMonitor | None = None
     if role in ("uploader", "all"):
         status = RuntimeStatus()
-        probes.append(Probe("uploader", lambda: status.last_progress, lambda: _uploader_not_ready(status)))
-        entry = _uploader_entry()
-        tasks.append(asyncio.create_task(entry(settings, stop, metrics=metrics, status=status), name="uploader"))
+        probes.append(status.probe("uploader"))
+        tasks.append(
+            asyncio.create_task(run_uploader(settings, stop, metrics=metrics, status=status), name="uploader")
+        )
     if role in ("aggregator", "all"):
         holder: list[Aggregator] = []
         probes.append(Probe("aggregator", lambda: _agg_progress(holder), lambda: _agg_not_ready(holder)))
@@ -148,7 +131,7 @@ async def run_service(
             background.append(asyncio.create_task(_start_monitor(monitor), name="dlq-monitor"))
             background.append(asyncio.create_task(_sample_history(api_backend, history, stop), name="history"))
             add_ops_routes(
-                app, probes=probes, registry=registry, dlq=monitor, history=history,
+                app, probes=probes, registry=registry, dlq=monitor.stats.snapshot, history=history,
                 snapshot=lambda run: asyncio.to_thread(run_metrics_document, api_backend, run),
             )  # fmt: skip
         else:
@@ -189,20 +172,6 @@ async def run_service(
             await runner.cleanup()
         if api_backend is not None:
             api_backend.close()
-
-
-def _uploader_not_ready(status: RuntimeStatus) -> str | None:
-    if status.fatal:
-        return status.fatal
-    if status.outage:
-        return status.outage
-    if not status.started:
-        return "not started"
-    if status.stopping:
-        return "stopping"
-    if status.rebalancing:
-        return "rebalancing"
-    return None if status.assigned else "no partitions assigned"
 
 
 def _agg_progress(holder: list[Aggregator]) -> float:

@@ -7,12 +7,12 @@ import asyncio
 
 from service.config import Settings
 from service.errors import ConfigError
-from service.kafka_admin import create_topics
+from service.kafka import create_topics
 
 
 def dlq_topic_configs(settings: Settings) -> dict[str, dict[str, str]]:
     """The DLQ topic's limit is set on purpose, not inherited: it must hold any input message plus
-    its headers (larger letters are stored truncated, see consumers/dlq.py)."""
+    its headers (larger letters are stored truncated, see consumers/dlq/letter.py)."""
     return {settings.topic_dlq: {"max.message.bytes": str(settings.dlq_max_message_bytes)}}
 
 

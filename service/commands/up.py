@@ -27,7 +27,7 @@ from service.commands.topics import dlq_topic_configs
 from service.config import Settings
 from service.demo_data import demo_catalog
 from service.devkafka import free_port
-from service.kafka_admin import create_topics
+from service.kafka import create_topics
 from service.local_stack import LocalStack, fetch_json, port_is_free
 
 

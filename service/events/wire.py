@@ -263,11 +263,6 @@ EVENT_WIRE: dict[str, type[Struct]] = {
     "metric": MetricEventWire,
     "label": LabelEventWire,
 }
-ROW_WIRE: dict[str, type[Struct]] = {"prediction": PredictionRowWire, "metric": MetricRowWire}
 
 METRIC_EVENT_DECODER = msgspec.json.Decoder(MetricEventWire)
 LABEL_EVENT_DECODER = msgspec.json.Decoder(LabelEventWire)
-
-
-def wire_type(kind: str) -> Any:
-    return EVENT_WIRE[kind]

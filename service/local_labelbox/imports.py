@@ -63,7 +63,7 @@ class ImportPlan:
 
 
 def failure(uuid: Any, data_row: Any, name: str, message: str) -> dict[str, Any]:
-    """A FAILURE status row, shaped like Labelbox's (reference §2f)."""
+    """A FAILURE status row, shaped like Labelbox's (PROTOCOL §2f)."""
     return {
         "uuid": uuid if isinstance(uuid, str) else None,
         "dataRow": data_row if isinstance(data_row, dict) else None,

@@ -29,6 +29,7 @@ from hypothesis import strategies as st
 from hypothesis.errors import NonInteractiveExampleWarning
 from kafka_io import produce
 
+from consumers.dlq.headers import DlqHeaders
 from service.aggregation import (
     AggregateError,
     AnnotationUpdate,
@@ -38,7 +39,6 @@ from service.aggregation import (
     apply_message,
     numeric_value,
 )
-from service.dlq_headers import DlqHeaders
 from service.kafka_admin import create_topics
 from service.state_store import CachedState, SqlStateBackend, decode_tree
 

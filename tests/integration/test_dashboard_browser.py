@@ -161,7 +161,7 @@ async def test_dashboard_matches_api_while_events_flow(
                     (conf_metric,) = [m for m in doc["metrics"] if m["metric"] == "iou_conf"]
                     tall = conf_metric["features"][0]["subclasses"][0]
                     assert tall["count"] == 0 and tall["value"] is None and len(tall["confidence"]) == 3
-                    assert got[("iou_conf", "cat", "tall")] != "–"  # what the page used to show
+                    assert got[("iou_conf", "cat", "tall")] != "–"  # a missing value renders as "–"
                     await page.eval_on_selector(
                         "#conf", "el => { el.value = '0.9'; el.dispatchEvent(new Event('input')); }"
                     )

@@ -28,9 +28,9 @@ from uploader_harness import (
     wait_until,
 )
 
-from consumers.dlq_txn import Letter, TransactionalDlq
+from consumers.dlq.headers import DlqHeaders
+from consumers.dlq.transactional import Letter, TransactionalDlq
 from service.devkafka import free_port
-from service.dlq_headers import DlqHeaders
 
 ROOT = Path(__file__).resolve().parents[2]
 

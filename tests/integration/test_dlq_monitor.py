@@ -7,9 +7,9 @@ from collections.abc import Awaitable, Callable
 
 from aiokafka import AIOKafkaProducer
 
-from consumers.dlq_monitor import DlqMonitor
+from consumers.dlq.headers import DlqHeaders
+from consumers.dlq.monitor import DlqMonitor
 from service.config import Settings
-from service.dlq_headers import DlqHeaders
 
 
 def _headers(error_class: str, offset: int) -> list[tuple[str, bytes]]:

@@ -36,10 +36,10 @@ from uploader_harness import (
     wait_until,
 )
 
-from consumers.dlq import topic_max_message_bytes
-from service.commands.dlq import replay
+from consumers.dlq.headers import DlqHeaders
+from consumers.dlq.replay import replay
+from consumers.dlq.writer import topic_max_message_bytes
 from service.config import Settings
-from service.dlq_headers import DlqHeaders
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -24,7 +24,7 @@ from uploader_harness import (
     wait_until,
 )
 
-from service.commands.dlq import replay
+from consumers.dlq.replay import replay
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from uploader_harness import read_dlq
 
 from consumers.dlq import DlqWriter
-from service.dlq_headers import DlqHeaders
+from consumers.dlq.headers import DlqHeaders
 
 
 async def test_send_keeps_bytes_and_headers(kafka_bootstrap: str, new_topic: Callable[..., Awaitable[str]]) -> None:

@@ -14,7 +14,8 @@ import pytest
 
 from service.config import Settings
 from service.devkafka import DevKafka, free_port
-from service.kafka_clients import KafkaAuthenticationError, make_consumer, make_producer, start_client
+from service.kafka import KafkaAuthenticationError, KafkaEndpoint, make_consumer, make_producer, start_client
+from service.producer import RunstreamProducer
 
 USERS = {"alice": "alice-secret", "bob": "bob-secret"}
 
@@ -83,14 +84,15 @@ async def test_round_trip_over_sasl(sasl_broker: tuple[DevKafka, int], mechanism
     _, port = sasl_broker
     topic = f"sasl-{mechanism.lower()}"
     settings = _settings(port, mechanism, "alice", USERS["alice"], topic)
-    producer = make_producer(settings)
-    await start_client(producer, settings)
+    endpoint = KafkaEndpoint.from_settings(settings)
+    producer = make_producer(endpoint)
+    await start_client(producer, endpoint, "test producer")
     try:
         await producer.send_and_wait(topic, b"hello", key=b"k")
     finally:
         await producer.stop()
-    consumer = make_consumer(settings, [topic], group_id=f"g-{mechanism}")
-    await start_client(consumer, settings)
+    consumer = make_consumer(endpoint, topic, group_id=f"g-{mechanism}")
+    await start_client(consumer, endpoint, "test consumer")
     try:
         batch = await consumer.getmany(timeout_ms=10_000)
         for _ in range(5):
@@ -106,11 +108,23 @@ async def test_round_trip_over_sasl(sasl_broker: tuple[DevKafka, int], mechanism
 async def test_wrong_password_is_a_clear_error(sasl_broker: tuple[DevKafka, int], mechanism: str) -> None:
     _, port = sasl_broker
     settings = _settings(port, mechanism, "alice", "not-the-password", "sasl-wrong")
-    producer = make_producer(settings)
+    endpoint = KafkaEndpoint.from_settings(settings)
+    producer = make_producer(endpoint)
     with pytest.raises(KafkaAuthenticationError) as exc:
-        await start_client(producer, settings)
+        await start_client(producer, endpoint, "test producer")
     message = str(exc.value)
     assert "rejected the credentials" in message and "alice" in message and mechanism in message
+    assert "not-the-password" not in message
+
+
+async def test_producer_client_names_rejected_credentials(sasl_broker: tuple[DevKafka, int]) -> None:
+    _, port = sasl_broker
+    settings = _settings(port, "PLAIN", "alice", "not-the-password", "sasl-wrong")
+    with pytest.raises(KafkaAuthenticationError) as exc:
+        async with RunstreamProducer(settings):
+            pass
+    message = str(exc.value)
+    assert "rejected the credentials" in message and "alice" in message
     assert "not-the-password" not in message
 
 

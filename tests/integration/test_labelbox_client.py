@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 from uploader_harness import API_KEY, local_labelbox, seed
 
 from service import labelbox_client as lb
-from service.metrics import ConsumerMetrics
+from service.prometheus import ConsumerMetrics
 
 # Row uuids must be UUIDs: the local API, like Labelbox, fails any other uuid.
 U1, U2, U3 = (f"00000000-0000-4000-8000-00000000000{i}" for i in (1, 2, 3))

@@ -34,12 +34,12 @@ from schemathesis.specs.openapi.checks import (
 )
 from test_query_api import RUN, TOKEN, populate
 
-from consumers.dlq_monitor import DlqMonitor
+from consumers.dlq.headers import DlqHeaders
+from consumers.dlq.monitor import DlqMonitor
 from service.config import Settings
-from service.dlq_headers import DlqHeaders
 from service.metric_history import MetricHistory
-from service.metrics import ConsumerMetrics
 from service.ops_http import add_ops_routes
+from service.prometheus import ConsumerMetrics
 from service.query_api import build_query_app, run_metrics_document
 from service.state_store import SqlStateBackend
 
@@ -66,7 +66,7 @@ async def start_app(store: Path, token: str) -> tuple[web.AppRunner, SqlStateBac
     history = MetricHistory()
     history.record(RUN, 1.0, [("am", "", 0.5), ("am", "cat", 0.25)])
     add_ops_routes(
-        app, probes=[], registry=registry, dlq=dlq, history=history, stream_interval_s=0.1,
+        app, probes=[], registry=registry, dlq=dlq.stats.snapshot, history=history, stream_interval_s=0.1,
         snapshot=lambda run: asyncio.to_thread(run_metrics_document, backend, run),
     )  # fmt: skip
     runner = web.AppRunner(app, access_log=None)

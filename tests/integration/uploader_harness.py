@@ -17,10 +17,10 @@ from aiokafka.admin import AIOKafkaAdminClient
 from kafka_io import end_offsets, produce  # noqa: F401  (produce: re-exported for the uploader tests)
 from prometheus_client import CollectorRegistry
 
+from consumers.dlq.headers import DlqHeaders
 from consumers.runtime import RuntimeStatus
 from consumers.uploader import run_uploader
 from service.config import Settings
-from service.dlq_headers import DlqHeaders
 from service.local_labelbox import LocalLabelbox
 
 API_KEY = "lb-test-key-0123456789abcdef"

@@ -7,7 +7,7 @@ import orjson
 from consumers.runtime import Accepted, Record, Rejection
 from consumers.uploader import Item, LruSet, UploaderHandler, import_name
 from service.config import Settings
-from service.metrics import ConsumerMetrics
+from service.prometheus import ConsumerMetrics
 
 
 def handler(max_bytes: int = 10_000) -> UploaderHandler:

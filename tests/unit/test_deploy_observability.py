@@ -1,7 +1,7 @@
 """deploy/grafana dashboard and deploy/prometheus alert rules, checked statically.
 
 Every PromQL expression is parsed with ``promql-parser`` (PyPI, pinned; Rust bindings of a PromQL parser)
-and every metric it selects must exist: the names come from ``service/metrics.py`` itself (each metrics
+and every metric it selects must exist: the names come from ``service/prometheus.py`` itself (each metrics
 dataclass's ``create()`` on a fresh registry), plus ``PENDING`` (metrics the deploy files use that are not
 registered there yet). ``promtool check rules`` also runs when a ``promtool`` binary is on PATH; it is not
 installed by the project (no PyPI package ships it; it builds from the Go module proxy with
@@ -28,7 +28,7 @@ from prometheus_client import CollectorRegistry
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "runstream-dashboard.json"
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
-# Used by the deploy files, not (yet) registered in service/metrics.py: the aggregator's commit histogram.
+# Used by the deploy files, not (yet) registered in service/prometheus.py: the aggregator's commit histogram.
 PENDING: set[str] = set()  # every metric the deploy files use is registered now
 _SUFFIXES = {
     "counter": ("_total",),
@@ -41,7 +41,7 @@ _GRAFANA_VARS = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "1h"
 
 @cache
 def known_metrics() -> frozenset[str]:
-    import service.metrics as metrics_module
+    import service.prometheus as metrics_module
 
     names: set[str] = set()
     for _, cls in inspect.getmembers(metrics_module, inspect.isclass):
@@ -51,7 +51,7 @@ def known_metrics() -> frozenset[str]:
         cls.create(registry)
         for family in registry.collect():
             names |= {family.name + s for s in _SUFFIXES[family.type]}
-    assert names, "service/metrics.py registers no metric"
+    assert names, "service/prometheus.py registers no metric"
     return frozenset(names | PENDING)
 
 
@@ -104,7 +104,7 @@ def _alerts() -> dict[str, Any]:
 # --- the checker itself --------------------------------------------------------------------------------
 
 
-def test_known_metrics_come_from_service_metrics() -> None:
+def test_known_metrics_come_from_service_prometheus() -> None:
     known = known_metrics()
     for name in ("runstream_consumer_lag", "runstream_events_total", "runstream_ready", "runstream_rebalances_total"):
         assert name in known

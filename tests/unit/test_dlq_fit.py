@@ -9,8 +9,8 @@ import random
 
 import pytest
 
-from consumers.dlq import fit_value
-from service.dlq_headers import DlqHeaders
+from consumers.dlq.headers import DlqHeaders
+from consumers.dlq.letter import fit_value
 from service.errors import DlqHeaderError
 
 

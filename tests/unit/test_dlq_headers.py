@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from service.dlq_headers import ERROR_CLASSES, MAX_MESSAGE_CHARS, DlqHeaders
+from consumers.dlq.headers import ERROR_CLASSES, MAX_MESSAGE_CHARS, DlqHeaders
 from service.errors import DlqHeaderError
 
 AT = datetime(2024, 5, 1, 12, 30, 45, 123456, tzinfo=UTC)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from consumers.runtime import RuntimeStatus
 from service.health import Probe, liveness, readiness
 
 
@@ -24,3 +25,22 @@ def test_readiness_reports_each_reason() -> None:
 
 def test_nothing_running_is_not_ready() -> None:
     assert not readiness([]).ok
+
+
+def test_uploader_member_with_an_empty_assignment_is_ready() -> None:
+    status = RuntimeStatus(started=True)
+    probe = status.probe("uploader")
+    assert readiness([probe]).checks == {"uploader": "not joined the consumer group yet"}
+    status.joined = True  # more replicas than partitions: this one is a standby
+    assert status.assigned == () and status.ready and readiness([probe]).ok
+    status.rebalancing = True
+    assert readiness([probe]).checks == {"uploader": "rebalancing"}
+    status.rebalancing, status.outage = False, "DLQ writes failing (retrying): broker down"
+    assert not status.ready and readiness([probe]).checks["uploader"].startswith("DLQ writes failing")
+
+
+def test_uploader_member_reasons_before_start_and_after_fatal() -> None:
+    status = RuntimeStatus()
+    assert status.not_ready_reason() == "not started"
+    status.started, status.joined, status.fatal = True, True, "Labelbox rejected the API key"
+    assert status.not_ready_reason() == "Labelbox rejected the API key"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry
 
-from service.metrics import ConsumerMetrics
 from service.pipeline_status import pipeline_status
+from service.prometheus import ConsumerMetrics
 
 
 def test_folds_lag_imports_retries_errors_and_dead_letters() -> None:

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import asyncio
 
-import aiohttp
 import pytest
 
 from service import labelbox_client as lb
@@ -17,7 +16,7 @@ from service.retry_policy import Outcome, backoff_delay, classify, retrying, sho
         (lb.NetworkError("reset"), Outcome.TRANSIENT, "network"),
         (lb.TaskTimeoutError("slow"), Outcome.TRANSIENT, "timeout"),
         (lb.ImportFailedError("FAILED"), Outcome.TRANSIENT, "import_failed"),
-        (aiohttp.ClientConnectionError(), Outcome.TRANSIENT, "network"),
+        (ConnectionResetError(), Outcome.TRANSIENT, "network"),
         (TimeoutError(), Outcome.TRANSIENT, "network"),
         (lb.AuthenticationError("Invalid API key"), Outcome.FATAL, "auth"),
         (lb.AuthorizationError("nope"), Outcome.FATAL, "auth"),

@@ -53,8 +53,8 @@ def test_dlq_message_names_the_run_and_keeps_labelboxs_text() -> None:
 
 
 def test_dlq_stats_list_rejected_runs_for_the_dashboard() -> None:
-    from consumers.dlq_monitor import DlqStats
-    from service.dlq_headers import DlqHeaders
+    from consumers.dlq.headers import DlqHeaders
+    from consumers.dlq.monitor import DlqStats
 
     def headers(cls: str, msg: str, off: int) -> list[tuple[str, bytes | None]]:
         h = DlqHeaders(error_class=cls, error_message=msg, source_topic="t", source_partition=0,

@@ -1,14 +1,14 @@
 """DLQ producer shared by the uploader and the aggregator.
 
 A dead-lettered message keeps its original key and value bytes; the reason and the
-source coordinates travel in headers (service.dlq_headers). ``send`` returns only after
+source coordinates travel in headers (consumers/dlq/headers.py). ``send`` returns only after
 the broker acknowledged the write (acks=all, idempotent producer), because the caller
 commits the source offset right after: a DLQ write must be durable before the offset
-moves (the ErrantRecordReporter guarantee of Kafka Connect, peers.md §1.1).
+moves (the guarantee Kafka Connect's ErrantRecordReporter gives).
 
 A dead letter always fits: letters are gzip-compressed by the producer, and a value that
 exceeds the DLQ topic's ``max.message.bytes`` even compressed is stored truncated, with its
-original size and SHA-256 in headers (``fit_value``). A write that still fails (broker down,
+original size and SHA-256 in headers (consumers/dlq/letter.py). A write that still fails (broker down,
 topic misconfigured) is retried with backoff as an outage: ``failing`` names the cause
 while it lasts, so readiness can report it, and no partition is given up because of it.
 """
@@ -17,46 +17,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import random
 import time
-import zlib
 from collections.abc import Callable
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
-from consumers.kafka_start import start_kafka_client
-from service.dlq_headers import DlqHeaders
+from consumers.dlq.headers import DlqHeaders
+from consumers.dlq.letter import dead_letter_record
+from service.kafka import START_TIMEOUT_S, KafkaEndpoint, make_admin, make_producer, start_client
 
 log = logging.getLogger("runstream.dlq")
 
 # Kafka's default max.message.bytes (broker message.max.bytes): assumed when the topic's own
 # value cannot be read.
 DEFAULT_TOPIC_LIMIT = 1_048_588
-# Room for the record batch header, the record's own framing and varints.
-_FRAMING = 1024
-
-
-def _headers_size(headers: list[tuple[str, bytes]]) -> int:
-    return sum(len(k) + len(v) + 10 for k, v in headers)
-
-
-def fit_value(value: bytes, room: int) -> tuple[bytes, int | None, str | None]:
-    """``(value, None, None)`` when ``value`` fits ``room`` bytes once gzip-compressed; else a prefix
-    that does, with the original size and SHA-256 hex digest. Pure; the estimate uses zlib at a lower
-    level than the producer's gzip (9), so the real compressed size is at most the estimate."""
-    if len(value) <= room or len(zlib.compress(value, 6)) + 64 <= room:
-        return value, None, None
-    # Incompressible bytes grow by a few bytes per 16 KiB block under deflate: keep 1 % spare.
-    keep = max(0, int(room * 0.99) - 64)
-    return value[:keep], len(value), hashlib.sha256(value).hexdigest()
-
-
 class DlqWriter:
     """start() / send() / stop(); any broker error is retried with backoff until the letter is sent."""
 
@@ -74,17 +52,14 @@ class DlqWriter:
         self._bootstrap = bootstrap
         self._options = dict(client_options or {})
         self._max_request_size = max_request_size
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap,
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=5,
+        self._endpoint = KafkaEndpoint(bootstrap, self._options)
+        self._producer = make_producer(
+            self._endpoint,
             compression_type="gzip",
             # Dead letters come in bursts (a rejected model run: thousands at once); with the 16 KiB
             # default every full batch wakes every waiting sender (quadratic in the burst).
             max_batch_size=1_048_576,
             max_request_size=max_request_size,
-            **(client_options or {}),
         )
         self._retry_max_s = retry_max_s
         self._started = False
@@ -95,9 +70,7 @@ class DlqWriter:
 
     async def start(self, stop: asyncio.Event | None = None) -> None:
         """Start the producer; ``stop`` ends a wait for an unreachable broker (KafkaStartAborted)."""
-        await start_kafka_client(
-            self._producer, "DLQ producer", stop=stop, bootstrap=self._bootstrap, options=self._options
-        )
+        await start_client(self._producer, self._endpoint, "DLQ producer", retry_for_s=START_TIMEOUT_S, stop=stop)
         self._started = True
         self.limit = await self.topic_limit()
 
@@ -165,9 +138,10 @@ class DlqWriter:
 
 async def topic_max_message_bytes(bootstrap: str, topic: str, options: dict[str, Any]) -> int:
     """A topic's effective ``max.message.bytes``; DEFAULT_TOPIC_LIMIT when it cannot be read."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **options)
+    endpoint = KafkaEndpoint(bootstrap, options)
+    admin = make_admin(endpoint)
     try:
-        await asyncio.wait_for(admin.start(), 10)
+        await asyncio.wait_for(start_client(admin, endpoint, "DLQ topic admin"), 10)
         wanted = ConfigResource(ConfigResourceType.TOPIC, topic, {"max.message.bytes": ""})
         resp = await asyncio.wait_for(admin.describe_configs([wanted]), 10)
         for r in resp:
@@ -181,23 +155,3 @@ async def topic_max_message_bytes(bootstrap: str, topic: str, options: dict[str,
         with contextlib.suppress(Exception):
             await admin.close()
     return DEFAULT_TOPIC_LIMIT
-
-
-def dead_letter_record(
-    key: bytes | None, value: bytes | None, headers: DlqHeaders, limit: int
-) -> tuple[bytes | None, list[tuple[str, bytes]]]:
-    """The value and Kafka headers to write for one dead letter so that it fits ``limit`` bytes."""
-    kafka_headers = headers.to_kafka()
-    if key is None and value is None:
-        return b"", [*kafka_headers, ("runstream.original.null", b"key,value")]
-    if value is None:
-        return None, kafka_headers
-    # The truncation headers themselves take room: reserve it before fitting.
-    room = limit - _FRAMING - len(key or b"") - _headers_size(kafka_headers) - 120
-    fitted, size, digest = fit_value(value, room)
-    if size is None:
-        return value, kafka_headers
-    log.warning("dead letter truncated to fit the DLQ topic: %d of %d bytes kept (%s %s/%d)",
-                len(fitted), size, headers.source_topic, headers.source_partition, headers.source_offset)
-    truncated = headers.model_copy(update={"original_size": size, "original_sha256": digest})
-    return fitted, truncated.to_kafka()

@@ -16,10 +16,10 @@ from datetime import datetime
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from consumers.dlq.headers import DlqHeaders
 from service.config import Settings
-from service.dlq_headers import DlqHeaders
 from service.errors import DlqHeaderError
-from service.kafka_clients import make_consumer, start_client
+from service.kafka import KafkaEndpoint, make_consumer, start_client
 from service.run_verdicts import ERROR_CLASS as MODEL_RUN_CLASS
 from service.run_verdicts import run_of_message
 
@@ -99,8 +99,9 @@ class DlqMonitor:
 
     async def start(self) -> None:
         # read_committed: letters of an aborted uploader transaction were never dead letters.
-        consumer = make_consumer(self._settings, [], group_id=None, isolation_level="read_committed")
-        await start_client(consumer, self._settings)
+        endpoint = KafkaEndpoint.from_settings(self._settings)
+        consumer = make_consumer(endpoint, isolation_level="read_committed")
+        await start_client(consumer, endpoint, "DLQ monitor")
         self._consumer = consumer
         self._task = asyncio.create_task(self._tail(consumer), name="dlq-monitor")
 

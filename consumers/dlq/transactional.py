@@ -32,10 +32,11 @@ from typing import Any
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
-from consumers.dlq import dead_letter_record, topic_max_message_bytes
-from consumers.kafka_start import start_kafka_client
+from consumers.dlq.headers import DlqHeaders
+from consumers.dlq.letter import dead_letter_record
+from consumers.dlq.writer import topic_max_message_bytes
 from consumers.shutdown import bounded
-from service.dlq_headers import DlqHeaders
+from service.kafka import START_TIMEOUT_S, KafkaEndpoint, make_producer, start_client
 
 log = logging.getLogger("runstream.dlq")
 
@@ -81,6 +82,7 @@ class TransactionalDlq:
         self.transactional_id = transactional_id
         self._bootstrap = bootstrap
         self._options = dict(client_options or {})
+        self._endpoint = KafkaEndpoint(bootstrap, self._options)
         self._max_request_size = max_request_size
         self._txn_timeout_ms = transaction_timeout_ms
         self._commit_timeout_s = commit_timeout_s
@@ -94,24 +96,20 @@ class TransactionalDlq:
         self._failing_since = 0.0
 
     def _new_producer(self) -> AIOKafkaProducer:
-        return AIOKafkaProducer(
-            bootstrap_servers=self._bootstrap,
+        return make_producer(
+            self._endpoint,
             transactional_id=self.transactional_id,
             transaction_timeout_ms=self._txn_timeout_ms,
-            enable_idempotence=True,
-            acks="all",
-            linger_ms=5,
             compression_type="gzip",
             max_request_size=self._max_request_size,
-            **self._options,
         )
 
     async def start(self, stop: asyncio.Event | None = None) -> None:
         """Start the producer (this fences an earlier producer with the same transactional id)."""
         producer = self._new_producer()
         try:
-            await start_kafka_client(producer, "DLQ transactional producer", stop=stop, bootstrap=self._bootstrap,
-                                     options=self._options)
+            await start_client(producer, self._endpoint, "DLQ transactional producer", retry_for_s=START_TIMEOUT_S,
+                               stop=stop)
         except BaseException:
             await bounded(producer.stop(), "DLQ transactional producer stop", 1.0)
             raise
