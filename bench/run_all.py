@@ -97,6 +97,8 @@ def parse_uploader_text(stdout: str) -> dict[str, Any]:
         data["cpu_uploader_s"] = med("up_cpu_s")
         data["cpu_api_s"] = med("api_cpu_s")
         data["cpu_uploader_us_per_event"] = med("up_cpu_us")
+        if all("up_work_cpu_us" in r for r in this):  # after the process's start-up (imports, group join)
+            data["cpu_uploader_work_us_per_event"] = med("up_work_cpu_us")
         data["cpu_api_us_per_row"] = med("api_cpu_us")
         return data
     m = re.search(r"first row to last row ([\d.]+) s = ([\d,]+) events/s", stdout)
@@ -633,6 +635,15 @@ def render(steps: list[Step], info: dict[str, str], meta: dict[str, Any], quick:
             ]
             add(f"| {name} | {' | '.join(cells)} | {target} |")
         add("")
+        floor = [(c, ce.get(f"uploader.{c}.cpu_us"))
+                 for c in ("drain", "drain+parse_event", "drain+parse_upload", "drain+parse_upload+join")]
+        if all(v is not None for _, v in floor):
+            up = R.d("up_main")
+            full = (f"; the full uploader (`up_main`): {fmt(up.get('cpu_uploader_work_us_per_event'), 1)} after its "
+                    f"start-up, {fmt(up.get('cpu_uploader_us_per_event'), 1)} with it") if up else ""
+            add("The uploader's CPU floor, µs of process CPU per event (target ≤ 5): "
+                + ", ".join(f"{c} {v:.2f}" for c, v in floor) + full + ".")
+            add("")
 
     # ---------------------------------------------------------------- ratios
     add("## Figures against their baselines")

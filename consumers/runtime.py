@@ -36,6 +36,8 @@ from service.prometheus import ConsumerMetrics
 
 W = TypeVar("W")
 W_co = TypeVar("W_co", covariant=True)
+# Builds a NamedTuple without its generated Python-level __new__ (one Record per message).
+_new_tuple = tuple.__new__
 
 
 class FatalPipelineError(RunstreamError):
@@ -279,15 +281,17 @@ class ConsumerRuntime(Generic[W]):
             recs = recs[skip:]
         intake = self.handler.intake
         add = self.batcher.add
+        new = _new_tuple
         for cr in recs:
-            rec = Record(topic, partition, cr.offset, cr.key, cr.value, cr.timestamp)
+            rec = new(Record, (topic, partition, cr.offset, cr.key, cr.value, cr.timestamp))
             res = intake(rec)
             if isinstance(res, Rejection):
                 size = len(rec.value or b"") + len(rec.key or b"")
                 self._inflight_bytes += size
                 self._spawn(self._reject_one(res, size))
                 continue
-            flushed = add(res.key, (rec, res.item), res.size, now)
+            key, item, size = res
+            flushed = add(key, (rec, item), size, now)
             if flushed:
                 for batch in flushed:
                     self._launch(batch)

@@ -21,8 +21,7 @@ import signal
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import orjson
 import structlog
@@ -71,14 +70,17 @@ _ROW_OVERHEAD = 250
 IMPORT_FAILED_MAX_ATTEMPTS = 4
 
 
-@dataclass(slots=True)
-class Item:
-    """A validated message, reduced to what delivery needs."""
+class Item(NamedTuple):
+    """A validated message, reduced to what delivery needs (one per message: a NamedTuple, built
+    with ``tuple.__new__`` on the hot path, skipping the generated Python-level ``__new__``)."""
 
     model_run_id: str
     rows: list[tuple[str, str]]  # (uuid, data row key) per row, in payload order
     payload: bytes = b""  # the rows' NDJSON lines joined by "\n" (one exact-size buffer)
     label: LabelEvent | None = None
+
+
+_new_tuple = tuple.__new__
 
 
 class _NoRetry(Exception):
@@ -168,24 +170,27 @@ class UploaderHandler:
         kind = self.topic_kinds.get(record.topic)
         if kind is None:
             return Rejection(record, "schema", f"topic {record.topic!r} is not an uploader input topic")
-        if self.verdicts and record.key is not None and (v := self._held(record)) is not None:
+        held = len(self.verdicts) != 0  # usually none: one check per message
+        if held and record.key is not None and (v := self._held(record)) is not None:
             return Rejection(record, MODEL_RUN_ERROR_CLASS, v.message, quiet=True)
         try:
             up = parse_upload(kind, record.value, max_bytes=self.settings.max_message_bytes)
         except EventValidationError as exc:
             return Rejection(record, exc.error_class, str(exc))
-        if self.verdicts and (v := self.verdicts.get(up.model_run_id, self.clock())) is not None:
+        mr = up.model_run_id
+        if held and (v := self.verdicts.get(mr, self.clock())) is not None:
             return Rejection(record, MODEL_RUN_ERROR_CLASS, v.message, quiet=True)  # no call while it holds
-        size = len(record.value or b"") + len(record.key or b"") + _ITEM_OVERHEAD
+        value, key = record.value, record.key
+        size = (len(value) if value is not None else 0) + (len(key) if key is not None else 0) + _ITEM_OVERHEAD
         if isinstance(up, LabelEvent):
-            return Accepted(up.model_run_id, Item(up.model_run_id, [], label=up), size)
-        rows = up.rows
+            return _new_tuple(Accepted, (mr, _new_tuple(Item, (mr, [], b"", up)), size))
+        _, rows, payload = up
         if len(rows) == 1:
             u, k = rows[0]
-            size += len(up.payload) + len(u) + len(k) + _ROW_OVERHEAD
+            size += len(payload) + len(u) + len(k) + _ROW_OVERHEAD
         else:
-            size += len(up.payload) + sum(len(u) + len(k) + _ROW_OVERHEAD for u, k in rows)
-        return Accepted(up.model_run_id, Item(up.model_run_id, rows, up.payload), size)
+            size += len(payload) + sum(len(u) + len(k) + _ROW_OVERHEAD for u, k in rows)
+        return _new_tuple(Accepted, (mr, _new_tuple(Item, (mr, rows, payload, None)), size))
 
     def _held(self, record: Record) -> Verdict | None:
         """The verdict on the run a message is keyed by, if its body names that run: a rejected run's

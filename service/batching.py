@@ -67,18 +67,20 @@ class Batcher(Generic[T]):
 
     def add(self, key: str, item: T, size: int, now: float) -> list[Batch[T]]:
         flushed: list[Batch[T]] = []
+        limits = self._limits
         batch = self._open.get(key)
-        if batch is not None and batch.items and batch.size_bytes + size > self._limits.max_bytes:
+        if batch is not None and batch.items and batch.size_bytes + size > limits.max_bytes:
             flushed.append(self._close(key))
             batch = None
         if batch is None:
             batch = Batch(key=key, opened_at=now)
             self._open[key] = batch
-        batch.items.append(item)
+        items = batch.items
+        items.append(item)
         batch.size_bytes += size
         self._bytes += size
         self._events += 1
-        if batch.events >= self._limits.max_events or batch.size_bytes >= self._limits.max_bytes:
+        if len(items) >= limits.max_events or batch.size_bytes >= limits.max_bytes:
             flushed.append(self._close(key))
         return flushed
 

@@ -96,6 +96,29 @@ def prediction_body(raw: dict[str, Any], data_row: dict[str, str], confidence: f
     return out
 
 
+_NOT_AS_IS = frozenset({"uuid", *_NESTED - {"customMetrics"}})
+
+
+def is_normal(raw: dict[str, Any], data_row: dict[str, str], confidence: float | None) -> bool:
+    """True when ``prediction_body(raw, data_row, confidence)`` equals ``raw`` key for key, in the same
+    order and with the same value types (so the same JSON bytes): the common row, sent as produced,
+    skips the rewrite. Only for rows the contract has accepted."""
+    if not raw.keys().isdisjoint(_NOT_AS_IS):
+        return False
+    dr = raw["dataRow"]
+    if len(dr) != 1 or dr != data_row or raw.get("name", 0) is None or raw.get("schemaId", 0) is None:
+        return False
+    if confidence is None:
+        if "confidence" in raw:
+            return False
+    elif type(raw.get("confidence")) is not float:
+        return False
+    if "customMetrics" in raw:
+        cms = raw["customMetrics"]
+        return cms is not None and _custom_metrics(cms) is cms
+    return True
+
+
 def _node_name(node: Mapping[str, Any]) -> str | None:
     name = node.get("name")
     return name if isinstance(name, str) else node.get("schemaId")

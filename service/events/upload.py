@@ -6,7 +6,7 @@ import orjson
 
 from service.events.constants import EventKind
 from service.events.models import LabelEvent, MetricEvent, PredictionEvent, UploadRows
-from service.events.ndjson import prediction_body
+from service.events.ndjson import is_normal, prediction_body
 from service.events.parse import parse_event
 from service.events.uuids import prediction_prefix, prediction_uuid
 
@@ -26,7 +26,9 @@ def parse_upload(kind: EventKind, raw: bytes | None, *, max_bytes: int) -> Uploa
         prefix = prediction_prefix(ev.model_run_id)
         for p in ev.predictions:
             ref = p.data_row
-            body = prediction_body(p.raw, ref.to_ndjson(), p.confidence)
+            body = p.raw
+            if not is_normal(body, ref.to_ndjson(), p.confidence):  # else the row is sent as produced
+                body = prediction_body(body, ref.to_ndjson(), p.confidence)
             row_uuid = p.given_uuid
             if row_uuid is None:
                 row_uuid = prediction_uuid(prefix, body)

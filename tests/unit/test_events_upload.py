@@ -7,13 +7,17 @@ follow the documented uuid5 formulas (docs/EVENTS.md), so any change here breaks
 # ruff: noqa: E501  (each golden message and payload stays on one line, as it is on the wire)
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from service.errors import EventValidationError
 from service.events import LabelEvent, MetricEvent, PredictionEvent, parse_event, parse_upload
+from service.events.constants import PREDICTION_UUID_NAMESPACE
 
 MAX = 1 << 20
 
@@ -61,3 +65,69 @@ def test_parse_upload_label_and_errors() -> None:
     with pytest.raises(EventValidationError, match="UUID"):
         parse_upload("prediction", b'{"model_run_id":"m","prediction":{"dataRow":{"id":"d"},"name":"x","uuid":"u"}}',
                      max_bytes=MAX)
+
+
+# Rows sent as produced (no rewrite) and rows that need one, mixed: what parse_upload sends must stay
+# what each parsed row's to_ndjson() says, whichever path a row takes.
+_ident = st.text(min_size=1, max_size=6).filter(lambda s: s.strip() != "")
+_unit = st.one_of(st.floats(min_value=0.0, max_value=1.0), st.sampled_from([0, 1, -0.0]))
+_num = st.one_of(st.floats(allow_nan=False, allow_infinity=False), st.integers(-5, 5))
+
+
+@st.composite
+def _row(draw: st.DrawFn) -> dict[str, Any]:
+    row: dict[str, Any] = {}
+    ref = draw(st.sampled_from([{"id": "dr-1"}, {"globalKey": "g 1"}, {"id": "dr-2", "globalKey": None},
+                                {"global_key": "g2"}]))
+    names = [draw(st.sampled_from(["dataRow", "data_row"]))]
+    names += draw(st.lists(st.sampled_from(["name", "schemaId", "schema_id", "confidence", "customMetrics",
+                                            "custom_metrics", "uuid", "bbox", "answer", "extra"]),
+                           unique=True, max_size=6))
+    for k in draw(st.permutations(names)):
+        if k in ("dataRow", "data_row"):
+            row[k] = ref
+        elif k in ("name", "schemaId", "schema_id"):
+            row[k] = draw(st.one_of(_ident, st.none()))
+        elif k == "confidence":
+            row[k] = draw(st.one_of(_unit, st.none()))
+        elif k in ("customMetrics", "custom_metrics"):
+            row[k] = draw(st.one_of(st.none(), st.lists(st.one_of(
+                st.builds(lambda n, v: {"name": n, "value": v}, _ident, _num),
+                st.builds(lambda n, v: {"value": v, "name": n}, _ident, _num)), max_size=2)))
+        elif k == "uuid":
+            row[k] = draw(st.one_of(st.none(), st.uuids().map(str)))
+        elif k == "answer":
+            row[k] = {"name": draw(_ident)}
+        else:
+            row[k] = draw(st.one_of(_num, st.dictionaries(_ident, _num, max_size=2)))
+    if not any(row.get(k) is not None for k in ("name", "schemaId", "schema_id")):
+        row["name"] = "n"
+    return row
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_row(), min_size=1, max_size=3))
+def test_parse_upload_bytes_match_the_parsed_rows(rows: list[dict[str, Any]]) -> None:
+    raw = orjson.dumps({"model_run_id": "mr-1", "predictions": rows})
+    try:
+        ev = parse_event("prediction", raw, max_bytes=MAX)
+    except EventValidationError:
+        with pytest.raises(EventValidationError):
+            parse_upload("prediction", raw, max_bytes=MAX)
+        return
+    assert isinstance(ev, PredictionEvent)
+    up = parse_upload("prediction", raw, max_bytes=MAX)
+    assert not isinstance(up, LabelEvent)
+    assert up.rows == [(r.uuid, r.data_row.key()) for r in ev.predictions]
+    assert up.payload == b"\n".join(orjson.dumps(r.to_ndjson()) for r in ev.predictions)
+
+
+def test_a_row_sent_as_produced_has_the_documented_uuid() -> None:
+    raw = b'{"model_run_id":"mr-1","predictions":[{"dataRow":{"id":"dr-1"},"name":"car","confidence":0.5,"customMetrics":[{"name":"iou","value":0.25}]}]}'
+    body = orjson.loads(raw)["predictions"][0]
+    name = b"mr-1\n" + orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+    expected = str(uuid.uuid5(PREDICTION_UUID_NAMESPACE, name.decode()))
+    up = parse_upload("prediction", raw, max_bytes=MAX)
+    assert not isinstance(up, LabelEvent)
+    assert up.rows == [(expected, "id:dr-1")]
+    assert up.payload == b'{"uuid":"' + expected.encode() + b'",' + orjson.dumps(body)[1:]
