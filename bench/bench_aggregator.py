@@ -48,7 +48,7 @@ from consumers.aggregator import Aggregator
 from service.aggregation import MessageOps, MetricLeaf, apply_message
 from service.config import Settings
 from service.events import parse_event
-from service.kafka_admin import create_topics
+from service.kafka import create_topics
 from service.query_api import build_query_app
 from service.state_store import CachedState, SqlStateBackend
 

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_aggregator import end_total, produce, raw_drain
 
 from service.config import Settings
-from service.kafka_admin import create_topics
+from service.kafka import create_topics
 from service.state import open_backend
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -36,7 +36,7 @@ from service.backfill import run_backfill
 from service.config import Settings
 from service.devkafka import DevKafka
 from service.events import parse_event
-from service.kafka_admin import create_topics
+from service.kafka import create_topics
 
 
 def make_event_file(path: Path, n: int, runs: int, seed: int = 7) -> list[tuple[str, bytes, bytes]]:

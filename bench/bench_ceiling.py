@@ -53,7 +53,7 @@ from bench_uploader import RUNS
 from bench_uploader import event as upload_event
 
 from service.events import parse_event, parse_upload
-from service.kafka_admin import create_topics
+from service.kafka import create_topics
 
 
 async def produce(bootstrap: str, topic: str, values: list[tuple[bytes, bytes]]) -> None:

@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import bench_uploader as bu  # noqa: E402  (the local API process, uploader processes, events)
 
-from service.kafka_admin import create_topics  # noqa: E402
+from service.kafka import create_topics  # noqa: E402
 
 HEALTHY = "bench-healthy-run"
 MISSING = "bench-missing-run"  # never created: a typo in a producer's configuration

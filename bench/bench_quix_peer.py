@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_aggregator import aggregator_rate, end_total, produce, raw_drain
 
-from service.kafka_admin import create_topics
+from service.kafka import create_topics
 from service.state_store import SqlStateBackend
 
 ROOT = Path(__file__).resolve().parents[1]

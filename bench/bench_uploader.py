@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from service.events import parse_event  # noqa: E402
-from service.kafka_admin import create_topics  # noqa: E402
+from service.kafka import create_topics  # noqa: E402
 from service.labelbox_client import LabelboxClient  # noqa: E402
 
 API_KEY = "bench-api-key"

@@ -40,8 +40,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
-from consumers.dlq import DlqWriter
-from consumers.kafka_start import start_kafka_client
+from consumers.dlq import DlqHeaders, DlqWriter
 from consumers.shutdown import bounded
 from service.aggregation import (
     AggregateError,
@@ -52,10 +51,11 @@ from service.aggregation import (
     normalize_value,
 )
 from service.config import Settings
-from service.dlq_headers import DlqHeaders
 from service.errors import ConfigError, EventValidationError
 from service.events import EventKind, MetricEvent, PredictionEvent, parse_event
-from service.metrics import ConsumerMetrics
+from service.health import Probe
+from service.kafka import START_TIMEOUT_S, KafkaEndpoint, make_consumer, start_client
+from service.prometheus import ConsumerMetrics
 from service.state import CachedState, Checkpoint, SqlStateBackend, StateBackend, open_backend
 
 log = logging.getLogger("runstream.aggregator")
@@ -102,6 +102,28 @@ def ops_from_event(event: PredictionEvent | MetricEvent) -> MessageOps:
 
 
 @dataclass
+
+class AggregatorProbe:
+    """The aggregator as /healthz and /readyz see it (service/health.py), also before run_aggregator
+    has built it: pass ``attach`` as run_aggregator's ``on_ready``."""
+
+    def __init__(self) -> None:
+        self.aggregator: Aggregator | None = None
+
+    def attach(self, aggregator: Aggregator) -> None:
+        self.aggregator = aggregator
+
+    def probe(self, name: str = "aggregator") -> Probe:
+        return Probe(name, self._last_progress, self._not_ready_reason)
+
+    def _last_progress(self) -> float:
+        # Until it exists, start-up counts as progress: liveness is for a loop that stopped, not one not begun.
+        return self.aggregator.last_progress if self.aggregator is not None else time.monotonic()
+
+    def _not_ready_reason(self) -> str | None:
+        return self.aggregator.not_ready_reason() if self.aggregator is not None else "not started"
+
+
 class AggregatorStats:
     """Counters the HTTP layer (health/metrics) can read."""
 
@@ -159,28 +181,30 @@ class Aggregator:
 
     @property
     def ready(self) -> bool:
-        return self._consumer is not None and not self.stats.recovering
+        return self.not_ready_reason() is None
+
+    def not_ready_reason(self) -> str | None:
+        """Why /readyz says no, or None: connected and not reloading state after a fenced commit."""
+        if self.stats.recovering:
+            return "recovering state"
+        return None if self._consumer is not None else "not connected"
 
     async def run(self, stop: asyncio.Event) -> None:
         s = self.settings
         assert s.kafka_bootstrap
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=s.kafka_bootstrap,
+        endpoint = KafkaEndpoint.from_settings(s)
+        consumer = make_consumer(
+            endpoint,
             group_id=self.group,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
             max_partition_fetch_bytes=max(1_048_576, s.max_message_bytes),
             fetch_max_bytes=max(52_428_800, s.max_message_bytes),
-            **s.kafka_client_options(),
         )
         consumer.subscribe(list(self.topics), listener=_Listener(self))
         if self._dlq is None:
             self._dlq = DlqWriter(s.kafka_bootstrap, s.topic_dlq, client_options=s.kafka_client_options())
         if self._own_dlq:
             await self._dlq.start(stop)
-        await start_kafka_client(
-            consumer, f"consumer {self.group}", stop=stop, bootstrap=s.kafka_bootstrap, options=s.kafka_client_options()
-        )
+        await start_client(consumer, endpoint, f"consumer {self.group}", retry_for_s=START_TIMEOUT_S, stop=stop)
         self._consumer = consumer
         checkpoint = self.checkpoint
         checkpoint.start_clock()
@@ -294,14 +318,7 @@ class Aggregator:
         await self._dlq.send(
             rec.key,
             rec.value,
-            DlqHeaders(
-                error_class=exc.error_class,
-                error_message=str(exc),
-                source_topic=rec.topic,
-                source_partition=rec.partition,
-                source_offset=rec.offset,
-                consumer_group=self.group,
-            ),
+            DlqHeaders.for_record(rec, error_class=exc.error_class, message=str(exc), group=self.group),
         )
 
     # ---- offsets and rebalance

@@ -25,7 +25,7 @@ from typing import Any, cast
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from consumers.aggregator import Aggregator, run_aggregator
+from consumers.aggregator import AggregatorProbe, run_aggregator
 from consumers.dlq.monitor import DlqMonitor
 from consumers.runtime import RuntimeStatus
 from consumers.shutdown import bounded
@@ -115,11 +115,11 @@ async def run_service(
             asyncio.create_task(run_uploader(settings, stop, metrics=metrics, status=status), name="uploader")
         )
     if role in ("aggregator", "all"):
-        holder: list[Aggregator] = []
-        probes.append(Probe("aggregator", lambda: _agg_progress(holder), lambda: _agg_not_ready(holder)))
+        aggregator = AggregatorProbe()
+        probes.append(aggregator.probe())
         tasks.append(
             asyncio.create_task(
-                run_aggregator(settings, stop, on_ready=holder.append, metrics=metrics), name="aggregator"
+                run_aggregator(settings, stop, on_ready=aggregator.attach, metrics=metrics), name="aggregator"
             )
         )
     if http:
@@ -172,19 +172,6 @@ async def run_service(
             await runner.cleanup()
         if api_backend is not None:
             api_backend.close()
-
-
-def _agg_progress(holder: list[Aggregator]) -> float:
-    return holder[0].last_progress if holder else time.monotonic()
-
-
-def _agg_not_ready(holder: list[Aggregator]) -> str | None:
-    if not holder:
-        return "not started"
-    agg = holder[0]
-    if agg.stats.recovering:
-        return "recovering state"
-    return None if agg.ready else "not connected"
 
 
 async def _start_monitor(monitor: DlqMonitor) -> None:

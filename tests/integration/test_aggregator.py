@@ -39,7 +39,7 @@ from service.aggregation import (
     apply_message,
     numeric_value,
 )
-from service.kafka_admin import create_topics
+from service.kafka import create_topics
 from service.state_store import CachedState, SqlStateBackend, decode_tree
 
 

@@ -1,7 +1,13 @@
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
+from consumers.aggregator import Aggregator, AggregatorProbe
 from consumers.runtime import RuntimeStatus
+from service.config import Settings
 from service.health import Probe, liveness, readiness
+from service.state import SqlStateBackend
 
 
 def _probe(name: str, progress: float, reason: str | None) -> Probe:
@@ -44,3 +50,21 @@ def test_uploader_member_reasons_before_start_and_after_fatal() -> None:
     assert status.not_ready_reason() == "not started"
     status.started, status.joined, status.fatal = True, True, "Labelbox rejected the API key"
     assert status.not_ready_reason() == "Labelbox rejected the API key"
+
+
+def test_aggregator_probe_before_and_after_the_aggregator_exists(tmp_path: Path) -> None:
+    probe = AggregatorProbe().probe()
+    assert probe.name == "aggregator"
+    assert readiness([probe]).checks == {"aggregator": "not started"}
+    assert liveness([probe], now=time.monotonic(), stall_after_s=30).ok  # not begun is not stalled
+
+    holder = AggregatorProbe()
+    backend = SqlStateBackend.sqlite(tmp_path / "state.sqlite3")
+    try:
+        agg = Aggregator(Settings(kafka_bootstrap="127.0.0.1:9"), backend)
+        holder.attach(agg)
+        assert readiness([holder.probe()]).checks == {"aggregator": "recovering state"}  # until assigned
+        agg.stats.recovering = False
+        assert readiness([holder.probe()]).checks == {"aggregator": "not connected"}
+    finally:
+        backend.close()

@@ -13,11 +13,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = ("service/cli.py", "service/__main__.py", "service/commands/")
-# Re-exports kept until the aggregator (consumers/aggregator.py) imports the new homes.
-PENDING_SHIMS = {"service/dlq_headers.py"}
 KAFKA_EDGE = "service/kafka/clients.py"
-# The aggregator still builds its own consumer; it moves to the Kafka edge with its rewrite.
-PENDING_KAFKA = {"consumers/aggregator.py"}
 KAFKA_CLIENTS = {"AIOKafkaConsumer", "AIOKafkaProducer", "AIOKafkaAdminClient"}
 PURE = (
     "service/errors.py",
@@ -70,7 +66,7 @@ def test_service_never_imports_consumers_below_the_cli() -> None:
     offenders = {
         rel: sorted(m for m in _imported(tree) if m == "consumers" or m.startswith("consumers."))
         for rel, tree in _modules("service")
-        if not rel.startswith(CLI) and rel not in PENDING_SHIMS
+        if not rel.startswith(CLI)
     }
     assert {rel: mods for rel, mods in offenders.items() if mods} == {}
 
@@ -84,7 +80,7 @@ def test_aiokafka_clients_are_constructed_only_in_the_kafka_edge() -> None:
                 if name in KAFKA_CLIENTS:
                     constructed.setdefault(rel, set()).add(name)
     assert KAFKA_EDGE in constructed  # the rule below would pass vacuously if the scan broke
-    assert set(constructed) - {KAFKA_EDGE} - PENDING_KAFKA == set()
+    assert set(constructed) - {KAFKA_EDGE} == set()
 
 
 def test_pure_modules_import_no_io() -> None:
