@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from service.aggregation import LEVEL_DATA_ROW, LEVEL_FEATURE, Agg, Aggregation, Value
+from service.events.constants import DEFAULT_AGGREGATION
 
 SeriesKey = tuple[str, str]  # (metric, feature or "" for the run level)
 
@@ -67,6 +68,6 @@ def run_level_values(
     for metric, ck, level, feature, _subclass, agg in aggs:
         if ck != "" or level not in (LEVEL_DATA_ROW, LEVEL_FEATURE):
             continue
-        value = agg.result(defs.get(metric, "ARITHMETIC_MEAN"))
+        value = agg.result(defs.get(metric, DEFAULT_AGGREGATION))
         out.append((metric, feature if level == LEVEL_FEATURE else "", scalar_of(value)))
     return out

@@ -37,6 +37,7 @@ from service.aggregation import (
 )
 from service.config import Settings
 from service.events import schema as events_schema
+from service.events.constants import DEFAULT_AGGREGATION
 from service.events.schema import SCHEMA_NAMES
 from service.query_openapi import openapi_document
 from service.state_store import NodeRow, StateBackend
@@ -129,7 +130,7 @@ def format_metrics(defs: dict[str, Aggregation], entries: Sequence[Entry]) -> li
     for m, ck, level, f, s, value, count in entries:
         md = metrics.get(m)
         if md is None:
-            md = metrics[m] = blank(metric=m, aggregation=defs.get(m, "ARITHMETIC_MEAN")) | {"features": {}}
+            md = metrics[m] = blank(metric=m, aggregation=defs.get(m, DEFAULT_AGGREGATION)) | {"features": {}}
         target = md
         if level >= LEVEL_FEATURE:
             target = md["features"].get(f)
@@ -172,7 +173,7 @@ def slice_entries(defs: dict[str, Aggregation], nodes: Sequence[NodeRow]) -> lis
         if n.value is not None:
             groups[(n.metric, n.ck, n.level, n.feature, n.subclass)].append(n.value)
     return [
-        (m, ck, lvl, f, s, aggregate(vals, defs.get(m, "ARITHMETIC_MEAN")), len(vals))
+        (m, ck, lvl, f, s, aggregate(vals, defs.get(m, DEFAULT_AGGREGATION)), len(vals))
         for (m, ck, lvl, f, s), vals in groups.items()
     ]
 
@@ -180,7 +181,7 @@ def slice_entries(defs: dict[str, Aggregation], nodes: Sequence[NodeRow]) -> lis
 def _run_document(
     run: str, defs: dict[str, Aggregation], rows: Sequence[tuple[str, str, int, str, str, Agg]]
 ) -> dict[str, Any]:
-    entries = [(m, ck, lvl, f, s, a.result(defs.get(m, "ARITHMETIC_MEAN")), a.n) for m, ck, lvl, f, s, a in rows]
+    entries = [(m, ck, lvl, f, s, a.result(defs.get(m, DEFAULT_AGGREGATION)), a.n) for m, ck, lvl, f, s, a in rows]
     return {"model_run_id": run, "metrics": format_metrics(defs, entries)}
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from service.events.constants import AGGREGATIONS
 from service.events.schema import SCHEMA_NAMES
 
 
@@ -60,7 +61,7 @@ def openapi_document(
             "metric": {"type": "string"},
             "aggregation": {
                 "type": "string",
-                "enum": ["ARITHMETIC_MEAN", "GEOMETRIC_MEAN", "HARMONIC_MEAN", "SUM", "CONFUSION_MATRIX"],
+                "enum": list(AGGREGATIONS),
             },
             **base_props,
             "features": {"type": "array", "items": feature},

@@ -25,6 +25,7 @@ from msgspec import UNSET
 from service.errors import EventValidationError
 from service.events.constants import (
     ANNOTATION_PER_LABEL_LIMIT,
+    DEFAULT_AGGREGATION,
     MAX_CONFIDENCE_SCORES,
     MIN_CONFIDENCE_SCORES,
     RESERVED_METRIC_NAMES,
@@ -400,7 +401,7 @@ def metric_row(w: MetricRowWire, mrid: str, path: str | int) -> MetricRow:
     tv = type(value)
     if tv is float:
         if aggregation is None:
-            aggregation = "ARITHMETIC_MEAN"
+            aggregation = DEFAULT_AGGREGATION
         elif aggregation == _CM:
             raise EventValidationError(
                 f"{_mpath(path)}.{_spelling(w, 4)}",
@@ -450,7 +451,7 @@ def metric_row(w: MetricRowWire, mrid: str, path: str | int) -> MetricRow:
             raise _entry_error(value, tuple, _vpath(w, path))
         return ConfusionMatrixMetricRow(ref, feature_name, subclass_name, mrid, w.uuid, None, metric_name, keyed, _CM)
     if aggregation is None:
-        aggregation = "ARITHMETIC_MEAN"
+        aggregation = DEFAULT_AGGREGATION
     if metric_name is not None:
         reserved = _reserved_get(metric_name)
         if reserved is None:

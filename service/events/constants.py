@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import uuid as _uuid
-from typing import Literal, TypeAlias
+from typing import Literal, TypeAlias, get_args
 
 EventKind = Literal["prediction", "metric", "label"]
+# The one table of aggregation names: the contract, the math (service.aggregation) and the API use these.
 ScalarAggregation = Literal["ARITHMETIC_MEAN", "GEOMETRIC_MEAN", "HARMONIC_MEAN", "SUM"]
+Aggregation = Literal[ScalarAggregation, "CONFUSION_MATRIX"]
 ConfusionMatrixValue: TypeAlias = tuple[int, int, int, int]
 
-SCALAR_AGGREGATIONS: frozenset[str] = frozenset({"ARITHMETIC_MEAN", "GEOMETRIC_MEAN", "HARMONIC_MEAN", "SUM"})
-CONFUSION_MATRIX_AGGREGATION = "CONFUSION_MATRIX"
+AGGREGATIONS: tuple[Aggregation, ...] = get_args(Aggregation)
+SCALAR_AGGREGATIONS: frozenset[str] = frozenset(get_args(ScalarAggregation))
+CONFUSION_MATRIX_AGGREGATION: Aggregation = "CONFUSION_MATRIX"
+DEFAULT_AGGREGATION: ScalarAggregation = "ARITHMETIC_MEAN"  # Labelbox's default, and customMetrics' (DESIGN §4.4)
 RESERVED_METRIC_NAMES: tuple[str, ...] = (
     "true_positive_count",
     "false_positive_count",

@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Literal, NamedTuple, TypeAlias
 import orjson
 from msgspec import Struct
 
-from service.events.constants import ConfusionMatrixValue, EventKind, ScalarAggregation
+from service.events.constants import DEFAULT_AGGREGATION, ConfusionMatrixValue, EventKind, ScalarAggregation
 from service.events.ndjson import CustomMetricLeaf, collect_leaves, prediction_body
 from service.events.uuids import metric_uuid, prediction_prefix, prediction_uuid
 from service.events.wire import DataRowRef
@@ -176,7 +176,7 @@ class ScalarMetricRow(_MetricRowBase):
 
     metric_name: str | None = None
     value: float | dict[float, float] = 0.0
-    aggregation: ScalarAggregation = "ARITHMETIC_MEAN"
+    aggregation: ScalarAggregation = DEFAULT_AGGREGATION
 
     def ndjson_value(self) -> Any:
         if isinstance(self.value, dict):

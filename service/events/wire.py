@@ -16,17 +16,19 @@ untracked instances keep the garbage collector's passes off the hot path.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType, field
 
 from service.events.constants import (
+    AGGREGATIONS,
     CONFUSION_MATRIX_MAX_COUNT,
     MAX_CONFIDENCE_SCORES,
     MIN_CONFIDENCE_SCORES,
     UUID_PATTERN,
 )
+from service.events.constants import Aggregation as AggregationName
 
 # Blank (whitespace-only) strings are rejected by the checks (a msgspec pattern runs Python's re per
 # string, several times the cost of the rest of the decode); the JSON Schema says it as a pattern.
@@ -69,9 +71,9 @@ MetricValue = Annotated[
     float | MatrixValue | ConfidenceKeyed,
     Meta(extra={"expect": "a number, [TP, FP, TN, FN] or a confidence-keyed object"}),
 ]
-_AGGREGATIONS = "ARITHMETIC_MEAN, GEOMETRIC_MEAN, HARMONIC_MEAN, SUM, CONFUSION_MATRIX"
+_AGGREGATIONS = ", ".join(AGGREGATIONS)
 Aggregation = Annotated[
-    Literal["ARITHMETIC_MEAN", "GEOMETRIC_MEAN", "HARMONIC_MEAN", "SUM", "CONFUSION_MATRIX"],
+    AggregationName,
     Meta(extra={"expect": f"a string, one of {_AGGREGATIONS}", "one_of": _AGGREGATIONS}),
 ]
 StringList = Annotated[list[NonEmptyStr], Meta(min_length=1, extra={"expect": "a list of strings"})]
