@@ -16,6 +16,7 @@ import contextlib
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Sequence
+from itertools import chain
 from pathlib import Path
 from typing import Any, Protocol, cast
 
@@ -534,7 +535,7 @@ def _upsert_delete(
         per = max(1, min(1000, 30000 // len(cols)))
         for i in range(0, len(upserts), per):
             chunk = upserts[i : i + per]
-            cur.execute(sql(head + ", ".join([one] * len(chunk)) + tail), [x for r in chunk for x in r])
+            cur.execute(sql(head + ", ".join([one] * len(chunk)) + tail), list(chain.from_iterable(chunk)))
     if deletes:
         deletes.sort()
         cur.executemany(sql(f"DELETE FROM {table} WHERE " + " AND ".join(f"{c}=?" for c in key_cols)), deletes)
@@ -551,7 +552,7 @@ def _insert_many(
     for i in range(0, len(rows), per):
         chunk = rows[i : i + per]
         stmt = head + ", ".join([one] * len(chunk)) + " ON CONFLICT DO NOTHING"
-        cur.execute(sql(stmt), [x for r in chunk for x in r])
+        cur.execute(sql(stmt), list(chain.from_iterable(chunk)))
 
 
 def open_backend(settings: Settings) -> SqlStateBackend:
