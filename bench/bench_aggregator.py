@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import inspect
 import json
 import os
@@ -201,15 +202,34 @@ async def aggregator_rate(
     name = "_process" if hasattr(agg, "_process") else "_handle"
     orig = getattr(agg, name)
 
+    busy = [0.0, 0.0]  # seconds inside the batch step, end of the last batch
+
     async def timed(*args: object) -> None:
+        t = time.perf_counter()
         if not t_first:
-            t_first.append(time.perf_counter())
+            t_first.append(t)
         await orig(*args)
+        busy[1] = time.perf_counter()
+        busy[0] += busy[1] - t
+
+    # cyclic GC pauses during the run (the service tunes the GC; they are still a share of the time)
+    gc_time = [0.0, 0.0]
+
+    def on_gc(phase: str, _info: dict[str, Any]) -> None:
+        if phase == "start":
+            gc_time[1] = time.perf_counter()
+        elif t_first and not done.is_set():
+            gc_time[0] += time.perf_counter() - gc_time[1]
 
     setattr(agg, name, timed)
+    gc.callbacks.append(on_gc)
     task = asyncio.create_task(agg.run(stop))
-    await done.wait()
-    elapsed = time.perf_counter() - t_first[0]
+    try:
+        await done.wait()
+    finally:
+        gc.callbacks.remove(on_gc)
+    t_done = time.perf_counter()
+    elapsed = t_done - t_first[0]
     stop.set()
     await task
     backend.close()
@@ -220,6 +240,10 @@ async def aggregator_rate(
         "median_commit_gap_s": statistics.median(gaps) if gaps else 0.0,
         "rejected": float(agg.stats.rejected),
         "invalid": float(agg.stats.invalid),
+        "batch_busy_s": busy[0],  # parse, prefetch, apply (and mid-batch commit starts)
+        "tail_s": t_done - busy[1],  # last batch applied → its offsets durable
+        "gc_s": gc_time[0],
+        "elapsed_s": elapsed,
     }
     return sum(want.values()) / elapsed, extra
 
@@ -367,6 +391,10 @@ async def main() -> None:
             f"aggregator={agg:,.0f}/s ratio={agg / drain:.1%} commits={extra['commits']:.0f} "
             f"commit_gap_median/max={extra['median_commit_gap_s']:.2f}/{extra['max_commit_gap_s']:.2f}s "
             f"dlq={extra['rejected']:.0f} skipped={extra['invalid']:.0f}"
+        )
+        print(
+            f"aggregator time {extra['elapsed_s']:.2f}s: in batches {extra['batch_busy_s']:.2f}s, "
+            f"last batch → durable {extra['tail_s']:.2f}s, GC pauses {extra['gc_s']:.2f}s"
         )
         parse = parse_rate(values)
         print(f"parse_event alone={parse:,.0f}/s (share of aggregator time {agg / parse:.0%})")

@@ -11,9 +11,10 @@ The loop reads poll → parse → apply → checkpoint. Each poll (up to ``max_b
 parsed first, then every cold state row the batch will read is loaded with one query per table
 (CachedState.prefetch), then the messages are applied in chunks of ``apply_chunk`` with
 service.aggregation.apply_batch (leaf writes collected per tree, each changed tree recomputed
-once). The commit lifecycle is service.state.Checkpoint: at each tick past the interval the
-changes are encoded to rows and written in a thread while the next chunks are applied
-(pipelined); the next commit (or a rebalance) first waits for it. Ticks come between chunks,
+once). The commit lifecycle is service.state.Checkpoint: at each tick past the interval (or as
+soon as a poll comes back empty: caught up, nothing to batch the changes with) the changes are
+encoded to rows and written in a thread while the next chunks are applied (pipelined);
+the next commit (or a rebalance) first waits for it. Ticks come between chunks,
 so the interval holds however long a poll batch takes. State and offsets still go in one
 transaction, and the cache keeps every row of the in-flight commit, so nothing reads a stale
 row; if the commit is fenced off, everything since the stored offsets is dropped and re-read
@@ -215,7 +216,7 @@ class Aggregator:
                 async with self._lock:
                     if batch:
                         await self._process(batch)
-                    await checkpoint.tick()
+                    await checkpoint.tick(idle=not batch)
                     self._sync_stats()
                     published = checkpoint.take_published()
                 if published:

@@ -489,9 +489,9 @@ class MessageOps:
 
 def normalize_value(value: object) -> LeafValue:
     """Metric value (scalar, [TP,FP,TN,FN], or confidence-keyed dict of those) → per-key dict."""
-    if isinstance(value, Mapping):
-        return {confidence_key(k): _one_value(v) for k, v in value.items()}
-    return {"": _one_value(value)}
+    if type(value) is tuple or type(value) is list or not isinstance(value, Mapping):  # ABC check last: slow
+        return {"": _one_value(value)}
+    return {confidence_key(k): _one_value(v) for k, v in value.items()}
 
 
 def confidence_key(k: object) -> str:
@@ -501,7 +501,7 @@ def confidence_key(k: object) -> str:
 
 def _one_value(v: object) -> Value:
     if isinstance(v, list | tuple):
-        a, b, c, d = (int(x) for x in v)
+        a, b, c, d = map(int, v)
         return (a, b, c, d)
     return float(v)  # type: ignore[arg-type]
 

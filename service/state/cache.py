@@ -163,15 +163,19 @@ class CachedState:
         places: set[tuple[str, str, int, str, str, str]] = set()
         for ops in batch:
             run = ops.run
-            for leaf in (*ops.metric_rows, *(x for ann in ops.annotations for x in ann.leaves)):
-                metric = leaf.metric
+            leaves = ops.metric_rows
+            if ops.annotations:
+                leaves = [*leaves, *(x for ann in ops.annotations for x in ann.leaves)]
+                for ann in ops.annotations:
+                    anns.add((run, ann.uuid))
+            for metric, _aggregation, dr, f, s, value in leaves:
                 defs.add((run, metric))
-                trees.add((run, metric, leaf.data_row))
-                level, f, s = leaf.level, leaf.feature or "", leaf.subclass or ""
-                for ck in leaf.value:
+                trees.add((run, metric, dr))
+                # MetricLeaf.level, inlined (once per leaf of every message)
+                level = LEVEL_SUBCLASS if s is not None else LEVEL_DATA_ROW if f is None else LEVEL_FEATURE
+                f, s = f or "", s or ""
+                for ck in value:
                     places.add((run, metric, level, f, s, ck))
-            for ann in ops.annotations:
-                anns.add((run, ann.uuid))
         self._load("rs_metric_defs", defs, ch.metric_defs, self._defs, _decode_def_row)
         self._load("rs_annotations", anns, ch.annotations, self._anns, _decode_ann_row)
         old_defs: set[tuple[str, str]] = set()

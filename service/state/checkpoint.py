@@ -5,8 +5,9 @@ touch the same three things — the positions applied so far, the offsets the st
 the commit in flight — and their order is what makes the aggregator exactly-once:
 
 - :meth:`advance` records the next offset to apply of a partition after a batch is applied.
-- :meth:`tick` (called between batches): lands a finished commit; at the commit deadline it
-  starts the next one — the changes encoded to rows now, written in a thread while the next
+- :meth:`tick` (called between batches): lands a finished commit; at the commit deadline (or
+  sooner, once the consumer has caught up: ``idle``) it starts the next one —
+  the changes encoded to rows now, written in a thread while the next
   batches are applied; state and offsets go in one store transaction. A commit still running
   at the deadline is not waited for: the next one starts once it has landed.
 - A commit fenced off (:class:`~service.state.store.StaleStateError`: another replica moved
@@ -82,15 +83,22 @@ class Checkpoint:
 
     # ---- commits
 
-    async def tick(self, *, evict: bool = True) -> bool:
+    async def tick(self, *, evict: bool = True, idle: bool = False) -> bool:
         """Land a finished commit; at the deadline start the next. False if fenced off meanwhile.
 
         ``evict=False`` keeps every cached row (mid-batch: the rest of the batch reads them).
+        ``idle=True`` (the last poll returned nothing: the consumer has caught up) starts a commit
+        of what is pending without waiting for the deadline: the interval bounds how long applied
+        changes wait to be durable under load, and with nothing left to read there is nothing to
+        batch them with, so the aggregates and offsets become durable (and visible) right away.
         """
         stale = self.stale
         if self._inflight is not None and self._inflight.done():
             await self._finish(evict=evict)
-        if time.monotonic() >= self._next_commit and self._inflight is None:
+        if idle and self._inflight is None and self._pending():
+            self._start()
+            self._next_commit = time.monotonic() + self.interval
+        elif time.monotonic() >= self._next_commit and self._inflight is None:
             # A commit still being written past the deadline is not waited for: the loop keeps
             # applying, and the next commit starts at the first tick after it landed (larger, so
             # the store writes more rows per transaction when it cannot keep up with the interval).
@@ -124,6 +132,12 @@ class Checkpoint:
             return None
         self.published = False
         return {tp: o for tp, o in self.stored.items() if tp in self.assigned}
+
+    def _pending(self) -> bool:
+        """Something applied is not yet in the store (state changes or moved positions)."""
+        if len(self.state.changes):
+            return True
+        return any(pos != self.stored.get(tp) for tp, pos in self.positions.items())
 
     def _start(self) -> None:
         """Encode state changes + next offsets and start writing them (one store transaction)

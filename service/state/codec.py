@@ -76,7 +76,13 @@ ROOT = ("", LEVEL_DATA_ROW, "", "")  # the data-row node of the plain (not confi
 
 def _num(v: Value) -> float | None:
     """The indexed number of a node value (None: not comparable, e.g. F1 undefined, or NaN)."""
-    num = v if type(v) is float else numeric_value(v)
+    if type(v) is float:
+        return v if v == v else None
+    if type(v) is tuple:  # a confusion matrix compares as its F1 (numeric_value), without the ratios dict
+        tp, fp, _tn, fn = v
+        d = 2 * tp + fp + fn
+        return 2 * tp / d if d else None
+    num = numeric_value(v)
     return num if num is not None and num == num else None
 
 

@@ -127,3 +127,34 @@ def test_a_slow_commit_does_not_block_the_loop(tmp_path: Path) -> None:
     finally:
         backend.gate.set()
         backend.close()
+
+
+def test_an_idle_tick_commits_before_the_deadline(tmp_path: Path) -> None:
+    """Caught up (the poll came back empty): what is applied is committed without waiting for the
+    interval; with work still arriving, the deadline rules; nothing pending, no commit."""
+    backend = SqlStateBackend.sqlite(tmp_path / "state.sqlite3")
+
+    async def go() -> None:
+        state = CachedState(backend)
+        cp = Checkpoint(backend, state, GROUP, interval_s=3600.0)
+        await cp.on_assigned({TP})
+        apply_batch(state, [_ops(1.0)])
+        cp.advance(TP, 1)
+        await cp.tick()
+        await cp.wait_idle()
+        assert cp.commits == 0 and backend.load_offsets(GROUP, [TP]) == {}
+        await cp.tick(idle=True)
+        for _ in range(1000):
+            if await cp.tick(idle=True) and cp.commits == 1:
+                break
+            await asyncio.sleep(0.01)
+        assert cp.commits == 1 and backend.load_offsets(GROUP, [TP]) == {TP: 1} and _sum(backend) == 1.0
+        for _ in range(5):
+            await cp.tick(idle=True)
+            await cp.wait_idle()
+        assert cp.commits == 1  # nothing pending: idle ticks write nothing
+
+    try:
+        asyncio.run(go())
+    finally:
+        backend.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -242,3 +243,23 @@ def test_concurrent_opens_of_a_new_postgres_store(tmp_path: Path) -> None:
         finally:
             with psycopg.connect(dsn, autocommit=True) as admin:
                 admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def test_wal_is_checkpointed_between_commits_not_inside_them(tmp_path: Path) -> None:
+    """The writer's COMMIT never copies the WAL into the database (autocheckpoint off); the
+    checkpointer thread does, so the database file catches up while the backend stays open."""
+    path = tmp_path / "s.sqlite3"
+    backend = SqlStateBackend.sqlite(path)
+    try:
+        assert backend._all("PRAGMA wal_autocheckpoint", ()) == [(0,)]
+        state = CachedState(backend)
+        ops = MessageOps("r", metric_rows=[_leaf({"": i / 7}, dr=f"id:d{i}") for i in range(3000)])
+        apply_message(state, ops)
+        before = path.stat().st_size
+        backend.commit(GROUP, state.take_changes(), {P0: 1}, {P0: None})
+        deadline = time.monotonic() + 10
+        while path.stat().st_size <= before + 100_000 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert path.stat().st_size > before + 100_000, "the WAL was not checkpointed into the database"
+    finally:
+        backend.close()
