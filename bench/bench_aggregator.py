@@ -51,7 +51,7 @@ from service.config import Settings
 from service.events import parse_event
 from service.kafka import create_topics
 from service.query_api import build_query_app
-from service.state_store import CachedState, SqlStateBackend
+from service.state import CachedState, SqlStateBackend
 
 
 def rss_mb() -> float:

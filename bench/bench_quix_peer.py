@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_aggregator import aggregator_rate, end_total, produce, raw_drain
 
 from service.kafka import create_topics
-from service.state_store import SqlStateBackend
+from service.state import SqlStateBackend
 
 ROOT = Path(__file__).resolve().parents[1]
 QUIX_PYTHON = ROOT / ".venv-quix" / "bin" / "python"

@@ -52,7 +52,7 @@ from bench.drill_events import POISON, DrillStream, Produced, RunReference, diff
 from bench.drill_procs import PrivatePostgres, RssSampler, ServiceProcess, free_port, fresh_database
 from consumers.dlq.headers import DlqHeaders
 from service.devkafka import DevKafka
-from service.state_store import SqlStateBackend
+from service.state import SqlStateBackend
 
 API_KEY = "drill-api-key-0123456789"
 ADMIN = "drill-admin"

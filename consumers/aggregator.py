@@ -126,16 +126,10 @@ class AggregatorProbe:
 
 
 class AggregatorStats:
-    """Counters the HTTP layer (health/metrics) can read."""
+    """What the bench and readiness read; commits, fencing and assignment are the Checkpoint's."""
 
-    applied: int = 0
-    rejected: int = 0
-    invalid: int = 0
-    commits: int = 0
-    stale: int = 0
-    rebalances: int = 0
-    last_commit_at: float = 0.0
-    assigned: int = 0
+    rejected: int = 0  # messages dead-lettered (aggregate.conflict / aggregate.domain)
+    invalid: int = 0  # messages that failed parsing (the uploader dead-letters them)
     recovering: bool = True
 
 
@@ -217,13 +211,11 @@ class Aggregator:
                     if batch:
                         await self._process(batch)
                     await checkpoint.tick(idle=not batch)
-                    self._sync_stats()
                     published = checkpoint.take_published()
                 if published:
                     await self._kafka_commit(published)
             async with self._lock:
                 await checkpoint.close()
-                self._sync_stats()
                 published = checkpoint.take_published()
             if published:
                 await bounded(self._kafka_commit(published), "Kafka offset mirror commit")
@@ -235,11 +227,6 @@ class Aggregator:
             finally:
                 if self._own_dlq and self._dlq is not None:
                     await self._dlq.stop()
-
-    def _sync_stats(self) -> None:
-        cp, stats = self.checkpoint, self.stats
-        stats.commits, stats.stale, stats.last_commit_at = cp.commits, cp.stale, cp.last_commit_at
-        stats.assigned = len(cp.assigned)
 
     # ---- per batch
 
@@ -289,9 +276,7 @@ class Aggregator:
         events = self.metrics.events
         for (topic, outcome), n in outcomes.items():
             events.labels(self.group, topic, outcome).inc(n)
-            if outcome == "applied":
-                stats.applied += n
-            elif outcome == "dlq":
+            if outcome == "dlq":
                 stats.rejected += n
             else:
                 stats.invalid += n
@@ -349,17 +334,12 @@ class Aggregator:
         """Flush state + offsets while we still own the partitions, then forget cached state."""
         async with self._lock:
             self.stats.recovering = True
-            self.stats.rebalances += 1
-            try:
-                await self.checkpoint.on_revoked({(tp.topic, tp.partition) for tp in revoked})
-            finally:
-                self._sync_stats()
+            await self.checkpoint.on_revoked({(tp.topic, tp.partition) for tp in revoked})
 
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
         """Seek every new partition to the offset the store holds (the beginning if none)."""
         async with self._lock:
             await self.checkpoint.on_assigned({(tp.topic, tp.partition) for tp in assigned})
-            self._sync_stats()
             self.stats.recovering = False
 
 

@@ -29,18 +29,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple, Protocol, TypeAlias
+from typing import Any, NamedTuple, Protocol, TypeAlias
 
 from service.errors import RunstreamError
+from service.events.constants import Aggregation
 
-Aggregation = Literal["ARITHMETIC_MEAN", "GEOMETRIC_MEAN", "HARMONIC_MEAN", "SUM", "CONFUSION_MATRIX"]
-AGGREGATIONS: tuple[Aggregation, ...] = (
-    "ARITHMETIC_MEAN",
-    "GEOMETRIC_MEAN",
-    "HARMONIC_MEAN",
-    "SUM",
-    "CONFUSION_MATRIX",
-)
 CM: TypeAlias = tuple[int, int, int, int]  # [TP, FP, TN, FN]
 Value: TypeAlias = float | CM
 LeafValue: TypeAlias = dict[str, Value]  # confidence key ("" = plain) → value
@@ -198,9 +191,6 @@ class Agg:
             return math.exp(from_fixed(self.s) / self.n)
         return self.n / from_fixed(self.s)
 
-    def copy(self) -> Agg:
-        return Agg(self.n, self.zeros, self.s, self.cm)
-
     def encode(self) -> str:
         return f"{self.n},{self.zeros},{encode_int(self.s)},{self.cm[0]},{self.cm[1]},{self.cm[2]},{self.cm[3]}"
 
@@ -218,19 +208,25 @@ def aggregate(values: Iterable[Value], aggregation: Aggregation) -> Value | None
     return agg.result(aggregation)
 
 
+def f1(cm: CM) -> float | None:
+    """F1 = 2TP / (2TP + FP + FN), None only when that denominator is 0 (DESIGN §4.4)."""
+    tp, fp, _tn, fn = cm
+    d = 2 * tp + fp + fn
+    return 2 * tp / d if d else None
+
+
 def cm_ratios(cm: CM) -> dict[str, float | None]:
     """Precision, recall and F1 of [TP, FP, TN, FN]; None where the denominator is zero."""
     tp, fp, _tn, fn = cm
     precision = tp / (tp + fp) if tp + fp else None
     recall = tp / (tp + fn) if tp + fn else None
-    f1 = 2 * tp / (2 * tp + fp + fn) if 2 * tp + fp + fn else None
-    return {"precision": precision, "recall": recall, "f1": f1}
+    return {"precision": precision, "recall": recall, "f1": f1(cm)}
 
 
 def numeric_value(value: Value) -> float | None:
     """The number a filter compares: the scalar itself, or F1 for a confusion matrix."""
     if isinstance(value, tuple):
-        return cm_ratios(value)["f1"]
+        return f1(value)
     return value
 
 
@@ -452,8 +448,8 @@ class MemoryState:
 class MetricLeaf(NamedTuple):
     """One leaf value to set: a metric row, or one customMetric of an annotation.
 
-    A NamedTuple (immutable like the frozen dataclass it was, about half the cost to build:
-    one is made per metric row of every message).
+    A NamedTuple: immutable, and about half the cost of a frozen dataclass to build (one is made per
+    metric row of every message).
     """
 
     metric: str

@@ -12,8 +12,8 @@ from collections import OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from service.aggregation import LEVEL_DATA_ROW, LEVEL_FEATURE, Agg, Aggregation, Value
-from service.events.constants import DEFAULT_AGGREGATION
+from service.aggregation import LEVEL_DATA_ROW, LEVEL_FEATURE, Agg, Value
+from service.events.constants import DEFAULT_AGGREGATION, Aggregation
 
 SeriesKey = tuple[str, str]  # (metric, feature or "" for the run level)
 

@@ -29,7 +29,6 @@ from service.aggregation import (
     LEVEL_FEATURE,
     LEVEL_SUBCLASS,
     Agg,
-    Aggregation,
     Value,
     aggregate,
     cm_ratios,
@@ -37,10 +36,10 @@ from service.aggregation import (
 )
 from service.config import Settings
 from service.events import schema as events_schema
-from service.events.constants import DEFAULT_AGGREGATION
+from service.events.constants import DEFAULT_AGGREGATION, Aggregation
 from service.events.schema import SCHEMA_NAMES
 from service.query_openapi import openapi_document
-from service.state_store import NodeRow, StateBackend
+from service.state import NodeRow, StateBackend
 
 MAX_BODY_BYTES = 1_048_576
 MAX_SLICE_ROWS = 10_000

@@ -41,7 +41,7 @@ from service.metric_history import MetricHistory, run_level_values
 from service.ops_http import add_ops_routes
 from service.prometheus import ConsumerMetrics
 from service.query_api import build_query_app, run_metrics_document
-from service.state_store import StateBackend, open_backend
+from service.state import StateBackend, open_backend
 
 log = logging.getLogger("runstream.run")
 ROLES = ("uploader", "aggregator", "all")

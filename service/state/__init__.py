@@ -14,11 +14,11 @@ from service.state.checkpoint import Checkpoint
 from service.state.codec import Changes, EncodedChanges, decode_tree, tree_node_values
 from service.state.query import NodeRow, StateQueries, StateReader
 from service.state.store import (
+    PartitionKey,
     SqlStateBackend,
     StaleStateError,
     StateBackend,
     StateStoreError,
-    TopicPartition,
     open_backend,
 )
 
@@ -28,13 +28,13 @@ __all__ = [
     "Checkpoint",
     "EncodedChanges",
     "NodeRow",
+    "PartitionKey",
     "SqlStateBackend",
     "StaleStateError",
     "StateBackend",
     "StateQueries",
     "StateReader",
     "StateStoreError",
-    "TopicPartition",
     "decode_tree",
     "open_backend",
     "tree_node_values",

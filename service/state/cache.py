@@ -12,7 +12,6 @@ from service.aggregation import (
     LEVEL_FEATURE,
     LEVEL_SUBCLASS,
     Agg,
-    Aggregation,
     AnnotationLeaf,
     LeafKey,
     LeafValue,
@@ -24,6 +23,7 @@ from service.aggregation import (
     TreeKey,
     Value,
 )
+from service.events.constants import Aggregation
 from service.state.codec import Changes, decode_tree
 from service.state.store import StateBackend
 

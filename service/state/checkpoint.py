@@ -28,12 +28,12 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Protocol
 
 from service.state.cache import CachedState
-from service.state.store import StaleStateError, StateBackend, TopicPartition
+from service.state.store import PartitionKey, StaleStateError, StateBackend
 
 log = logging.getLogger("runstream.aggregator")
 
 # seek(partition, offset): position the consumer; offset None = the beginning of the partition
-Seek = Callable[[TopicPartition, int | None], Awaitable[None]]
+Seek = Callable[[PartitionKey, int | None], Awaitable[None]]
 
 
 class _Observer(Protocol):
@@ -61,15 +61,15 @@ class Checkpoint:
         self.seek = seek
         self.on_commit = on_commit
         self.commit_seconds = commit_seconds
-        self.assigned: set[TopicPartition] = set()
-        self.positions: dict[TopicPartition, int] = {}  # next offset to apply, per assigned partition
-        self.stored: dict[TopicPartition, int] = {}  # offset the store holds (fencing expectation)
+        self.assigned: set[PartitionKey] = set()
+        self.positions: dict[PartitionKey, int] = {}  # next offset to apply, per assigned partition
+        self.stored: dict[PartitionKey, int] = {}  # offset the store holds (fencing expectation)
         self.commits = 0
         self.stale = 0
         self.last_commit_at = 0.0
         self.published = False  # a commit landed since offsets were last mirrored to Kafka
         self._inflight: asyncio.Task[None] | None = None
-        self._inflight_offsets: dict[TopicPartition, int] = {}
+        self._inflight_offsets: dict[PartitionKey, int] = {}
         self._inflight_started = 0.0
         self._next_commit = time.monotonic() + interval_s
 
@@ -77,7 +77,7 @@ class Checkpoint:
         """The first commit is due one interval from now."""
         self._next_commit = time.monotonic() + self.interval
 
-    def advance(self, tp: TopicPartition, next_offset: int) -> None:
+    def advance(self, tp: PartitionKey, next_offset: int) -> None:
         """Everything before ``next_offset`` of ``tp`` is applied to the state."""
         self.positions[tp] = next_offset
 
@@ -126,7 +126,7 @@ class Checkpoint:
             await asyncio.wait([self._inflight])
             self._inflight = None
 
-    def take_published(self) -> dict[TopicPartition, int] | None:
+    def take_published(self) -> dict[PartitionKey, int] | None:
         """The stored offsets of assigned partitions if a commit landed since the last call."""
         if not self.published:
             return None
@@ -184,7 +184,7 @@ class Checkpoint:
 
     # ---- assignment
 
-    async def _load_and_seek(self, partitions: Iterable[TopicPartition]) -> None:
+    async def _load_and_seek(self, partitions: Iterable[PartitionKey]) -> None:
         parts = sorted(partitions)
         stored = await asyncio.to_thread(self.backend.load_offsets, self.group, parts)
         for tp in parts:
@@ -196,13 +196,13 @@ class Checkpoint:
             if self.seek is not None:
                 await self.seek(tp, stored.get(tp))
 
-    async def on_assigned(self, partitions: set[TopicPartition]) -> None:
+    async def on_assigned(self, partitions: set[PartitionKey]) -> None:
         """Seek every new partition to the offset the store holds (the beginning if none)."""
         self.state.reset()
         self.assigned |= partitions
         await self._load_and_seek(partitions)
 
-    async def on_revoked(self, partitions: set[TopicPartition]) -> None:
+    async def on_revoked(self, partitions: set[PartitionKey]) -> None:
         """Flush state + offsets while we still own the partitions, then forget cached state."""
         try:
             await self.flush()

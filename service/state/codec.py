@@ -17,7 +17,6 @@ import orjson
 from service.aggregation import (
     LEVEL_DATA_ROW,
     Agg,
-    Aggregation,
     AnnotationLeaf,
     LeafSub,
     LeafValue,
@@ -27,8 +26,10 @@ from service.aggregation import (
     Tree,
     TreeKey,
     Value,
+    f1,
     numeric_value,
 )
+from service.events.constants import Aggregation
 
 # --------------------------------------------------------------------------------------------
 # the stored unit: one data row's metric tree (service.aggregation.Tree), one row each.
@@ -78,10 +79,8 @@ def _num(v: Value) -> float | None:
     """The indexed number of a node value (None: not comparable, e.g. F1 undefined, or NaN)."""
     if type(v) is float:
         return v if v == v else None
-    if type(v) is tuple:  # a confusion matrix compares as its F1 (numeric_value), without the ratios dict
-        tp, fp, _tn, fn = v
-        d = 2 * tp + fp + fn
-        return 2 * tp / d if d else None
+    if type(v) is tuple:  # a confusion matrix compares as its F1
+        return f1(v)
     num = numeric_value(v)
     return num if num is not None and num == num else None
 

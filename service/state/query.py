@@ -12,9 +12,9 @@ from typing import Any, Protocol, cast
 
 from service.aggregation import (
     Agg,
-    Aggregation,
     Value,
 )
+from service.events.constants import Aggregation
 from service.state.codec import ROOT, tree_node_values
 
 

@@ -24,7 +24,6 @@ import orjson
 
 from service.aggregation import (
     Agg,
-    Aggregation,
     AnnotationLeaf,
     RunAggKey,
     Tree,
@@ -32,10 +31,11 @@ from service.aggregation import (
 )
 from service.config import Settings
 from service.errors import ConfigError, RunstreamError
+from service.events.constants import Aggregation
 from service.state.codec import Changes, EncodedChanges, decode_tree
 from service.state.query import NodeRow, StateQueries
 
-TopicPartition = tuple[str, int]
+PartitionKey = tuple[str, int]  # (topic, partition): a plain tuple, cheap as a dict key
 
 _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS rs_offsets (grp TEXT NOT NULL, topic TEXT NOT NULL, part INTEGER NOT NULL,
@@ -95,14 +95,14 @@ class StateBackend(Protocol):
     def load_run_agg(self, key: RunAggKey) -> Agg | None: ...
     def load_metric_def(self, run: str, metric: str) -> Aggregation | None: ...
     def load_annotation(self, run: str, uuid: str) -> tuple[AnnotationLeaf, ...] | None: ...
-    def load_offsets(self, group: str, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]: ...
+    def load_offsets(self, group: str, partitions: Iterable[PartitionKey]) -> dict[PartitionKey, int]: ...
     def load_many(self, table: str, keys: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]: ...
     def commit(
         self,
         group: str,
         changes: Changes | EncodedChanges,
-        offsets: dict[TopicPartition, int],
-        expected: dict[TopicPartition, int | None],
+        offsets: dict[PartitionKey, int],
+        expected: dict[PartitionKey, int | None],
     ) -> None: ...
     def list_runs(self) -> list[tuple[str, float]]: ...
     def run_exists(self, run: str) -> bool: ...
@@ -257,8 +257,8 @@ class SqlStateBackend(StateQueries):
             return None
         return tuple((m, dr, int(lvl), f, s) for m, dr, lvl, f, s in orjson.loads(row[0]))
 
-    def load_offsets(self, group: str, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
-        out: dict[TopicPartition, int] = {}
+    def load_offsets(self, group: str, partitions: Iterable[PartitionKey]) -> dict[PartitionKey, int]:
+        out: dict[PartitionKey, int] = {}
         for topic, part in partitions:
             row = self._one(
                 "SELECT next_offset FROM rs_offsets WHERE grp=? AND topic=? AND part=?", (group, topic, part)
@@ -311,8 +311,8 @@ class SqlStateBackend(StateQueries):
         self,
         group: str,
         changes: Changes | EncodedChanges,
-        offsets: dict[TopicPartition, int],
-        expected: dict[TopicPartition, int | None],
+        offsets: dict[PartitionKey, int],
+        expected: dict[PartitionKey, int | None],
     ) -> None:
         """Write state changes and offsets atomically; StaleStateError if fenced off."""
         enc = changes.encode() if isinstance(changes, Changes) else changes
@@ -333,7 +333,7 @@ class SqlStateBackend(StateQueries):
             self._checkpointer.poke()
 
     def _write_offsets(
-        self, cur: Any, group: str, offsets: dict[TopicPartition, int], expected: dict[TopicPartition, int | None]
+        self, cur: Any, group: str, offsets: dict[PartitionKey, int], expected: dict[PartitionKey, int | None]
     ) -> None:
         for (topic, part), nxt in sorted(offsets.items()):
             exp = expected.get((topic, part))

@@ -27,7 +27,7 @@ from kafka_io import end_offsets
 from row_uuid import row_uuid
 
 from service.devkafka import free_port
-from service.state_store import SqlStateBackend
+from service.state import SqlStateBackend
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = str(ROOT / ".venv" / "bin" / "python")

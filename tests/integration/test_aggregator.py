@@ -40,7 +40,7 @@ from service.aggregation import (
     numeric_value,
 )
 from service.kafka import create_topics
-from service.state_store import CachedState, SqlStateBackend, decode_tree
+from service.state import CachedState, SqlStateBackend, decode_tree
 
 
 def _topics(bootstrap: str, unique_id: Callable[[str], str], partitions: int = 3) -> dict[str, str]:

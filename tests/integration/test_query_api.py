@@ -31,7 +31,7 @@ from service.aggregation import apply_message
 from service.config import Settings
 from service.events import parse_event
 from service.query_api import MAX_BODY_BYTES, MAX_ID_CHARS, MAX_SLICE_ROWS, build_query_app
-from service.state_store import CachedState, SqlStateBackend
+from service.state import CachedState, SqlStateBackend
 
 RUN = "qa-run"
 OTHER_RUN = "qa-other"

@@ -41,7 +41,7 @@ from service.metric_history import MetricHistory
 from service.ops_http import add_ops_routes
 from service.prometheus import ConsumerMetrics
 from service.query_api import build_query_app, run_metrics_document
-from service.state_store import SqlStateBackend
+from service.state import SqlStateBackend
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 MAX_EXAMPLES = 40

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from service.aggregation import AnnotationUpdate, MessageOps, MetricLeaf, apply_message
-from service.state_store import CachedState, Changes, SqlStateBackend, StaleStateError
+from service.state import CachedState, Changes, SqlStateBackend, StaleStateError
 
 GROUP = "agg"
 P0, P1 = ("runstream.metrics", 0), ("runstream.metrics", 1)
