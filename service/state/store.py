@@ -33,7 +33,7 @@ from service.config import Settings
 from service.errors import ConfigError, RunstreamError
 from service.events.constants import Aggregation
 from service.state.codec import Changes, EncodedChanges, decode_tree
-from service.state.query import NodeRow, StateQueries
+from service.state.query import StateQueries, StateReader
 
 PartitionKey = tuple[str, int]  # (topic, partition): a plain tuple, cheap as a dict key
 
@@ -88,8 +88,9 @@ class StaleStateError(StateStoreError):
 
 _SCHEMA_LOCK_ID = 0x72756E73  # PostgreSQL advisory lock key that serializes schema creation ("runs")
 
-class StateBackend(Protocol):
-    """The storage interface; :class:`SqlStateBackend` implements it for SQLite and PostgreSQL."""
+class StateBackend(StateReader, Protocol):
+    """The storage interface (the reads of StateReader, plus loads and the commit);
+    :class:`SqlStateBackend` implements it for SQLite and PostgreSQL."""
 
     def load_tree(self, key: TreeKey) -> Tree | None: ...
     def load_run_agg(self, key: RunAggKey) -> Agg | None: ...
@@ -104,15 +105,6 @@ class StateBackend(Protocol):
         offsets: dict[PartitionKey, int],
         expected: dict[PartitionKey, int | None],
     ) -> None: ...
-    def list_runs(self) -> list[tuple[str, float]]: ...
-    def run_exists(self, run: str) -> bool: ...
-    def metric_defs(self, run: str) -> dict[str, Aggregation]: ...
-    def run_aggs(self, run: str) -> list[tuple[str, str, int, str, str, Agg]]: ...
-    def nodes_for_rows(self, run: str, rows: Sequence[str]) -> list[NodeRow]: ...
-    def rows_in_range(
-        self, run: str, metric: str, ck: str, level: int, f: str, s: str, lo: float | None, hi: float | None
-    ) -> list[str]: ...
-    def known_rows(self, run: str, rows: Sequence[str]) -> list[str]: ...
     def close(self) -> None: ...
 
 
