@@ -15,15 +15,15 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 jars: setup
-	$(PY) -m service dev-kafka fetch
+	$(PY) -m runstream dev-kafka fetch
 
 ## The main job on local defaults: dev broker, local Labelbox API, service, demo stream.
 run: jars
-	$(PY) -m service up
+	$(PY) -m runstream up
 
 lint: setup
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy service consumers
+	$(VENV)/bin/mypy service consumers runstream
 
 unit: setup
 	$(VENV)/bin/pytest -m unit

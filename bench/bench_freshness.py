@@ -7,9 +7,9 @@ Uses RUNSTREAM_KAFKA_BOOTSTRAP when set, else starts the dev broker (service.dev
 1. Writes an event file of the backfill bench's workload (bench_backfill.py: half one-row
    predictions with a customMetric ``iou`` on their own data row, half one-row ``acc`` metrics,
    spread over ``--runs`` model runs).
-2. Starts the aggregator as the service runs it (``python -m service run --role aggregator``,
+2. Starts the aggregator as the service runs it (``python -m runstream run --role aggregator``,
    SQLite, commit interval 1 s) with its HTTP API, on empty topics.
-3. Runs ``python -m service backfill FILE`` (the real command) and times it: backfill duration
+3. Runs ``python -m runstream backfill FILE`` (the real command) and times it: backfill duration
    D = process start → exit (every event written and acknowledged).
 4. Polls the API (GET /v1/model-runs/{run}/metrics, one request every 0.25 s, the run of the last
    event first, then each other run) until every run reports the expected data-row counts of both
@@ -90,7 +90,7 @@ async def run_complete(session: aiohttp.ClientSession, url: str, run: str, want:
 def start_aggregator(tmp: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
     with (tmp / "aggregator.log").open("wb") as log:
         return subprocess.Popen(
-            [PYTHON, "-m", "service", "run", "--role", "aggregator"], cwd=tmp, env=env, stdout=log, stderr=log
+            [PYTHON, "-m", "runstream", "run", "--role", "aggregator"], cwd=tmp, env=env, stdout=log, stderr=log
         )
 
 
@@ -152,7 +152,7 @@ async def main() -> None:
                 await asyncio.sleep(0.2)
             t0 = time.perf_counter()
             backfill = await asyncio.create_subprocess_exec(
-                PYTHON, "-m", "service", "backfill", str(events), cwd=str(tmp), env=env,
+                PYTHON, "-m", "runstream", "backfill", str(events), cwd=str(tmp), env=env,
                 stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
             )
             _out, err = await backfill.communicate()

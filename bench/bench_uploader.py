@@ -96,7 +96,7 @@ class Api:
 
     async def start(self) -> None:
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "service", "local-labelbox", "--port", str(self.port), "--db", str(self.db),
+            sys.executable, "-m", "runstream", "local-labelbox", "--port", str(self.port), "--db", str(self.db),
             "--api-key", API_KEY, "--admin-token", ADMIN, "--max-body-size", str(256 * 1024 * 1024),
             cwd=str(ROOT), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
         self.http = aiohttp.ClientSession(headers={"Authorization": f"Bearer {ADMIN}"})

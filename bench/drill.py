@@ -4,7 +4,7 @@
 
 Runs natively: the dev broker (service.devkafka, 6 partitions per input topic), the local
 Labelbox API (``runstream local-labelbox`` subprocess, seeded), 2 uploader and 2 aggregator
-processes (``python -m service run --role ...``) on a private PostgreSQL (or a fresh database on
+processes (``python -m runstream run --role ...``) on a private PostgreSQL (or a fresh database on
 ``RUNSTREAM_TEST_POSTGRES_DSN``). It produces the events of bench/drill_events.py at a sustained
 rate, 1 % poison of every kind, while a seeded scenario kill -9s uploaders and aggregators,
 restarts the broker keeping its data, makes the Labelbox API fail (503 window, 429 window, a

@@ -85,7 +85,7 @@ def fresh_database(dsn: str) -> str:
 
 @dataclass
 class ServiceProcess:
-    """``python -m service <args>`` as a child process with its own log file."""
+    """``python -m runstream <args>`` as a child process with its own log file."""
 
     name: str
     role: str  # uploader | aggregator | labelbox
@@ -100,7 +100,7 @@ class ServiceProcess:
     def start(self) -> None:
         with self.log.open("ab") as logf:
             self.proc = subprocess.Popen(
-                [PYTHON, "-m", "service", *self.args],
+                [PYTHON, "-m", "runstream", *self.args],
                 cwd=ROOT,
                 env={**os.environ, **self.env, "PYTHONPATH": str(ROOT)},
                 stdout=logf,

@@ -116,7 +116,7 @@ class LocalStack:
         out = log.open("ab") if log else None
         try:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "service", *args,
+                sys.executable, "-m", "runstream", *args,
                 env={**os.environ, **self.env},
                 stdout=out or asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.STDOUT,

@@ -326,7 +326,7 @@ async def wait_caught_up(bootstrap: str, topics: list[str], group: str, store: s
 
 @dataclass
 class AggProcess:
-    """``python -m service run --role aggregator`` as a real child process."""
+    """``python -m runstream run --role aggregator`` as a real child process."""
 
     env: dict[str, str]
     cwd: Path
@@ -341,7 +341,7 @@ class AggProcess:
         env = {**os.environ, **self.env}
         with self.log.open("ab") as logf:
             self.proc = subprocess.Popen(
-                [PYTHON, "-m", "service", "run", "--role", "aggregator"],
+                [PYTHON, "-m", "runstream", "run", "--role", "aggregator"],
                 cwd=self.cwd,
                 env={**env, "PYTHONPATH": str(ROOT)},
                 stdout=logf,

@@ -1,4 +1,4 @@
-"""The aggregator end to end: real broker, real `python -m service run --role aggregator`
+"""The aggregator end to end: real broker, real `python -m runstream run --role aggregator`
 process, real HTTP; every value the API returns equals a from-scratch recomputation."""
 
 from __future__ import annotations

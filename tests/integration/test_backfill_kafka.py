@@ -139,7 +139,7 @@ def run_cli(args: list[str], settings: Settings) -> subprocess.CompletedProcess[
         "RUNSTREAM_TOPIC_LABELS": settings.topic_labels,
     }
     return subprocess.run(
-        [sys.executable, "-m", "service", "backfill", *args],
+        [sys.executable, "-m", "runstream", "backfill", *args],
         cwd=REPO,
         env=env,
         capture_output=True,

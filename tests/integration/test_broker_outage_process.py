@@ -72,10 +72,10 @@ def outage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outcome]:
     log_path = tmp / "service.log"
     proc: subprocess.Popen[bytes] | None = None
     try:
-        subprocess.run([sys.executable, "-m", "service", "topics", "create", "--partitions", "2"], env=env,
+        subprocess.run([sys.executable, "-m", "runstream", "topics", "create", "--partitions", "2"], env=env,
                        cwd=ROOT, check=True, capture_output=True, timeout=60)
         with log_path.open("wb") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "service", "run", "--role", "all"], env=env, cwd=ROOT,
+            proc = subprocess.Popen([sys.executable, "-m", "runstream", "run", "--role", "all"], env=env, cwd=ROOT,
                                     stdout=log, stderr=log)
         deadline = time.monotonic() + 90
         base = f"http://127.0.0.1:{port}"

@@ -28,7 +28,7 @@ async def test_demo_produces_the_stream(kafka_bootstrap: str, new_topic: Callabl
         "RUNSTREAM_TOPIC_LABELS": settings.topic_labels,
         "RUNSTREAM_TOPIC_DLQ": settings.topic_labels + "-dlq",
     }
-    cmd = [sys.executable, "-m", "service", "demo", "--model-runs", "2", "--count", "150", "--rate", "0"]
+    cmd = [sys.executable, "-m", "runstream", "demo", "--model-runs", "2", "--count", "150", "--rate", "0"]
     proc = await asyncio.to_thread(
         subprocess.run, [*cmd, "--bad-fraction", "0.2", "--seed", "5"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=120,

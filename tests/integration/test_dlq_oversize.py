@@ -160,7 +160,7 @@ async def test_topics_create_sets_the_dlq_topics_max_message_bytes(
     env.update({"PYTHONPATH": str(ROOT), "RUNSTREAM_KAFKA_BOOTSTRAP": kafka_bootstrap, "RUNSTREAM_TOPIC_DLQ": dlq,
                 "RUNSTREAM_TOPIC_PREDICTIONS": unique_id("p"), "RUNSTREAM_TOPIC_METRICS": unique_id("m"),
                 "RUNSTREAM_TOPIC_LABELS": unique_id("l"), "RUNSTREAM_DLQ_MAX_MESSAGE_BYTES": "3145728"})
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "service", "topics", "create", "--partitions",
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "runstream", "topics", "create", "--partitions",
                                                 "1", cwd=str(ROOT), env=env)
     assert await proc.wait() == 0
     assert await topic_max_message_bytes(kafka_bootstrap, dlq, {}) == 3_145_728

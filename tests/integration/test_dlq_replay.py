@@ -51,7 +51,7 @@ async def test_replay_after_fix_delivers_and_filters_by_class(
         # dry run through the real CLI: lists, sends nothing
         env = {**os.environ, **settings_env(settings), "PYTHONPATH": str(ROOT)}
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "service", "dlq", "replay", "--error-class", "labelbox.row_failed", "--dry-run",
+            sys.executable, "-m", "runstream", "dlq", "replay", "--error-class", "labelbox.row_failed", "--dry-run",
             env=env, cwd=str(ROOT), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         out, err = await proc.communicate()
         assert proc.returncode == 0, err.decode()

@@ -1,6 +1,6 @@
 """Regression test for a bug the drill (bench/drill.py) found: a service process started while the
 broker was restarting exited at once (``KafkaConnectionError: Unable to bootstrap``, exit 1) instead
-of waiting for the broker. Both roles run as real processes (``python -m service run --role ...``)
+of waiting for the broker. Both roles run as real processes (``python -m runstream run --role ...``)
 against a broker that comes up only a few seconds after them."""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ TOPICS = {"RUNSTREAM_TOPIC_PREDICTIONS": "p", "RUNSTREAM_TOPIC_METRICS": "m", "R
 def _spawn(role: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as fh:
         return subprocess.Popen(
-            [sys.executable, "-m", "service", "run", "--role", role], cwd=ROOT,
+            [sys.executable, "-m", "runstream", "run", "--role", role], cwd=ROOT,
             env={**os.environ, **TOPICS, **env, "PYTHONPATH": str(ROOT)}, stdout=fh, stderr=subprocess.STDOUT,
         )  # fmt: skip
 

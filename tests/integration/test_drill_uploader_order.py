@@ -1,7 +1,7 @@
 """Regression test for a bug the drill (bench/drill.py) found: two batches of one model run in
 flight at once could land at Labelbox out of order, so an earlier version of a metric (or of a
 prediction re-sent with the same uuid) overwrote the later one — Labelbox upserts, the last import
-wins. The uploader runs as a real process (``python -m service run --role uploader``)."""
+wins. The uploader runs as a real process (``python -m runstream run --role uploader``)."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ async def test_batches_of_one_model_run_land_in_offset_order(
         env = {**os.environ, **settings_env(s), "RUNSTREAM_HTTP_PORT": str(free_port()), "PYTHONPATH": str(ROOT)}
         with (tmp_path / "uploader.log").open("ab") as log:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "service", "run", "--role", "uploader", cwd=str(ROOT), env=env,
+                sys.executable, "-m", "runstream", "run", "--role", "uploader", cwd=str(ROOT), env=env,
                 stdout=log, stderr=log,
             )  # fmt: skip
         try:

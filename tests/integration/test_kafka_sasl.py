@@ -147,7 +147,7 @@ def test_service_with_a_wrong_password_stops_with_a_clear_error(
     })  # fmt: skip
     started = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-m", "service", "run", "--role", role, "--no-http"],
+        [sys.executable, "-m", "runstream", "run", "--role", role, "--no-http"],
         env=env, capture_output=True, text=True, timeout=90, check=False,
     )  # fmt: skip
     out = proc.stdout + proc.stderr

@@ -17,7 +17,7 @@ def test_up_runs_the_whole_stack_and_stops(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RUNSTREAM_")}
     env["RUNSTREAM_HTTP_PORT"] = "0"  # 'up' falls back to a free port when the default is taken
     proc = subprocess.run(
-        [sys.executable, "-m", "service", "up", "--duration", "30", "--rate", "40", "--summary-every", "3",
+        [sys.executable, "-m", "runstream", "up", "--duration", "30", "--rate", "40", "--summary-every", "3",
          "--data-dir", str(tmp_path)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=240, check=False,
     )  # fmt: skip

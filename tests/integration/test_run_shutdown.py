@@ -25,7 +25,7 @@ def test_sigterm_during_kafka_start_retry_exits_0(role: str, tmp_path: Path) -> 
     })  # fmt: skip
     log = (tmp_path / "out.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "service", "run", "--role", role, "--no-http"], env=env, stdout=log, stderr=log
+        [sys.executable, "-m", "runstream", "run", "--role", role, "--no-http"], env=env, stdout=log, stderr=log
     )
     try:
         deadline = time.monotonic() + 30

@@ -78,7 +78,7 @@ def cleanup() -> Iterator[list[int]]:
 
 def start_up(env: dict[str, str], tmp_path: Path, stdout: int) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "service", "up", "--data-dir", str(tmp_path / "stack"), "--rate", "5",
+        [sys.executable, "-m", "runstream", "up", "--data-dir", str(tmp_path / "stack"), "--rate", "5",
          "--model-runs", "1", "--data-rows", "5", "--summary-every", "0.5"],
         env=env, cwd=ROOT, stdout=stdout, stderr=subprocess.DEVNULL,
     )  # fmt: skip

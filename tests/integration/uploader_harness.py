@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import GroupCoordinatorNotAvailableError
 from kafka_io import end_offsets, produce  # noqa: F401  (produce: re-exported for the uploader tests)
 from prometheus_client import CollectorRegistry
 
@@ -124,7 +125,15 @@ async def committed(bootstrap: str, group: str, topics: list[str]) -> dict[tuple
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        got = await admin.list_consumer_group_offsets(group)
+        # On a fresh broker the first group lookup can precede the offsets topic's coordinator.
+        for attempt in range(50):
+            try:
+                got = await admin.list_consumer_group_offsets(group)
+                break
+            except GroupCoordinatorNotAvailableError:
+                if attempt == 49:
+                    raise
+                await asyncio.sleep(0.2)
     finally:
         await admin.close()
     ends = await end_offsets(bootstrap, topics)

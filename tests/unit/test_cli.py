@@ -1,4 +1,4 @@
-"""Every command answers --help (the CLI is assembled from service/commands/*)."""
+"""Every command answers --help (the CLI is assembled from runstream/commands/*)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from service.cli import build_parser, main
+from runstream.cli import build_parser, main
 
 
 def _subcommands() -> list[str]:

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator
 
-from service.cli import main
+from runstream.cli import main
 from service.errors import EventValidationError, MalformedJsonError, MessageTooLargeError
 from service.events import parse_event
 from service.events.schema import SCHEMA_NAMES, SEMANTIC_ONLY_RULES, event_schema, schema_json

@@ -1,6 +1,6 @@
-"""The ``runstream`` command line (also ``python -m service``): the top layer.
+"""The ``runstream`` command line (also ``python -m runstream``): the top layer.
 
-Each command lives in its own module under ``service/commands/`` and exposes
+Each command lives in its own module under ``runstream/commands/`` and exposes
 ``register(subparsers)``; this file only assembles them, so adding a command never
 touches another command's code. The CLI is the one place under ``service/`` that imports
 ``consumers/`` (docs/DEVELOPING.md, "Layers"; tests/unit/test_layers.py).
@@ -13,10 +13,10 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-from service.commands import backfill, demo, dev_kafka, dlq, local_labelbox, run, schema, topics, up
+from runstream.commands import backfill, demo, dev_kafka, dlq, local_labelbox, run, schema, topics, up
 from service.errors import RunstreamError
 
-# Modules under service.commands, in the order --help lists them.
+# Modules under runstream.commands, in the order --help lists them.
 COMMAND_MODULES: tuple[ModuleType, ...] = (up, run, backfill, demo, local_labelbox, dev_kafka, topics, dlq, schema)
 
 

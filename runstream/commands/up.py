@@ -23,7 +23,7 @@ from pathlib import Path
 
 import aiohttp
 
-from service.commands.topics import dlq_topic_configs
+from runstream.commands.topics import dlq_topic_configs
 from service.config import Settings
 from service.demo_data import demo_catalog
 from service.devkafka import free_port
