@@ -102,8 +102,6 @@ def ops_from_event(event: PredictionEvent | MetricEvent) -> MessageOps:
     return ops
 
 
-@dataclass
-
 class AggregatorProbe:
     """The aggregator as /healthz and /readyz see it (service/health.py), also before run_aggregator
     has built it: pass ``attach`` as run_aggregator's ``on_ready``."""
@@ -125,6 +123,7 @@ class AggregatorProbe:
         return self.aggregator.not_ready_reason() if self.aggregator is not None else "not started"
 
 
+@dataclass
 class AggregatorStats:
     """What the bench and readiness read; commits, fencing and assignment are the Checkpoint's."""
 
