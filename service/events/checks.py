@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Callable
 from typing import Any, Literal
 
 from msgspec import UNSET
@@ -170,6 +171,19 @@ def _answer(node: AnswerWire, path: str) -> None:
             _classification_body(c, c_cms, p, is_mask=False)
 
 
+def _checked_ref(ref: DataRowRef, where: Callable[[], str]) -> DataRowRef:
+    """The common case (exactly one of id / globalKey, not blank) passes as is; anything else goes
+    through the full data-row check, which names the problem at ``where()``."""
+    v = ref.id
+    if v is None:
+        v = ref.global_key
+    elif ref.global_key is not None:
+        v = None
+    if v is None or ref.global_key_snake is not None or v.isspace():
+        return data_row(ref, where())
+    return ref
+
+
 def prediction_row(w: PredictionRowWire, raw: dict[str, Any], mrid: str, path: str | int) -> PredictionRow:
     ref = w.dataRow
     if w.data_row is not None:
@@ -178,13 +192,7 @@ def prediction_row(w: PredictionRowWire, raw: dict[str, Any], mrid: str, path: s
         ref = w.data_row
     if ref is None:
         raise EventValidationError(f"{_ppath(path)}.dataRow", "is required")
-    v = ref.id
-    if v is None:
-        v = ref.global_key
-    elif ref.global_key is not None:
-        v = None
-    if v is None or ref.global_key_snake is not None or v.isspace():
-        ref = data_row(ref, f"{_ppath(path)}.dataRow")
+    ref = _checked_ref(ref, lambda: f"{_ppath(path)}.dataRow")
     name = w.name
     schema_id = w.schemaId
     cms = w.customMetrics
@@ -388,13 +396,7 @@ def metric_row(w: MetricRowWire, mrid: str, path: str | int) -> MetricRow:
             ref, metric_name, feature_name, subclass_name, value = _mixed(w, _mpath(path))
     if ref is None:
         raise EventValidationError(f"{_mpath(path)}.{_spelling(w, 0)}", "is required")
-    v = ref.id
-    if v is None:
-        v = ref.global_key
-    elif ref.global_key is not None:
-        v = None
-    if v is None or ref.global_key_snake is not None or v.isspace():
-        ref = data_row(ref, f"{_mpath(path)}.{_spelling(w, 0)}")
+    ref = _checked_ref(ref, lambda: f"{_mpath(path)}.{_spelling(w, 0)}")
     if value is None:
         raise EventValidationError(f"{_mpath(path)}.{_spelling(w, 4)}", "is required")
     aggregation: Any = w.aggregation
