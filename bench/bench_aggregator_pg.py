@@ -4,7 +4,7 @@
 
 Needs RUNSTREAM_TEST_POSTGRES_DSN (``source .ci/postgres`` starts a private server and sets it);
 without it only the SQLite case runs. Each PostgreSQL case gets a new database on that server.
-Uses RUNSTREAM_KAFKA_BOOTSTRAP when set, else starts the dev broker (service.devkafka).
+Uses RUNSTREAM_KAFKA_BOOTSTRAP when set, else starts the dev broker (devstack.kafka_broker).
 
 The aggregator bench workload (bench_aggregator.produce) is pre-produced once to a 6-partition
 topic. Each case runs its replicas as separate processes (one Aggregator each, commit interval
@@ -150,7 +150,7 @@ async def main() -> None:
     broker = None
     bootstrap = os.environ.get("RUNSTREAM_KAFKA_BOOTSTRAP")
     if not bootstrap:
-        from service.devkafka import DevKafka
+        from devstack.kafka_broker import DevKafka
 
         broker = DevKafka(data_dir=tmp / "kafka")
         broker.start()

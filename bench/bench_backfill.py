@@ -32,9 +32,9 @@ from pathlib import Path
 import orjson
 from aiokafka import AIOKafkaProducer
 
+from devstack.kafka_broker import DevKafka
 from service.backfill import run_backfill
 from service.config import Settings
-from service.devkafka import DevKafka
 from service.events import parse_event
 from service.kafka import create_topics
 

@@ -274,7 +274,7 @@ async def main() -> None:
     bootstrap = os.environ.get("RUNSTREAM_KAFKA_BOOTSTRAP")
     work = Path(tempfile.mkdtemp(prefix="bench-budget-"))
     if not bootstrap:
-        from service.devkafka import DevKafka
+        from devstack.kafka_broker import DevKafka
 
         broker = DevKafka(data_dir=work / "kafka")
         broker.start()

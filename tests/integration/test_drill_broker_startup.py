@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from uploader_harness import API_KEY, local_labelbox, seed
 
-from service.devkafka import DevKafka, free_port
+from devstack.kafka_broker import DevKafka, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 TOPICS = {"RUNSTREAM_TOPIC_PREDICTIONS": "p", "RUNSTREAM_TOPIC_METRICS": "m", "RUNSTREAM_TOPIC_LABELS": "l",
