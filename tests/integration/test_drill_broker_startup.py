@@ -1,7 +1,7 @@
-"""Regression test for a bug the drill (bench/drill.py) found: a service process started while the
-broker was restarting exited at once (``KafkaConnectionError: Unable to bootstrap``, exit 1) instead
-of waiting for the broker. Both roles run as real processes (``python -m runstream run --role ...``)
-against a broker that comes up only a few seconds after them."""
+"""A service process started while the broker is restarting waits for the broker instead of exiting at
+once (``KafkaConnectionError: Unable to bootstrap``, exit 1), a case the drill (bench/drill.py) exercises.
+Both roles run as real processes (``python -m runstream run --role ...``) against a broker that comes up
+only a few seconds after them."""
 
 from __future__ import annotations
 
