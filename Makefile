@@ -23,7 +23,7 @@ run: jars
 
 lint: setup
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy service consumers runstream
+	$(VENV)/bin/mypy service consumers runstream devstack
 
 unit: setup
 	$(VENV)/bin/pytest -m unit

@@ -5,7 +5,7 @@
 
 ``--json`` also prints one JSON object (every figure below) as the last line.
 
-Uses RUNSTREAM_KAFKA_BOOTSTRAP when set, else starts the dev broker (service.devkafka).
+Uses RUNSTREAM_KAFKA_BOOTSTRAP when set, else starts the dev broker (devstack.kafka_broker).
 1. Pre-produces N realistic metric events to a 6-partition topic: 12 model runs, 10k data
    rows, 1–5 metrics per event over five metric names with fixed aggregations (AM, GM, HM,
    SUM, confusion matrix), data-row / feature / nested-feature granularity, ~10 % confidence-
@@ -362,7 +362,7 @@ async def main() -> None:
     broker = None
     bootstrap = os.environ.get("RUNSTREAM_KAFKA_BOOTSTRAP")
     if not bootstrap:
-        from service.devkafka import DevKafka
+        from devstack.kafka_broker import DevKafka
 
         broker = DevKafka(data_dir=tmp / "kafka")
         broker.start()

@@ -4,7 +4,7 @@
 
 Needs RUNSTREAM_TEST_POSTGRES_DSN (``source .ci/postgres`` starts a private server and sets it);
 without it only the SQLite case runs. Each PostgreSQL case gets a new database on that server.
-Uses RUNSTREAM_KAFKA_BOOTSTRAP when set, else starts the dev broker (service.devkafka).
+Uses RUNSTREAM_KAFKA_BOOTSTRAP when set, else starts the dev broker (devstack.kafka_broker).
 
 The aggregator bench workload (bench_aggregator.produce) is pre-produced once to a 6-partition
 topic. Each case runs its replicas as separate processes (one Aggregator each, commit interval
@@ -29,6 +29,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _harness import kafka_bootstrap
 from bench_aggregator import end_total, produce, raw_drain
 
 from service.config import Settings
@@ -147,16 +148,8 @@ async def main() -> None:
         await child(*args.child)
         return
     tmp = Path(tempfile.mkdtemp(prefix="bench-pg-"))
-    broker = None
-    bootstrap = os.environ.get("RUNSTREAM_KAFKA_BOOTSTRAP")
-    if not bootstrap:
-        from service.devkafka import DevKafka
-
-        broker = DevKafka(data_dir=tmp / "kafka")
-        broker.start()
-        bootstrap = broker.bootstrap
     dsn = os.environ.get("RUNSTREAM_TEST_POSTGRES_DSN")
-    try:
+    with kafka_bootstrap(tmp / "kafka") as bootstrap:
         topic = f"bench-pg-{int(time.time())}"
         await create_topics(bootstrap, [topic], partitions=6)
         await produce(bootstrap, topic, args.events)
@@ -185,9 +178,6 @@ async def main() -> None:
             )
         if args.json:
             print(json.dumps(out))
-    finally:
-        if broker is not None:
-            broker.stop()
 
 
 if __name__ == "__main__":

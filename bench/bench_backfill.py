@@ -30,11 +30,11 @@ import time
 from pathlib import Path
 
 import orjson
+from _harness import kafka_bootstrap
 from aiokafka import AIOKafkaProducer
 
 from service.backfill import run_backfill
 from service.config import Settings
-from service.devkafka import DevKafka
 from service.events import parse_event
 from service.kafka import create_topics
 
@@ -129,12 +129,7 @@ async def main() -> None:
     size_mb = events_file.stat().st_size / 1e6
     print(f"event file: {args.events:,} events, {size_mb:.1f} MB; NDJSON file: {args.ndjson_rows:,} rows")
 
-    broker: DevKafka | None = None
-    bootstrap = os.environ.get("RUNSTREAM_KAFKA_BOOTSTRAP")
-    if not bootstrap:
-        broker = DevKafka(data_dir=tmp / "kafka").start()
-        bootstrap = broker.bootstrap
-    try:
+    with kafka_bootstrap(tmp / "kafka") as bootstrap:
 
         def settings_for(tag: str) -> Settings:
             return Settings(
@@ -204,9 +199,6 @@ async def main() -> None:
                 "ratio_workers_to_raw": results["workers"] / results["raw"],
             }
             print(json.dumps(summary))
-    finally:
-        if broker is not None:
-            broker.stop()
 
 
 if __name__ == "__main__":

@@ -132,7 +132,7 @@ async def main() -> None:
     broker = None
     bootstrap = os.environ.get("RUNSTREAM_KAFKA_BOOTSTRAP")
     if not bootstrap:
-        from service.devkafka import DevKafka
+        from devstack.kafka_broker import DevKafka
 
         broker = DevKafka(data_dir=Path(tempfile.mkdtemp(prefix="bench-ceiling-")) / "kafka")
         broker.start()

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_freshness.py [--events 1000000] [--runs 50] [--json]
 
-Uses RUNSTREAM_KAFKA_BOOTSTRAP when set, else starts the dev broker (service.devkafka).
+Uses RUNSTREAM_KAFKA_BOOTSTRAP when set, else starts the dev broker (devstack.kafka_broker).
 
 1. Writes an event file of the backfill bench's workload (bench_backfill.py: half one-row
    predictions with a customMetric ``iou`` on their own data row, half one-row ``acc`` metrics,
@@ -39,7 +39,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from service.devkafka import free_port
+from devstack.kafka_broker import free_port
 from service.kafka import create_topics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,7 +105,7 @@ async def main() -> None:
     broker = None
     bootstrap = os.environ.get("RUNSTREAM_KAFKA_BOOTSTRAP")
     if not bootstrap:
-        from service.devkafka import DevKafka
+        from devstack.kafka_broker import DevKafka
 
         broker = DevKafka(data_dir=tmp / "kafka")
         broker.start()

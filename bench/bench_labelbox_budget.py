@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import bench_uploader as bu  # noqa: E402  (the local API process, uploader processes, events)
+from _harness import kafka_bootstrap  # noqa: E402
 
 from service.kafka import create_topics  # noqa: E402
 
@@ -270,17 +271,9 @@ async def main() -> None:
     args = ap.parse_args()
     QUIET = args.json
 
-    broker = None
-    bootstrap = os.environ.get("RUNSTREAM_KAFKA_BOOTSTRAP")
     work = Path(tempfile.mkdtemp(prefix="bench-budget-"))
-    if not bootstrap:
-        from service.devkafka import DevKafka
-
-        broker = DevKafka(data_dir=work / "kafka")
-        broker.start()
-        bootstrap = broker.bootstrap
     results: dict[str, Any] = {}
-    try:
+    with kafka_bootstrap(work / "kafka") as bootstrap:
         if "requests" not in args.skip:
             n, rate = args.missing_events, float(args.missing_rate)
             results["this"] = await requests_per_dead_letter(bootstrap, work, n, "this", ROOT, {}, rate)
@@ -329,9 +322,6 @@ async def main() -> None:
                 say(f"control: the same produce load into a topic nobody reads: p99 {ctl * 1000:.0f} ms -> ratio "
                     f"{ctl / alone:.2f} (the machine's share of the slowdown)")
         print(orjson.dumps(results).decode(), flush=True)
-    finally:
-        if broker is not None:
-            broker.stop()
 
 
 if __name__ == "__main__":

@@ -33,8 +33,8 @@ from typing import Any
 import aiohttp
 import orjson
 
+from devstack.local_labelbox import LocalLabelbox
 from service.events import parse_ndjson_row
-from service.local_labelbox import LocalLabelbox
 
 MUTATION = (
     "mutation createMEAPredictionImportByFilePyApi($modelRunId : ID!, $name: String!, $file: Upload!, "

@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_quix_peer.py [--events 100000] [--rounds 2] [--json]
 
 Needs ``.venv-quix`` (``make bench`` creates it: ``pip install --group bench-quix``). Uses
-RUNSTREAM_KAFKA_BOOTSTRAP when set, else starts the dev broker (service.devkafka).
+RUNSTREAM_KAFKA_BOOTSTRAP when set, else starts the dev broker (devstack.kafka_broker).
 
 1. Pre-produces the aggregator bench workload (bench_aggregator.produce: 12 model runs, 10k data
    rows, 1–5 metrics per event, five aggregations, three granularities, ~10 % confidence-keyed)
@@ -124,7 +124,7 @@ async def main() -> None:
     broker = None
     bootstrap = os.environ.get("RUNSTREAM_KAFKA_BOOTSTRAP")
     if not bootstrap:
-        from service.devkafka import DevKafka
+        from devstack.kafka_broker import DevKafka
 
         broker = DevKafka(data_dir=tmp / "kafka")
         broker.start()

@@ -9,7 +9,7 @@ fixed produce rate, and peak RSS with a 1M-event backlog while the API is down.
 earlier commit) on the same topic, interleaved round by round with this one; each throughput run gets
 a fresh local API process, so every variant stores the same rows into an empty store.
 
-Uses RUNSTREAM_KAFKA_BOOTSTRAP when set, else starts the dev broker (service.devkafka). The
+Uses RUNSTREAM_KAFKA_BOOTSTRAP when set, else starts the dev broker (devstack.kafka_broker). The
 local Labelbox-compatible API and every uploader run as separate processes (as deployed);
 the uploader runs with default settings (batch 5000 events / 8 MiB / 500 ms linger, 4 in
 flight). Data rows are pre-registered in the model runs, so every variant does the same
@@ -294,7 +294,7 @@ async def main() -> None:
     bootstrap = os.environ.get("RUNSTREAM_KAFKA_BOOTSTRAP")
     work = Path(tempfile.mkdtemp(prefix="bench-uploader-"))
     if not bootstrap:
-        from service.devkafka import DevKafka
+        from devstack.kafka_broker import DevKafka
 
         broker = DevKafka(data_dir=work / "kafka")
         broker.start()

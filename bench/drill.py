@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.drill [--events N] [--rate EPS] [--seed S] [--short] [--report PATH]
 
-Runs natively: the dev broker (service.devkafka, 6 partitions per input topic), the local
+Runs natively: the dev broker (devstack.kafka_broker, 6 partitions per input topic), the local
 Labelbox API (``runstream local-labelbox`` subprocess, seeded), 2 uploader and 2 aggregator
 processes (``python -m runstream run --role ...``) on a private PostgreSQL (or a fresh database on
 ``RUNSTREAM_TEST_POSTGRES_DSN``). It produces the events of bench/drill_events.py at a sustained
@@ -51,7 +51,7 @@ if __package__ in (None, ""):
 from bench.drill_events import POISON, DrillStream, Produced, RunReference, diff, digest, flatten_api, make_catalog
 from bench.drill_procs import PrivatePostgres, RssSampler, ServiceProcess, free_port, fresh_database
 from consumers.dlq.headers import DlqHeaders
-from service.devkafka import DevKafka
+from devstack.kafka_broker import DevKafka
 from service.state import SqlStateBackend
 
 API_KEY = "drill-api-key-0123456789"

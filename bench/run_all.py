@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/run_all.py [--out bench/RESULTS.md] [--quick]
 
-One dev broker (``service.devkafka.DevKafka``) is started for the whole run and handed to every
+One dev broker (``devstack.kafka_broker.DevKafka``) is started for the whole run and handed to every
 script through ``RUNSTREAM_KAFKA_BOOTSTRAP``. Each bench script runs as its own subprocess with
 machine-readable output (``--json``, or the JSON summary line it prints), so a failing step is
 recorded in the report and the run goes on. Every figure is reported against its baseline measured
@@ -487,7 +487,7 @@ def render(steps: list[Step], info: dict[str, str], meta: dict[str, Any], quick:
     add(
         f"total wall time **{meta['total_s'] / 60:.1f} min** ({len(steps)} benchmark processes, "
         f"{sum(1 for s in steps if s.data is None)} failed). One dev broker (Apache Kafka {meta['kafka']}, KRaft, "
-        "`service.devkafka`) served every step through `RUNSTREAM_KAFKA_BOOTSTRAP`."
+        "`devstack.kafka_broker`) served every step through `RUNSTREAM_KAFKA_BOOTSTRAP`."
     )
     if quick:
         add("")
@@ -513,7 +513,7 @@ def render(steps: list[Step], info: dict[str, str], meta: dict[str, Any], quick:
     add("|---|---|")
     for k, v in info.items():
         add(f"| {k} | {v} |")
-    add(f"| Kafka | {meta['kafka']} (single dev broker, `service.devkafka`) |")
+    add(f"| Kafka | {meta['kafka']} (single dev broker, `devstack.kafka_broker`) |")
     add(f"| load average at end | {meta['load_end']} |")
     add("")
 
@@ -872,7 +872,7 @@ def main() -> None:
         return
 
     sys.path.insert(0, str(ROOT))
-    from service.devkafka import DevKafka
+    from devstack.kafka_broker import DevKafka
 
     command = f"{PY} bench/run_all.py" + (" --quick" if args.quick else "")
     started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M")

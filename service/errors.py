@@ -48,10 +48,6 @@ class ConfigError(RunstreamError):
     """Configuration is missing or inconsistent."""
 
 
-class DevKafkaError(RunstreamError):
-    """The local development broker could not be prepared, started or stopped."""
-
-
 class DlqHeaderError(RunstreamError):
     """A dead-lettered message lacks a runstream header or carries an invalid one."""
 

@@ -1,6 +1,6 @@
 """Shared test harness: one real Kafka broker per test run, fresh topics per test.
 
-The broker is started by ``service.devkafka`` (real Apache Kafka from Maven jars) unless
+The broker is started by ``devstack.kafka_broker`` (real Apache Kafka from Maven jars) unless
 ``RUNSTREAM_KAFKA_BOOTSTRAP`` names one already running. It is always stopped at the end.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from service.devkafka import DevKafka
+from devstack.kafka_broker import DevKafka
 from service.kafka import create_topics
 
 _RUN = uuid.uuid4().hex[:8]

@@ -1,4 +1,4 @@
-"""``runstream demo``: produce the synthetic inference stream of ``service.demo_data`` into Kafka.
+"""``runstream demo``: produce the synthetic inference stream of ``devstack.demo_data`` into Kafka.
 
 It sends raw bytes with a plain idempotent producer (not ``RunstreamProducer``), because it must also
 send the bad messages the service is expected to dead-letter.
@@ -15,9 +15,9 @@ from collections.abc import Iterator
 
 import orjson
 
+from devstack.demo_data import DemoMessage, demo_catalog, demo_stream
 from service.backfill import RateLimiter
 from service.config import Settings
-from service.demo_data import DemoMessage, demo_catalog, demo_stream
 from service.errors import ConfigError
 from service.events import EventKind
 from service.kafka import KafkaEndpoint, create_topics, make_producer, start_client

@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from service.devkafka import KAFKA_VERSION, DevKafka, default_cache_dir, ensure_jars
+from devstack.kafka_broker import KAFKA_VERSION, DevKafka, default_cache_dir, ensure_jars
 
 DEFAULT_STATE = Path(".runstream") / "dev-kafka.json"
 

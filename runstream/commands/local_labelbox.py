@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 from typing import Any
 
-from service.local_labelbox import DEFAULT_MAX_BODY_SIZE
+from devstack.local_labelbox import DEFAULT_MAX_BODY_SIZE
 
 
 def register(subparsers: Any) -> None:
@@ -28,7 +28,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from service.local_labelbox.app import LocalLabelbox, serve_forever
+    from devstack.local_labelbox.app import LocalLabelbox, serve_forever
 
     server = LocalLabelbox(
         args.db,

@@ -23,12 +23,12 @@ from pathlib import Path
 
 import aiohttp
 
+from devstack.demo_data import demo_catalog
+from devstack.kafka_broker import free_port
+from devstack.local_stack import LocalStack, fetch_json, port_is_free
 from runstream.commands.topics import dlq_topic_configs
 from service.config import Settings
-from service.demo_data import demo_catalog
-from service.devkafka import free_port
 from service.kafka import create_topics
-from service.local_stack import LocalStack, fetch_json, port_is_free
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from kafka_io import end_offsets
 from row_uuid import row_uuid
 
-from service.devkafka import free_port
+from devstack.kafka_broker import free_port
 from service.state import SqlStateBackend
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -26,7 +26,7 @@ import orjson
 import pytest
 from kafka_io import produce
 
-from service.devkafka import DevKafka, free_port
+from devstack.kafka_broker import DevKafka, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 GRACE_S = 3.0

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from test_backfill_kafka import drain, topics_settings
 
-from service.demo_data import demo_catalog
+from devstack.demo_data import demo_catalog
 from service.errors import EventValidationError
 from service.events import parse_event
 

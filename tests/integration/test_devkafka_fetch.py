@@ -4,8 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from service.devkafka import ensure_jars
-from service.errors import DevKafkaError
+from devstack.kafka_broker import DevKafkaError, ensure_jars
 
 
 def test_unfetchable_version_is_a_clear_error(tmp_path: Path) -> None:
@@ -17,7 +16,7 @@ def test_taken_port_is_an_error_not_a_false_ready(tmp_path: Path) -> None:
     """A connect to the port must not count as ready when another process holds it."""
     import socket
 
-    from service.devkafka import DevKafka, free_port
+    from devstack.kafka_broker import DevKafka, free_port
 
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", 0))

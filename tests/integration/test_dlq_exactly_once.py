@@ -30,7 +30,7 @@ from uploader_harness import (
 
 from consumers.dlq.headers import DlqHeaders
 from consumers.dlq.transactional import Letter, TransactionalDlq
-from service.devkafka import free_port
+from devstack.kafka_broker import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,7 +1,7 @@
-"""Regression test for a bug the drill (bench/drill.py) found: a service process started while the
-broker was restarting exited at once (``KafkaConnectionError: Unable to bootstrap``, exit 1) instead
-of waiting for the broker. Both roles run as real processes (``python -m runstream run --role ...``)
-against a broker that comes up only a few seconds after them."""
+"""A service process started while the broker is restarting waits for the broker instead of exiting at
+once (``KafkaConnectionError: Unable to bootstrap``, exit 1), a case the drill (bench/drill.py) exercises.
+Both roles run as real processes (``python -m runstream run --role ...``) against a broker that comes up
+only a few seconds after them."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from uploader_harness import API_KEY, local_labelbox, seed
 
-from service.devkafka import DevKafka, free_port
+from devstack.kafka_broker import DevKafka, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 TOPICS = {"RUNSTREAM_TOPIC_PREDICTIONS": "p", "RUNSTREAM_TOPIC_METRICS": "m", "RUNSTREAM_TOPIC_LABELS": "l",

@@ -23,7 +23,7 @@ from uploader_harness import (
     wait_committed,
 )
 
-from service.devkafka import free_port
+from devstack.kafka_broker import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from devstack.kafka_broker import DevKafka, free_port
 from service.config import Settings
-from service.devkafka import DevKafka, free_port
 from service.kafka import KafkaAuthenticationError, KafkaEndpoint, make_consumer, make_producer, start_client
 from service.producer import RunstreamProducer
 

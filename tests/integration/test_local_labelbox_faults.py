@@ -20,7 +20,7 @@ from google.api_core import exceptions as gexc
 from google.api_core import retry as gretry
 from lbox import exceptions as lbx
 
-from service.local_labelbox import LocalLabelbox
+from devstack.local_labelbox import LocalLabelbox
 
 API_KEY = "k1"
 ADMIN = "adm"

@@ -23,7 +23,7 @@ from labelbox.schema.annotation_import import MEAPredictionImport
 from labelbox.schema.model import Model
 from lbox import exceptions as lbx
 
-from service.local_labelbox import LocalLabelbox
+from devstack.local_labelbox import LocalLabelbox
 
 API_KEY = "test-key"
 ADMIN = "admin-secret"

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import orjson
 
+from devstack.local_labelbox.imports import plan_import
+from devstack.local_labelbox.store import Store
 from service.events import parse_ndjson_row
-from service.local_labelbox.imports import plan_import
-from service.local_labelbox.store import Store
 
 BOX = {"top": 1, "left": 1, "height": 1, "width": 1}
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from service.local_stack import LOCAL_API_KEY
+from devstack.local_stack import LOCAL_API_KEY
 
 ROOT = Path(__file__).resolve().parents[2]
 

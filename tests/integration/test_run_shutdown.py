@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from service.devkafka import free_port
+from devstack.kafka_broker import free_port
 
 
 @pytest.mark.parametrize("role", ["aggregator", "uploader"])

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from service.devkafka import free_port
+from devstack.kafka_broker import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 GRACE_S = 3

@@ -24,8 +24,8 @@ from uploader_harness import (
     wait_until,
 )
 
-from service.local_labelbox import LocalLabelbox
-from service.local_labelbox.faults import FaultRule
+from devstack.local_labelbox import LocalLabelbox
+from devstack.local_labelbox.faults import FaultRule
 
 COUNTED = 1_000_000
 

@@ -27,7 +27,7 @@ from uploader_harness import (
     wait_until,
 )
 
-from service.local_labelbox import LocalLabelbox
+from devstack.local_labelbox import LocalLabelbox
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -21,8 +21,8 @@ from prometheus_client import CollectorRegistry
 from consumers.dlq.headers import DlqHeaders
 from consumers.runtime import RuntimeStatus
 from consumers.uploader import run_uploader
+from devstack.local_labelbox import LocalLabelbox
 from service.config import Settings
-from service.local_labelbox import LocalLabelbox
 
 API_KEY = "lb-test-key-0123456789abcdef"
 ADMIN = "admin-token"

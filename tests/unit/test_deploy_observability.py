@@ -28,8 +28,8 @@ from prometheus_client import CollectorRegistry
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "runstream-dashboard.json"
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
-# Used by the deploy files, not (yet) registered in service/prometheus.py: the aggregator's commit histogram.
-PENDING: set[str] = set()  # every metric the deploy files use is registered now
+# Metrics the deploy files may name before service/prometheus.py registers them; empty while every one is registered.
+PENDING: set[str] = set()
 _SUFFIXES = {
     "counter": ("_total",),
     "histogram": ("_bucket", "_sum", "_count"),

@@ -5,8 +5,14 @@ from pathlib import Path
 
 import pytest
 
-from service.devkafka import DEPLOY_DIR, DevKafka, ensure_jars, new_cluster_id, render_server_properties
-from service.errors import DevKafkaError
+from devstack.kafka_broker import (
+    DEPLOY_DIR,
+    DevKafka,
+    DevKafkaError,
+    ensure_jars,
+    new_cluster_id,
+    render_server_properties,
+)
 
 
 def test_cluster_id_is_22_urlsafe_chars() -> None:

@@ -1,7 +1,7 @@
 """The uploader's bytes (``parse_upload``): uuids and NDJSON pinned byte for byte.
 
-The expected values were produced by the previous implementation of the event contract; the uuids
-follow the documented uuid5 formulas (docs/EVENTS.md), so any change here breaks idempotent replays.
+The expected values are golden output of the event contract; the uuids follow the documented uuid5
+formulas (docs/EVENTS.md), so any change here breaks idempotent replays.
 """
 
 # ruff: noqa: E501  (each golden message and payload stays on one line, as it is on the wire)

@@ -2,6 +2,8 @@
 
 - Nothing under ``service/`` imports ``consumers/``; nothing under ``service/`` or ``consumers/`` imports
   the CLI (``runstream/``), the top layer that assembles processes from both.
+- Dev tooling (``devstack/``) is apart from the product: nothing under ``service/`` or ``consumers/`` imports
+  it, and it never imports the CLI; the CLI, the tests and the benchmarks use it.
 - aiokafka clients are constructed only in the Kafka edge, ``service/kafka/clients.py``.
 - Pure modules import no I/O library.
 """
@@ -79,6 +81,21 @@ def test_consumers_never_import_the_cli() -> None:
 def test_the_cli_is_the_one_layer_that_imports_the_roles() -> None:
     # the rule above is not vacuous: the CLI does import the consumer roles
     assert "runstream/commands/run.py" in _offenders(("runstream",), ("consumers",))
+
+
+def test_the_product_never_imports_dev_tooling() -> None:
+    assert _offenders(("service", "consumers"), ("devstack",)) == {}
+
+
+def test_dev_tooling_never_imports_the_cli() -> None:
+    assert _offenders(("devstack",), ("runstream",)) == {}
+
+
+def test_the_cli_imports_dev_tooling() -> None:
+    # the rules above are not vacuous: `runstream up` and `runstream dev-kafka` do import devstack
+    found = _offenders(("runstream",), ("devstack",))
+    assert "devstack.local_stack" in found["runstream/commands/up.py"]
+    assert "devstack.kafka_broker" in found["runstream/commands/dev_kafka.py"]
 
 
 def test_aiokafka_clients_are_constructed_only_in_the_kafka_edge() -> None:

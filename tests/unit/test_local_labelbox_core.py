@@ -10,10 +10,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from row_uuid import row_uuid as U
 
+from devstack.local_labelbox import faults
+from devstack.local_labelbox.cursors import InvalidCursorError, decode_cursor, encode_cursor, end_cursor
+from devstack.local_labelbox.imports import ANNOTATION_PER_DATA_ROW_LIMIT, plan_import
 from service.events import parse_ndjson_row
-from service.local_labelbox import faults
-from service.local_labelbox.cursors import InvalidCursorError, decode_cursor, encode_cursor, end_cursor
-from service.local_labelbox.imports import ANNOTATION_PER_DATA_ROW_LIMIT, plan_import
 
 # ---- faults ----------------------------------------------------------------------------
 

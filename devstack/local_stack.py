@@ -27,9 +27,9 @@ from typing import Any
 
 import aiohttp
 
+from devstack.demo_data import DemoCatalog
+from devstack.kafka_broker import DevKafka, free_port
 from service.config import Settings
-from service.demo_data import DemoCatalog
-from service.devkafka import DevKafka, free_port
 from service.errors import RunstreamError
 
 LOCAL_API_KEY = "local-dev-key"

@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
-from service.local_labelbox.faults import FaultSpecError
-from service.local_labelbox.store import ImportRecord, StoreError
+from devstack.local_labelbox.faults import FaultSpecError
+from devstack.local_labelbox.store import ImportRecord, StoreError
 
 if TYPE_CHECKING:
-    from service.local_labelbox.app import LocalLabelbox
+    from devstack.local_labelbox.app import LocalLabelbox
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -13,8 +13,8 @@ from typing import Any, Protocol, TypeVar
 
 from graphql import GraphQLError, GraphQLResolveInfo
 
-from service.local_labelbox.cursors import InvalidCursorError, decode_cursor, end_cursor
-from service.local_labelbox.store import ImportRecord, Store
+from devstack.local_labelbox.cursors import InvalidCursorError, decode_cursor, end_cursor
+from devstack.local_labelbox.store import ImportRecord, Store
 
 T = TypeVar("T")
 

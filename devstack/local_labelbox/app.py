@@ -31,10 +31,10 @@ from graphql import (
     validate,
 )
 
-from service.local_labelbox import faults
-from service.local_labelbox.imports import plan_import
-from service.local_labelbox.resolvers import RequestContext, Resolvers, UploadedFile
-from service.local_labelbox.store import ImportRecord, Store
+from devstack.local_labelbox import faults
+from devstack.local_labelbox.imports import plan_import
+from devstack.local_labelbox.resolvers import RequestContext, Resolvers, UploadedFile
+from devstack.local_labelbox.store import ImportRecord, Store
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ _DOC_CACHE_SIZE = 256
 
 
 def load_schema() -> GraphQLSchema:
-    sdl = resources.files("service.local_labelbox").joinpath("schema.graphql").read_text()
+    sdl = resources.files("devstack.local_labelbox").joinpath("schema.graphql").read_text()
     return build_schema(sdl)
 
 
@@ -138,7 +138,7 @@ class LocalLabelbox:
         return f"{self.base_url}/admin"
 
     def build_app(self) -> web.Application:
-        from service.local_labelbox.admin import admin_routes
+        from devstack.local_labelbox.admin import admin_routes
 
         app = web.Application(client_max_size=self.max_body_size)
         app.router.add_post("/graphql", self.handle_graphql)

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from service.local_labelbox.app import DEFAULT_MAX_BODY_SIZE, LocalLabelbox
+from devstack.local_labelbox.app import DEFAULT_MAX_BODY_SIZE, LocalLabelbox
 
 __all__ = ["DEFAULT_MAX_BODY_SIZE", "LocalLabelbox"]

@@ -17,8 +17,8 @@ from typing import Any
 
 import orjson
 
+from devstack.local_labelbox.imports import ImportPlan
 from service.errors import RunstreamError
-from service.local_labelbox.imports import ImportPlan
 
 PAGE_SIZE = 16384
 

@@ -22,7 +22,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from service.errors import DevKafkaError
+from service.errors import RunstreamError
+
+
+class DevKafkaError(RunstreamError):
+    """The local development broker could not be prepared, started or stopped."""
+
 
 KAFKA_VERSION = "4.4.0"
 """Newest 4.x on Maven Central here; aiokafka 0.14 produces, consumes, joins groups,
