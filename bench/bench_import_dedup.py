@@ -1,4 +1,4 @@
-"""Cost of sending each uuid once per import (service.import_dedup.last_versions) on the uploader's path.
+"""Cost of sending each uuid once per import (service.labelbox.import_dedup.last_versions) on the uploader's path.
 
 Same run, interleaved rounds, medians: the plain join of a batch's payloads (what the uploader did
 before) against ``last_versions`` on the same batch without repeated uuids (the usual case) and
@@ -17,7 +17,7 @@ import uuid
 
 import orjson
 
-from service.import_dedup import last_versions
+from service.labelbox.import_dedup import last_versions
 
 
 def main() -> None:

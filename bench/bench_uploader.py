@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 
 from service.events import parse_event  # noqa: E402
 from service.kafka import create_topics  # noqa: E402
-from service.labelbox_client import LabelboxClient  # noqa: E402
+from service.labelbox.client import LabelboxClient  # noqa: E402
 
 API_KEY = "bench-api-key"
 ADMIN = "bench-admin"

@@ -7,9 +7,9 @@ NDJSON bytes of their rows, not the parsed models) so memory accounting is hones
 Per flushed batch (``process``): coalesced label registrations, data-row registration for
 rows not yet known to be in the run (bounded cache), one NDJSON prediction import, wait,
 status file → FAILURE rows dead-lettered per source message. Transient errors are retried
-(service.retry_policy); a permanent error is settled at its scope (service.error_scope): one
+(service.labelbox.retry_policy); a permanent error is settled at its scope (service.labelbox.error_scope): one
 about the model run dead-letters the run's messages at once and is remembered for a while
-(service.run_verdicts), any other bisects the batch until the offending messages are
+(service.labelbox.run_verdicts), any other bisects the batch until the offending messages are
 isolated; an auth error stops the pipeline (FatalPipelineError).
 """
 
@@ -39,12 +39,10 @@ from consumers.runtime import (
 )
 from service.batching import BatchLimits
 from service.config import Settings
-from service.error_scope import Scope
 from service.errors import ConfigError, EventValidationError
 from service.events import EventKind, LabelEvent, parse_upload
 from service.gc_tuning import tune_gc
-from service.import_dedup import last_versions
-from service.labelbox_client import (
+from service.labelbox.client import (
     AuthorizationError,
     ImportFailedError,
     ImportState,
@@ -54,11 +52,13 @@ from service.labelbox_client import (
     ResourceNotFoundError,
     TaskFailedError,
 )
+from service.labelbox.error_scope import Scope
+from service.labelbox.import_dedup import last_versions
+from service.labelbox.request_limiter import RequestLimiter
+from service.labelbox.retry_policy import Classification, Outcome, classify, error_scope, retrying
+from service.labelbox.run_verdicts import ERROR_CLASS as MODEL_RUN_ERROR_CLASS
+from service.labelbox.run_verdicts import RunVerdicts, Verdict
 from service.prometheus import ConsumerMetrics
-from service.request_limiter import RequestLimiter
-from service.retry_policy import Classification, Outcome, classify, error_scope, retrying
-from service.run_verdicts import ERROR_CLASS as MODEL_RUN_ERROR_CLASS
-from service.run_verdicts import RunVerdicts, Verdict
 
 T = TypeVar("T")
 Step = Callable[[str, list[tuple[Record, "Item"]]], Awaitable[list[Rejection]]]

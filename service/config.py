@@ -56,7 +56,7 @@ class Settings(BaseSettings):
         default=None, description="Labelbox GraphQL endpoint; unset means the local Labelbox-compatible API."
     )
     labelbox_api_key: SecretStr | None = None
-    # The process's Labelbox request budget, shared round robin by all model runs (service.request_budget).
+    # The process's Labelbox request budget, shared round robin by all model runs (service.labelbox.request_budget).
     labelbox_max_requests_per_s: float = Field(
         default=75.0, gt=0, description="Labelbox requests per second of one uploader process (4,500/min, "
         "under the 5,000/min of Labelbox's Starter plan; set 20 on the Free plan's 1,500/min).")

@@ -20,8 +20,8 @@ from consumers.dlq.headers import DlqHeaders
 from service.config import Settings
 from service.errors import DlqHeaderError
 from service.kafka import KafkaEndpoint, make_consumer, start_client
-from service.run_verdicts import ERROR_CLASS as MODEL_RUN_CLASS
-from service.run_verdicts import run_of_message
+from service.labelbox.run_verdicts import ERROR_CLASS as MODEL_RUN_CLASS
+from service.labelbox.run_verdicts import run_of_message
 
 MAX_REJECTED_RUNS = 100
 

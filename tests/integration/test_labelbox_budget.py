@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from uploader_harness import API_KEY, local_labelbox, seed
 
-from service import labelbox_client as lb
-from service.request_limiter import RequestLimiter
+from service.labelbox import client as lb
+from service.labelbox.request_limiter import RequestLimiter
 
 
 async def test_retry_after_of_one_run_holds_back_every_run(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import structlog
 from prometheus_client import CollectorRegistry
 from uploader_harness import API_KEY, local_labelbox, seed
 
-from service import labelbox_client as lb
+from service.labelbox import client as lb
 from service.prometheus import ConsumerMetrics
 
 # Row uuids must be UUIDs: the local API, like Labelbox, fails any other uuid.

@@ -6,9 +6,10 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from service import labelbox_client as lb
-from service.error_scope import Scope, scope_of
-from service.retry_policy import error_scope
+from service.labelbox import errors as lb
+from service.labelbox.error_scope import Scope, scope_of
+from service.labelbox.protocol import map_response
+from service.labelbox.retry_policy import error_scope
 
 MR = "ckz1q2w3e4r5t6y7"
 
@@ -59,7 +60,7 @@ def test_the_run_id_alone_is_enough_for_permission_errors() -> None:
 def _graphql(code: str, message: str, status: int = 200) -> BaseException:
     body = orjson.dumps({"errors": [{"message": message, "extensions": {"code": code}}], "data": None})
     try:
-        lb.map_response(status, body, operation="createMEAModelRunDataRowRegistrationTask")
+        map_response(status, body, operation="createMEAModelRunDataRowRegistrationTask")
     except lb.LabelboxError as exc:
         return exc
     raise AssertionError("no error raised")

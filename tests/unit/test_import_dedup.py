@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service.import_dedup import last_versions
+from service.labelbox.import_dedup import last_versions
 
 
 def message(*rows: tuple[str, int]) -> tuple[list[tuple[str, str]], bytes]:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from service import labelbox_client as lb
+from service.labelbox import client as lb
 
 
 def body(obj: object) -> bytes:

@@ -7,8 +7,8 @@ import itertools
 
 import pytest
 
-from service.request_budget import FairBudget
-from service.request_limiter import RequestLimiter
+from service.labelbox.request_budget import FairBudget
+from service.labelbox.request_limiter import RequestLimiter
 
 
 def test_fast_path_until_the_burst_is_spent_then_the_rate() -> None:

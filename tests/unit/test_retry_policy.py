@@ -4,8 +4,8 @@ import asyncio
 
 import pytest
 
-from service import labelbox_client as lb
-from service.retry_policy import Outcome, backoff_delay, classify, retrying, should_retry
+from service.labelbox import errors as lb
+from service.labelbox.retry_policy import Outcome, backoff_delay, classify, retrying, should_retry
 
 
 @pytest.mark.parametrize(

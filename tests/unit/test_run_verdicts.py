@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.run_verdicts import ERROR_CLASS, RunVerdicts, dlq_message, run_of_message
+from service.labelbox.run_verdicts import ERROR_CLASS, RunVerdicts, dlq_message, run_of_message
 
 
 def test_verdict_holds_until_its_ttl_then_one_probe_decides() -> None:

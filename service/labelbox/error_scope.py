@@ -2,7 +2,7 @@
 
 - ``RUN``: the model run itself (not found, deleted, no permission on it). Every message of
   that run fails the same way, whatever it contains, so the whole batch is dead-lettered in
-  one step and the verdict is remembered (service.run_verdicts) instead of bisecting the
+  one step and the verdict is remembered (service.labelbox.run_verdicts) instead of bisecting the
   batch down to single messages, which costs about two requests per message.
 - ``PAYLOAD``: the request as a whole, without saying which part (a rejected mutation, an
   import that ended FAILED): bisected to isolate the offending messages.

@@ -1,4 +1,4 @@
-"""The asyncio shell around service.request_budget: requests wait here for their turn.
+"""The asyncio shell around service.labelbox.request_budget: requests wait here for their turn.
 
 One ``RequestLimiter`` per process, shared by every model run (the LabelboxClient holds it):
 ``async with limiter.slot(model_run_id):`` around each Labelbox request, ``limiter.pause(s)``
@@ -12,7 +12,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 
-from service.request_budget import FairBudget
+from service.labelbox.request_budget import FairBudget
 
 
 class RequestLimiter:

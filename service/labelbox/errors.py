@@ -1,7 +1,7 @@
 """Labelbox API failures, grouped by what the retry policy does with them (PROTOCOL §5b).
 
-Pure: the HTTP client (service/labelbox_client.py) raises these, the retry policy
-(service/retry_policy.py) and the error scope (service/error_scope.py) classify them, and
+Pure: the HTTP client (service/labelbox/client.py) raises these, the retry policy
+(service/labelbox/retry_policy.py) and the error scope (service/labelbox/error_scope.py) classify them, and
 neither of those needs the HTTP library to do it.
 """
 

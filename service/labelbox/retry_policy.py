@@ -18,9 +18,9 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
-from service import labelbox_errors as lb
-from service.error_scope import Scope, scope_of
-from service.labelbox_errors import (
+from service.labelbox import errors as lb
+from service.labelbox.error_scope import Scope, scope_of
+from service.labelbox.errors import (
     LabelboxError,
     LabelboxFatalError,
     LabelboxPermanentError,
@@ -69,7 +69,7 @@ def classify(exc: BaseException) -> Classification:
 
 def error_scope(exc: BaseException, model_run_id: str | None = None) -> Scope | None:
     """RUN or PAYLOAD for a permanent error, or an authorization error, of a call for ``model_run_id``
-    (service.error_scope decides on Labelbox's code and text); None for anything else."""
+    (service.labelbox.error_scope decides on Labelbox's code and text); None for anything else."""
     if not isinstance(exc, (LabelboxPermanentError, lb.AuthorizationError)):
         return None
     code = {

@@ -14,7 +14,7 @@ each (round robin), so a run with a deep backlog or a retry storm gets its share
 it cannot starve a run that sends one request now and then.
 
 No clock, no I/O: time comes in as ``now`` (seconds, monotonic); the asyncio shell
-(service.request_limiter) turns grants into woken waiters and ``wake_at`` into a timer.
+(service.labelbox.request_limiter) turns grants into woken waiters and ``wake_at`` into a timer.
 """
 
 from __future__ import annotations
