@@ -191,6 +191,52 @@ def run_metrics_document(store: StateBackend, run: str) -> dict[str, Any] | None
     return _run_document(run, store.metric_defs(run), store.run_aggs(run))
 
 
+def _defs_of_known_run(store: StateBackend, run: str) -> dict[str, Aggregation]:
+    if not store.run_exists(run):
+        raise web.HTTPNotFound(text=f"model run {run!r} has no aggregates")
+    return store.metric_defs(run)
+
+
+def data_row_document(store: StateBackend, run: str, dr: str) -> dict[str, Any]:
+    """The body of GET /v1/model-runs/{run}/data-rows/{dr}/metrics (blocking; 404 as HTTPNotFound)."""
+    defs = _defs_of_known_run(store, run)
+    nodes = store.nodes_for_rows(run, row_keys(dr))
+    if not nodes:
+        raise web.HTTPNotFound(text=f"data row {dr!r} has no metrics in model run {run!r}")
+    return {
+        "model_run_id": run,
+        "data_row_id": dr,
+        "data_rows": sorted({n.data_row for n in nodes}),
+        "metrics": format_metrics(defs, slice_entries(defs, nodes)),
+    }
+
+
+def query_document(store: StateBackend, run: str, body: QueryBody) -> dict[str, Any]:
+    """The body of POST /v1/model-runs/{run}/metrics/query (blocking; 404/400 as HTTP exceptions).
+
+    Why one blocking call for the whole answer: each hop between the event loop and a worker
+    thread waits for a scheduler slot, which on a busy machine is what a query's tail latency
+    is made of. A slice reads its rows' trees once by primary key; a filter is one statement,
+    an index range scan joined to the trees. Either way the data rows counted are the ones
+    whose trees yield nodes.
+    """
+    defs = _defs_of_known_run(store, run)
+    if body.data_row_ids is not None:
+        # distinct keys: a key repeated across two chunks of the IN list would count its trees twice
+        nodes = store.nodes_for_rows(run, sorted({k for d in body.data_row_ids for k in row_keys(d)}))
+    else:
+        flt = body.filter
+        assert flt is not None
+        if flt.metric not in defs:
+            raise web.HTTPBadRequest(text=f"filter.metric: model run {run!r} has no metric {flt.metric!r}")
+        level = LEVEL_DATA_ROW if flt.feature is None else LEVEL_FEATURE if flt.subclass is None else LEVEL_SUBCLASS
+        ck = "" if flt.confidence is None else confidence_key(flt.confidence)
+        f, s = flt.feature or "", flt.subclass or ""
+        nodes = store.nodes_in_range(run, flt.metric, ck, level, f, s, flt.min, flt.max)
+    count = len({n.data_row for n in nodes})
+    return {"model_run_id": run, "data_row_count": count, "metrics": format_metrics(defs, slice_entries(defs, nodes))}
+
+
 # The served OpenAPI document; routes mounted next to the query API (ops_http) add their paths to it.
 OPENAPI_KEY: web.AppKey[dict[str, Any]] = web.AppKey("openapi", dict)
 
@@ -236,37 +282,21 @@ def build_query_app(store: StateBackend, settings: Settings) -> web.Application:
         if len(value) > MAX_ID_CHARS:
             raise web.HTTPBadRequest(text=f"path parameter {name}: longer than {MAX_ID_CHARS} characters")
 
-    async def _known_run(run: str) -> dict[str, Aggregation]:
-        _check_param("run", run)
-        if not await call(store.run_exists, run):
-            raise web.HTTPNotFound(text=f"model run {run!r} has no aggregates")
-        defs: dict[str, Aggregation] = await call(store.metric_defs, run)
-        return defs
-
     async def run_metrics(request: web.Request) -> web.Response:
         run = request.match_info["run"]
-        defs = await _known_run(run)
-        rows = await call(store.run_aggs, run)
-        return _json(_run_document(run, defs, rows))
+        _check_param("run", run)
+        doc: dict[str, Any] | None = await call(run_metrics_document, store, run)
+        if doc is None:
+            raise web.HTTPNotFound(text=f"model run {run!r} has no aggregates")
+        return _json(doc)
 
     async def data_row_metrics(request: web.Request) -> web.Response:
         run = request.match_info["run"]
         dr = request.match_info["dr"]
         _check_param("run", run)
         _check_param("dr", dr)
-        defs = await _known_run(run)
-        nodes: list[NodeRow] = await call(store.nodes_for_rows, run, row_keys(dr))
-        if not nodes:
-            raise web.HTTPNotFound(text=f"data row {dr!r} has no metrics in model run {run!r}")
-        rows = sorted({n.data_row for n in nodes})
-        return _json(
-            {
-                "model_run_id": run,
-                "data_row_id": dr,
-                "data_rows": rows,
-                "metrics": format_metrics(defs, slice_entries(defs, nodes)),
-            }
-        )
+        doc: dict[str, Any] = await call(data_row_document, store, run, dr)
+        return _json(doc)
 
     async def query(request: web.Request) -> web.Response:
         run = request.match_info["run"]
@@ -284,28 +314,8 @@ def build_query_app(store: StateBackend, settings: Settings) -> web.Application:
             err = exc.errors()[0]
             loc = ".".join(str(p) for p in err["loc"]) or "body"
             return _error(400, f"{loc}: {err['msg']}")
-        defs = await _known_run(run)
-        if body.data_row_ids is not None:
-            keys = [k for d in body.data_row_ids for k in row_keys(d)]
-            rows: list[str] = await call(store.known_rows, run, keys)
-        else:
-            flt = body.filter
-            assert flt is not None
-            if flt.metric not in defs:
-                return _error(400, f"filter.metric: model run {run!r} has no metric {flt.metric!r}")
-            level = LEVEL_DATA_ROW if flt.feature is None else LEVEL_FEATURE if flt.subclass is None else LEVEL_SUBCLASS
-            ck = "" if flt.confidence is None else confidence_key(flt.confidence)
-            rows = await call(
-                store.rows_in_range, run, flt.metric, ck, level, flt.feature or "", flt.subclass or "", flt.min, flt.max
-            )
-        nodes = await call(store.nodes_for_rows, run, sorted(set(rows)))
-        return _json(
-            {
-                "model_run_id": run,
-                "data_row_count": len(set(rows)),
-                "metrics": format_metrics(defs, slice_entries(defs, nodes)),
-            }
-        )
+        doc: dict[str, Any] = await call(query_document, store, run, body)
+        return _json(doc)
 
     async def event_schema(request: web.Request) -> web.Response:
         name = request.match_info["name"]

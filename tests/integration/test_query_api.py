@@ -394,6 +394,16 @@ async def test_slice(api: Api) -> None:
     assert status == 200 and body["data_row_count"] == 0 and body["metrics"] == []
 
 
+async def test_slice_names_a_row_twice_across_chunks(api: Api) -> None:
+    """A data row named twice, far apart in a long list (the store reads the keys in chunks):
+    its values count once."""
+    ids = ["d1", *(f"pad-{i}" for i in range(700)), "id:d1", "gk:g3", "g3"]
+    status, body = await api.query({"data_row_ids": ids})
+    assert status == 200, body
+    assert body["data_row_count"] == 2
+    assert diff(flatten(body["metrics"]), api.ref.run_level(["id:d1", "gk:g3"])) == []
+
+
 def _filtered_rows(
     ref: Reference, metric: str, ck: str, f: str | None, s: str | None, lo: float | None, hi: float | None
 ) -> list[str]:
