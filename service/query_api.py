@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ValidationError
 
 from service.aggregation import (
     LEVEL_DATA_ROW,
@@ -34,16 +34,24 @@ from service.aggregation import (
     cm_ratios,
     confidence_key,
 )
+from service.api_models import (
+    MAX_ID_CHARS,
+    DataRowMetrics,
+    Error,
+    ModelRuns,
+    QueryBody,
+    QueryResult,
+    RunMetrics,
+    checked,
+)
 from service.config import Settings
 from service.events import schema as events_schema
 from service.events.constants import DEFAULT_AGGREGATION, Aggregation
 from service.events.schema import SCHEMA_NAMES
-from service.query_openapi import openapi_document
+from service.openapi import query_api_document
 from service.state import NodeRow, StateBackend
 
 MAX_BODY_BYTES = 1_048_576
-MAX_SLICE_ROWS = 10_000
-MAX_ID_CHARS = 1024
 # Two path ids of MAX_ID_CHARS characters, percent-encoded UTF-8 (up to 12 bytes a character), must
 # fit the request line; aiohttp's default limit (8190 bytes) would answer a documented request with a
 # plain-text 400 from the HTTP parser before the app (and its JSON errors) ever sees it.
@@ -55,49 +63,12 @@ JSON_TYPES = frozenset({"application/json"})
 log = logging.getLogger("runstream.query_api")
 
 
-class Filter(BaseModel):
-    """Data rows whose value of ``metric`` (at ``feature``/``subclass``, or the data row) is in range."""
-
-    model_config = ConfigDict(extra="forbid")
-    metric: str = Field(max_length=MAX_ID_CHARS)
-    feature: str | None = Field(default=None, max_length=MAX_ID_CHARS)
-    subclass: str | None = Field(default=None, max_length=MAX_ID_CHARS)
-    confidence: float | None = Field(default=None, ge=0, le=1)
-    min: float | None = Field(default=None, allow_inf_nan=False)
-    max: float | None = Field(default=None, allow_inf_nan=False)
-
-    @model_validator(mode="after")
-    def _check(self) -> Filter:
-        if self.subclass is not None and self.feature is None:
-            raise ValueError("filter.subclass needs filter.feature")
-        if self.min is not None and self.max is not None and self.min > self.max:
-            raise ValueError("filter.min is greater than filter.max")
-        return self
-
-
-class QueryBody(BaseModel):
-    """Exactly one of a slice (``data_row_ids``) or a ``filter``."""
-
-    model_config = ConfigDict(extra="forbid")
-    data_row_ids: list[str] | None = Field(default=None, min_length=1, max_length=MAX_SLICE_ROWS)
-    filter: Filter | None = None
-
-    @model_validator(mode="after")
-    def _one(self) -> QueryBody:
-        if (self.data_row_ids is None) == (self.filter is None):
-            raise ValueError("give exactly one of data_row_ids or filter")
-        for i, d in enumerate(self.data_row_ids or ()):
-            if not d or len(d) > MAX_ID_CHARS:
-                raise ValueError(f"data_row_ids[{i}] must be 1..{MAX_ID_CHARS} characters")
-        return self
-
-
 def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
 
 
 def _error(status: int, message: str) -> web.Response:
-    return _json({"error": {"status": status, "message": message}}, status)
+    return _json(checked(Error, {"error": {"status": status, "message": message}}), status)
 
 
 def row_keys(data_row: str) -> list[str]:
@@ -188,7 +159,7 @@ def run_metrics_document(store: StateBackend, run: str) -> dict[str, Any] | None
     """The body of GET /v1/model-runs/{run}/metrics (blocking; None for an unknown run)."""
     if not store.run_exists(run):
         return None
-    return _run_document(run, store.metric_defs(run), store.run_aggs(run))
+    return checked(RunMetrics, _run_document(run, store.metric_defs(run), store.run_aggs(run)))
 
 
 def _defs_of_known_run(store: StateBackend, run: str) -> dict[str, Aggregation]:
@@ -203,12 +174,13 @@ def data_row_document(store: StateBackend, run: str, dr: str) -> dict[str, Any]:
     nodes = store.nodes_for_rows(run, row_keys(dr))
     if not nodes:
         raise web.HTTPNotFound(text=f"data row {dr!r} has no metrics in model run {run!r}")
-    return {
+    doc = {
         "model_run_id": run,
         "data_row_id": dr,
         "data_rows": sorted({n.data_row for n in nodes}),
         "metrics": format_metrics(defs, slice_entries(defs, nodes)),
     }
+    return checked(DataRowMetrics, doc)
 
 
 def query_document(store: StateBackend, run: str, body: QueryBody) -> dict[str, Any]:
@@ -234,7 +206,8 @@ def query_document(store: StateBackend, run: str, body: QueryBody) -> dict[str, 
         f, s = flt.feature or "", flt.subclass or ""
         nodes = store.nodes_in_range(run, flt.metric, ck, level, f, s, flt.min, flt.max)
     count = len({n.data_row for n in nodes})
-    return {"model_run_id": run, "data_row_count": count, "metrics": format_metrics(defs, slice_entries(defs, nodes))}
+    doc = {"model_run_id": run, "data_row_count": count, "metrics": format_metrics(defs, slice_entries(defs, nodes))}
+    return checked(QueryResult, doc)
 
 
 # The served OpenAPI document; routes mounted next to the query API (ops_http) add their paths to it.
@@ -276,7 +249,7 @@ def build_query_app(store: StateBackend, settings: Settings) -> web.Application:
 
     async def list_runs(request: web.Request) -> web.Response:
         runs = await call(store.list_runs)
-        return _json({"model_runs": [{"id": r, "updated_at": t} for r, t in runs]})
+        return _json(checked(ModelRuns, {"model_runs": [{"id": r, "updated_at": t} for r, t in runs]}))
 
     def _check_param(name: str, value: str) -> None:
         if len(value) > MAX_ID_CHARS:
@@ -323,9 +296,7 @@ def build_query_app(store: StateBackend, settings: Settings) -> web.Application:
             raise web.HTTPNotFound(text=f"unknown event schema {name[:80]!r}; known: {', '.join(SCHEMA_NAMES)}")
         return _json(events_schema.event_schema(name))
 
-    document = openapi_document(
-        max_id_chars=MAX_ID_CHARS, max_slice_rows=MAX_SLICE_ROWS, bearer_required=token is not None
-    )
+    document = query_api_document(bearer_required=token is not None)
 
     async def openapi(request: web.Request) -> web.Response:
         return _json(document)
