@@ -103,14 +103,14 @@ OPS_OPERATIONS = [
     Operation(
         "/healthz",
         "get",
-        "liveness: every consumer loop made progress recently",
+        "liveness: every consumer loop made progress within the stall limit",
         {"200": ("alive", m.Health), "503": ("a consumer loop is stalled", m.Health)},
         public=True,
     ),
     Operation(
         "/readyz",
         "get",
-        "readiness: every consumer is assigned and caught up enough to serve",
+        "readiness: every consumer is connected, joined to its group and not recovering",
         {"200": ("ready", m.Health), "503": ("not ready (the checks say why)", m.Health)},
         public=True,
     ),
