@@ -51,7 +51,7 @@ from service.config import Settings
 from service.events import parse_event
 from service.kafka import create_topics
 from service.query_api import build_query_app
-from service.state import CachedState, SqlStateBackend
+from service.state import CachedState, SqlStateBackend, open_backend
 
 
 def rss_mb() -> float:
@@ -278,8 +278,10 @@ async def query_bench(tmp: Path, leaves: int) -> dict[str, float]:
             out["rss_mb_at_10k_rows"] = rss_mb()
     out["rss_mb_at_1m_rows"] = rss_mb()
     out["build_s"] = time.perf_counter() - t0
-    api_backend = SqlStateBackend.sqlite(tmp / "query-state.sqlite3")
-    app = build_query_app(api_backend, Settings())
+    # the query API's own backend, opened as `runstream run` opens it
+    api_settings = Settings(state_backend="sqlite", state_sqlite_path=tmp / "query-state.sqlite3")
+    api_backend = open_backend(api_settings, queries=True)
+    app = build_query_app(api_backend, api_settings)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -315,7 +317,7 @@ async def query_bench(tmp: Path, leaves: int) -> dict[str, float]:
                 body = await r.read()
                 assert r.status == 200, body
             filter_lat.append(time.perf_counter() - t)
-        # the same narrow filter on a feature's value (rs_node_values, an index range scan)
+        # the same narrow filter on a feature's value (rs_node_nums, an index range scan)
         feature_lat: list[float] = []
         for k in range(3):
             lo = (k * 97 % 997) / 997

@@ -17,11 +17,12 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from service.api_models import MAX_ID_CHARS, DlqSummary, Error, Health, History, PipelineStatus, checked
 from service.health import Probe, liveness, readiness
 from service.metric_history import MetricHistory
-from service.ops_openapi import ops_openapi_paths
+from service.openapi import add_ops_operations
 from service.pipeline_status import pipeline_status
-from service.query_api import MAX_ID_CHARS, OPENAPI_KEY
+from service.query_api import OPENAPI_KEY
 
 Snapshot = Callable[[str], Awaitable[dict[str, Any] | None]]
 DlqSnapshot = Callable[[], dict[str, Any]]  # the DLQ monitor's current counts and recent letters
@@ -29,6 +30,10 @@ DlqSnapshot = Callable[[], dict[str, Any]]  # the DLQ monitor's current counts a
 
 def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+def _error(status: int, message: str) -> web.Response:
+    return _json(checked(Error, {"error": {"status": status, "message": message}}), status)
 
 
 def add_ops_routes(
@@ -47,11 +52,11 @@ def add_ops_routes(
 
     async def healthz(_: web.Request) -> web.Response:
         verdict = liveness(probes, time.monotonic(), stall_after_s)
-        return _json(verdict.as_json(), 200 if verdict.ok else 503)
+        return _json(checked(Health, verdict.as_json()), 200 if verdict.ok else 503)
 
     async def readyz(_: web.Request) -> web.Response:
         verdict = readiness(probes)
-        return _json(verdict.as_json(), 200 if verdict.ok else 503)
+        return _json(checked(Health, verdict.as_json()), 200 if verdict.ok else 503)
 
     async def metrics(_: web.Request) -> web.Response:
         body = await asyncio.to_thread(generate_latest, registry)
@@ -62,34 +67,33 @@ def add_ops_routes(
 
     async def dlq_summary(_: web.Request) -> web.Response:
         if dlq is None:
-            return _json({"error": {"status": 404, "message": "the DLQ monitor is not running here"}}, 404)
-        return _json(dlq())
+            return _error(404, "the DLQ monitor is not running here")
+        return _json(checked(DlqSummary, dlq()))
 
     def too_long(run: str) -> web.Response | None:
         if len(run) <= MAX_ID_CHARS:
             return None
-        message = f"path parameter run: longer than {MAX_ID_CHARS} characters"
-        return _json({"error": {"status": 400, "message": message}}, 400)
+        return _error(400, f"path parameter run: longer than {MAX_ID_CHARS} characters")
 
     async def pipeline(_: web.Request) -> web.Response:
-        return _json(pipeline_status(registry, dlq() if dlq is not None else None))
+        return _json(checked(PipelineStatus, pipeline_status(registry, dlq() if dlq is not None else None)))
 
     async def run_history(request: web.Request) -> web.Response:
         run = request.match_info["run"]
         if (bad := too_long(run)) is not None:
             return bad
-        return _json({"model_run_id": run, "series": history.series(run) if history else []})
+        return _json(checked(History, {"model_run_id": run, "series": history.series(run) if history else []}))
 
     async def run_stream(request: web.Request) -> web.StreamResponse:
         """Server-sent events: the run's metrics document whenever it changes."""
         if snapshot is None:
-            return _json({"error": {"status": 404, "message": "live stream unavailable"}}, 404)
+            return _error(404, "live stream unavailable")
         run = request.match_info["run"]
         if (bad := too_long(run)) is not None:
             return bad
         first = await snapshot(run)
         if first is None:
-            return _json({"error": {"status": 404, "message": f"model run {run!r} has no aggregates"}}, 404)
+            return _error(404, f"model run {run!r} has no aggregates")
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await resp.prepare(request)
         last = b""
@@ -115,4 +119,4 @@ def add_ops_routes(
     app.router.add_get("/v1/pipeline", pipeline)
     document = app.get(OPENAPI_KEY)
     if document is not None:
-        document["paths"].update(ops_openapi_paths())
+        add_ops_operations(document)

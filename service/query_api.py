@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ValidationError
 
 from service.aggregation import (
     LEVEL_DATA_ROW,
@@ -34,16 +34,24 @@ from service.aggregation import (
     cm_ratios,
     confidence_key,
 )
+from service.api_models import (
+    MAX_ID_CHARS,
+    DataRowMetrics,
+    Error,
+    ModelRuns,
+    QueryBody,
+    QueryResult,
+    RunMetrics,
+    checked,
+)
 from service.config import Settings
 from service.events import schema as events_schema
 from service.events.constants import DEFAULT_AGGREGATION, Aggregation
 from service.events.schema import SCHEMA_NAMES
-from service.query_openapi import openapi_document
+from service.openapi import query_api_document
 from service.state import NodeRow, StateBackend
 
 MAX_BODY_BYTES = 1_048_576
-MAX_SLICE_ROWS = 10_000
-MAX_ID_CHARS = 1024
 # Two path ids of MAX_ID_CHARS characters, percent-encoded UTF-8 (up to 12 bytes a character), must
 # fit the request line; aiohttp's default limit (8190 bytes) would answer a documented request with a
 # plain-text 400 from the HTTP parser before the app (and its JSON errors) ever sees it.
@@ -55,49 +63,12 @@ JSON_TYPES = frozenset({"application/json"})
 log = logging.getLogger("runstream.query_api")
 
 
-class Filter(BaseModel):
-    """Data rows whose value of ``metric`` (at ``feature``/``subclass``, or the data row) is in range."""
-
-    model_config = ConfigDict(extra="forbid")
-    metric: str = Field(max_length=MAX_ID_CHARS)
-    feature: str | None = Field(default=None, max_length=MAX_ID_CHARS)
-    subclass: str | None = Field(default=None, max_length=MAX_ID_CHARS)
-    confidence: float | None = Field(default=None, ge=0, le=1)
-    min: float | None = Field(default=None, allow_inf_nan=False)
-    max: float | None = Field(default=None, allow_inf_nan=False)
-
-    @model_validator(mode="after")
-    def _check(self) -> Filter:
-        if self.subclass is not None and self.feature is None:
-            raise ValueError("filter.subclass needs filter.feature")
-        if self.min is not None and self.max is not None and self.min > self.max:
-            raise ValueError("filter.min is greater than filter.max")
-        return self
-
-
-class QueryBody(BaseModel):
-    """Exactly one of a slice (``data_row_ids``) or a ``filter``."""
-
-    model_config = ConfigDict(extra="forbid")
-    data_row_ids: list[str] | None = Field(default=None, min_length=1, max_length=MAX_SLICE_ROWS)
-    filter: Filter | None = None
-
-    @model_validator(mode="after")
-    def _one(self) -> QueryBody:
-        if (self.data_row_ids is None) == (self.filter is None):
-            raise ValueError("give exactly one of data_row_ids or filter")
-        for i, d in enumerate(self.data_row_ids or ()):
-            if not d or len(d) > MAX_ID_CHARS:
-                raise ValueError(f"data_row_ids[{i}] must be 1..{MAX_ID_CHARS} characters")
-        return self
-
-
 def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
 
 
 def _error(status: int, message: str) -> web.Response:
-    return _json({"error": {"status": status, "message": message}}, status)
+    return _json(checked(Error, {"error": {"status": status, "message": message}}), status)
 
 
 def row_keys(data_row: str) -> list[str]:
@@ -188,7 +159,55 @@ def run_metrics_document(store: StateBackend, run: str) -> dict[str, Any] | None
     """The body of GET /v1/model-runs/{run}/metrics (blocking; None for an unknown run)."""
     if not store.run_exists(run):
         return None
-    return _run_document(run, store.metric_defs(run), store.run_aggs(run))
+    return checked(RunMetrics, _run_document(run, store.metric_defs(run), store.run_aggs(run)))
+
+
+def _defs_of_known_run(store: StateBackend, run: str) -> dict[str, Aggregation]:
+    if not store.run_exists(run):
+        raise web.HTTPNotFound(text=f"model run {run!r} has no aggregates")
+    return store.metric_defs(run)
+
+
+def data_row_document(store: StateBackend, run: str, dr: str) -> dict[str, Any]:
+    """The body of GET /v1/model-runs/{run}/data-rows/{dr}/metrics (blocking; 404 as HTTPNotFound)."""
+    defs = _defs_of_known_run(store, run)
+    nodes = store.nodes_for_rows(run, row_keys(dr))
+    if not nodes:
+        raise web.HTTPNotFound(text=f"data row {dr!r} has no metrics in model run {run!r}")
+    doc = {
+        "model_run_id": run,
+        "data_row_id": dr,
+        "data_rows": sorted({n.data_row for n in nodes}),
+        "metrics": format_metrics(defs, slice_entries(defs, nodes)),
+    }
+    return checked(DataRowMetrics, doc)
+
+
+def query_document(store: StateBackend, run: str, body: QueryBody) -> dict[str, Any]:
+    """The body of POST /v1/model-runs/{run}/metrics/query (blocking; 404/400 as HTTP exceptions).
+
+    Why one blocking call for the whole answer: each hop between the event loop and a worker
+    thread waits for a scheduler slot, which on a busy machine is what a query's tail latency
+    is made of. A slice reads its rows' trees once by primary key; a filter is one statement,
+    an index range scan joined to the trees. Either way the data rows counted are the ones
+    whose trees yield nodes.
+    """
+    defs = _defs_of_known_run(store, run)
+    if body.data_row_ids is not None:
+        # distinct keys: a key repeated across two chunks of the IN list would count its trees twice
+        nodes = store.nodes_for_rows(run, sorted({k for d in body.data_row_ids for k in row_keys(d)}))
+    else:
+        flt = body.filter
+        assert flt is not None
+        if flt.metric not in defs:
+            raise web.HTTPBadRequest(text=f"filter.metric: model run {run!r} has no metric {flt.metric!r}")
+        level = LEVEL_DATA_ROW if flt.feature is None else LEVEL_FEATURE if flt.subclass is None else LEVEL_SUBCLASS
+        ck = "" if flt.confidence is None else confidence_key(flt.confidence)
+        f, s = flt.feature or "", flt.subclass or ""
+        nodes = store.nodes_in_range(run, flt.metric, ck, level, f, s, flt.min, flt.max)
+    count = len({n.data_row for n in nodes})
+    doc = {"model_run_id": run, "data_row_count": count, "metrics": format_metrics(defs, slice_entries(defs, nodes))}
+    return checked(QueryResult, doc)
 
 
 # The served OpenAPI document; routes mounted next to the query API (ops_http) add their paths to it.
@@ -230,43 +249,27 @@ def build_query_app(store: StateBackend, settings: Settings) -> web.Application:
 
     async def list_runs(request: web.Request) -> web.Response:
         runs = await call(store.list_runs)
-        return _json({"model_runs": [{"id": r, "updated_at": t} for r, t in runs]})
+        return _json(checked(ModelRuns, {"model_runs": [{"id": r, "updated_at": t} for r, t in runs]}))
 
     def _check_param(name: str, value: str) -> None:
         if len(value) > MAX_ID_CHARS:
             raise web.HTTPBadRequest(text=f"path parameter {name}: longer than {MAX_ID_CHARS} characters")
 
-    async def _known_run(run: str) -> dict[str, Aggregation]:
-        _check_param("run", run)
-        if not await call(store.run_exists, run):
-            raise web.HTTPNotFound(text=f"model run {run!r} has no aggregates")
-        defs: dict[str, Aggregation] = await call(store.metric_defs, run)
-        return defs
-
     async def run_metrics(request: web.Request) -> web.Response:
         run = request.match_info["run"]
-        defs = await _known_run(run)
-        rows = await call(store.run_aggs, run)
-        return _json(_run_document(run, defs, rows))
+        _check_param("run", run)
+        doc: dict[str, Any] | None = await call(run_metrics_document, store, run)
+        if doc is None:
+            raise web.HTTPNotFound(text=f"model run {run!r} has no aggregates")
+        return _json(doc)
 
     async def data_row_metrics(request: web.Request) -> web.Response:
         run = request.match_info["run"]
         dr = request.match_info["dr"]
         _check_param("run", run)
         _check_param("dr", dr)
-        defs = await _known_run(run)
-        nodes: list[NodeRow] = await call(store.nodes_for_rows, run, row_keys(dr))
-        if not nodes:
-            raise web.HTTPNotFound(text=f"data row {dr!r} has no metrics in model run {run!r}")
-        rows = sorted({n.data_row for n in nodes})
-        return _json(
-            {
-                "model_run_id": run,
-                "data_row_id": dr,
-                "data_rows": rows,
-                "metrics": format_metrics(defs, slice_entries(defs, nodes)),
-            }
-        )
+        doc: dict[str, Any] = await call(data_row_document, store, run, dr)
+        return _json(doc)
 
     async def query(request: web.Request) -> web.Response:
         run = request.match_info["run"]
@@ -284,28 +287,8 @@ def build_query_app(store: StateBackend, settings: Settings) -> web.Application:
             err = exc.errors()[0]
             loc = ".".join(str(p) for p in err["loc"]) or "body"
             return _error(400, f"{loc}: {err['msg']}")
-        defs = await _known_run(run)
-        if body.data_row_ids is not None:
-            keys = [k for d in body.data_row_ids for k in row_keys(d)]
-            rows: list[str] = await call(store.known_rows, run, keys)
-        else:
-            flt = body.filter
-            assert flt is not None
-            if flt.metric not in defs:
-                return _error(400, f"filter.metric: model run {run!r} has no metric {flt.metric!r}")
-            level = LEVEL_DATA_ROW if flt.feature is None else LEVEL_FEATURE if flt.subclass is None else LEVEL_SUBCLASS
-            ck = "" if flt.confidence is None else confidence_key(flt.confidence)
-            rows = await call(
-                store.rows_in_range, run, flt.metric, ck, level, flt.feature or "", flt.subclass or "", flt.min, flt.max
-            )
-        nodes = await call(store.nodes_for_rows, run, sorted(set(rows)))
-        return _json(
-            {
-                "model_run_id": run,
-                "data_row_count": len(set(rows)),
-                "metrics": format_metrics(defs, slice_entries(defs, nodes)),
-            }
-        )
+        doc: dict[str, Any] = await call(query_document, store, run, body)
+        return _json(doc)
 
     async def event_schema(request: web.Request) -> web.Response:
         name = request.match_info["name"]
@@ -313,9 +296,7 @@ def build_query_app(store: StateBackend, settings: Settings) -> web.Application:
             raise web.HTTPNotFound(text=f"unknown event schema {name[:80]!r}; known: {', '.join(SCHEMA_NAMES)}")
         return _json(events_schema.event_schema(name))
 
-    document = openapi_document(
-        max_id_chars=MAX_ID_CHARS, max_slice_rows=MAX_SLICE_ROWS, bearer_required=token is not None
-    )
+    document = query_api_document(bearer_required=token is not None)
 
     async def openapi(request: web.Request) -> web.Response:
         return _json(document)

@@ -124,7 +124,7 @@ async def run_service(
         )
     if http:
         if role in ("aggregator", "all"):
-            api_backend = open_backend(settings)
+            api_backend = open_backend(settings, queries=True)
             app = build_query_app(api_backend, settings)
             monitor = DlqMonitor(settings)
             history = MetricHistory()

@@ -162,7 +162,9 @@ class SqlStateBackend(StateQueries):
             )
 
     @classmethod
-    def sqlite(cls, path: Path | str) -> SqlStateBackend:
+    def sqlite(cls, path: Path | str, *, mmap_bytes: int = 0) -> SqlStateBackend:
+        """``mmap_bytes``: read up to that much of the file through a memory map (see QUERY_MMAP_BYTES)."""
+
         def connect(autocheckpoint: bool = True) -> _SqliteConn:
             conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30.0)
             conn.execute("PRAGMA journal_mode=WAL")
@@ -173,6 +175,8 @@ class SqlStateBackend(StateQueries):
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA cache_size=-16384")  # 16 MiB page cache per connection
             conn.execute("PRAGMA temp_store=MEMORY")
+            if mmap_bytes:
+                conn.execute(f"PRAGMA mmap_size={int(mmap_bytes)}")
             if not autocheckpoint:
                 # The writer never checkpoints: copying WAL pages into the database (and its
                 # fsync) would run inside COMMIT, on the commit's critical path. The backend's
@@ -547,12 +551,24 @@ def _insert_many(
         cur.execute(sql(stmt), list(chain.from_iterable(chunk)))
 
 
-def open_backend(settings: Settings) -> SqlStateBackend:
-    """The backend Settings.state_backend names (a new connection each call)."""
+# Query-side SQLite connections read the file through a memory map of up to this size. Why: a
+# filter or slice reads trees at random places in the file (one page per data row); through
+# read() each page is a system call and a copy into SQLite's page cache, through the map it is
+# a memory access (measured: a 1,000-row filter at 1M data rows reads about twice as fast).
+# The mapped pages are the OS page cache the file is in anyway; they count towards the
+# process's RSS once touched, which is why the aggregator's own connections do not map.
+QUERY_MMAP_BYTES = 1 << 30
+
+
+def open_backend(settings: Settings, *, queries: bool = False) -> SqlStateBackend:
+    """The backend Settings.state_backend names (a new connection each call).
+
+    ``queries``: the backend serves the query API (SQLite: read through QUERY_MMAP_BYTES).
+    """
     if settings.state_backend == "postgres":
         if not settings.state_postgres_dsn:
             raise ConfigError("RUNSTREAM_STATE_BACKEND=postgres needs RUNSTREAM_STATE_POSTGRES_DSN")
         return SqlStateBackend.postgres(settings.state_postgres_dsn)
-    return SqlStateBackend.sqlite(settings.state_sqlite_path)
+    return SqlStateBackend.sqlite(settings.state_sqlite_path, mmap_bytes=QUERY_MMAP_BYTES if queries else 0)
 
 

@@ -28,9 +28,10 @@ from row_uuid import row_uuid
 
 from consumers.aggregator import ops_from_event
 from service.aggregation import apply_message
+from service.api_models import MAX_ID_CHARS, MAX_SLICE_ROWS
 from service.config import Settings
 from service.events import parse_event
-from service.query_api import MAX_BODY_BYTES, MAX_ID_CHARS, MAX_SLICE_ROWS, build_query_app
+from service.query_api import MAX_BODY_BYTES, build_query_app
 from service.state import CachedState, SqlStateBackend
 
 RUN = "qa-run"
@@ -392,6 +393,16 @@ async def test_slice(api: Api) -> None:
 
     status, body = await api.query({"data_row_ids": ["nothing-here"]})
     assert status == 200 and body["data_row_count"] == 0 and body["metrics"] == []
+
+
+async def test_slice_names_a_row_twice_across_chunks(api: Api) -> None:
+    """A data row named twice, far apart in a long list (the store reads the keys in chunks):
+    its values count once."""
+    ids = ["d1", *(f"pad-{i}" for i in range(700)), "id:d1", "gk:g3", "g3"]
+    status, body = await api.query({"data_row_ids": ids})
+    assert status == 200, body
+    assert body["data_row_count"] == 2
+    assert diff(flatten(body["metrics"]), api.ref.run_level(["id:d1", "gk:g3"])) == []
 
 
 def _filtered_rows(

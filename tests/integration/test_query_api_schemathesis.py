@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +24,7 @@ import schemathesis
 from aiohttp import web
 from hypothesis import HealthCheck, settings
 from prometheus_client import CollectorRegistry
-from pydantic import SecretStr
+from pydantic import BaseModel, SecretStr, ValidationError
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -36,8 +37,11 @@ from test_query_api import RUN, TOKEN, populate
 
 from consumers.dlq.headers import DlqHeaders
 from consumers.dlq.monitor import DlqMonitor
+from service.api_models import DlqSummary, Metric, checked
 from service.config import Settings
+from service.health import Probe
 from service.metric_history import MetricHistory
+from service.openapi import OPS_OPERATIONS, QUERY_OPERATIONS
 from service.ops_http import add_ops_routes
 from service.prometheus import ConsumerMetrics
 from service.query_api import build_query_app, run_metrics_document
@@ -63,10 +67,14 @@ async def start_app(store: Path, token: str) -> tuple[web.AppRunner, SqlStateBac
     headers = DlqHeaders(error_class="schema", error_message="metrics[0].value: must be a number",
                          source_topic="t", source_partition=0, source_offset=7, consumer_group="g")  # fmt: skip
     dlq.stats.add(0, 0, headers.to_kafka())
+    rejected = DlqHeaders(error_class="labelbox.model_run", error_message="Labelbox rejected model run 'mr-1': gone",
+                          source_topic="t", source_partition=1, source_offset=3, consumer_group="g")  # fmt: skip
+    dlq.stats.add(0, 1, rejected.to_kafka())
     history = MetricHistory()
     history.record(RUN, 1.0, [("am", "", 0.5), ("am", "cat", 0.25)])
+    aggregator = Probe("aggregator", time.monotonic, lambda: None)  # alive and ready
     add_ops_routes(
-        app, probes=[], registry=registry, dlq=dlq.stats.snapshot, history=history, stream_interval_s=0.1,
+        app, probes=[aggregator], registry=registry, dlq=dlq.stats.snapshot, history=history, stream_interval_s=0.1,
         snapshot=lambda run: asyncio.to_thread(run_metrics_document, backend, run),
     )  # fmt: skip
     runner = web.AppRunner(app, access_log=None)
@@ -135,8 +143,10 @@ OPERATIONS = [
     ("GET", "/v1/model-runs/{run}/history"),
     ("GET", "/v1/model-runs/{run}/stream"),
     ("GET", "/v1/schemas/{name}"),
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
 ]
-NO_PARAMETERS = {"/v1/model-runs", "/v1/dlq", "/v1/pipeline"}
+NO_PARAMETERS = {"/v1/model-runs", "/v1/dlq", "/v1/pipeline", "/healthz", "/readyz"}
 STREAM = "/v1/model-runs/{run}/stream"  # an endless body: tested by test_live_stream_conforms
 
 
@@ -235,3 +245,113 @@ def test_live_stream_conforms(server: ThreadedApi) -> None:
         assert str(status) in responses and r.status_code == status, (status, r.status_code, r.text)
         assert r.headers["Content-Type"].startswith("application/json") and "message" in r.json()["error"]
     assert requests.get(f"{server.url}/v1/model-runs/{RUN}/stream", timeout=10).status_code == 401
+
+
+def _model_of(method: str, path: str, status: int) -> type[BaseModel] | None:
+    for op in [*QUERY_OPERATIONS, *OPS_OPERATIONS]:
+        if (op.method.upper(), op.path) == (method, path):
+            resp = op.responses[str(status)]
+            return resp[1] if len(resp) == 2 else None
+    raise AssertionError(f"{method} {path} is not in the document")
+
+
+def test_every_response_is_its_declared_model(server: ThreadedApi) -> None:
+    """Each operation's answers (real aggregates, errors) parsed by the model the document names for
+    the status: strict types, and a field the model does not declare fails here."""
+    urls = [
+        ("GET", "/v1/model-runs", "/v1/model-runs", None),
+        ("GET", "/v1/model-runs/{run}/metrics", f"/v1/model-runs/{RUN}/metrics", None),
+        ("GET", "/v1/model-runs/{run}/metrics", "/v1/model-runs/nope/metrics", None),
+        ("GET", "/v1/model-runs/{run}/data-rows/{dr}/metrics", f"/v1/model-runs/{RUN}/data-rows/d1/metrics", None),
+        ("GET", "/v1/model-runs/{run}/data-rows/{dr}/metrics", f"/v1/model-runs/{RUN}/data-rows/zz/metrics", None),
+        ("POST", "/v1/model-runs/{run}/metrics/query", f"/v1/model-runs/{RUN}/metrics/query",
+         {"data_row_ids": ["d1", "g3", "dup"]}),
+        ("POST", "/v1/model-runs/{run}/metrics/query", f"/v1/model-runs/{RUN}/metrics/query",
+         {"filter": {"metric": "cmc", "confidence": 0.5}}),
+        ("POST", "/v1/model-runs/{run}/metrics/query", f"/v1/model-runs/{RUN}/metrics/query", {"filter": {}}),
+        ("GET", "/v1/dlq", "/v1/dlq", None),
+        ("GET", "/v1/pipeline", "/v1/pipeline", None),
+        ("GET", "/v1/model-runs/{run}/history", f"/v1/model-runs/{RUN}/history", None),
+        ("GET", "/v1/model-runs/{run}/history", "/v1/model-runs/" + "x" * 2000 + "/history", None),
+        ("GET", "/healthz", "/healthz", None),
+        ("GET", "/readyz", "/readyz", None),
+    ]  # fmt: skip
+    statuses: Counter[int] = Counter()
+    with requests.Session() as s:
+        for method, path, url, body in urls:
+            r = s.request(method, server.url + url, json=body, headers=AUTH, timeout=10)
+            statuses[r.status_code] += 1
+            model = _model_of(method, path, r.status_code)
+            assert model is not None
+            model.model_validate_json(r.content)  # ValidationError names the undeclared or mistyped field
+        doc = r.json()
+    assert doc == {"status": "ok", "checks": {"aggregator": "ok"}}
+    assert statuses == {200: 10, 404: 2, 400: 2}
+    dlq = s.get(server.url + "/v1/dlq", headers=AUTH, timeout=10).json()
+    assert dlq["rejected_model_runs"][0]["model_run_id"] == "mr-1"  # declared, so the dashboard's panel is
+
+
+def test_a_field_the_model_does_not_declare_is_never_served() -> None:
+    """The ops routes serve what their callables return only once it fits the declared model: a DLQ
+    snapshot with an undeclared field is a JSON 500, not an undocumented field."""
+    good = {"total": 0, "by_class": {}, "recent": [], "rejected_model_runs": []}
+    assert checked(DlqSummary, good) is good
+    with pytest.raises(ValidationError, match="surprise"):
+        checked(DlqSummary, {**good, "surprise": 1})
+    with pytest.raises(ValidationError, match=r"recent\.0\.extra"):
+        entry = {"error_class": "x", "message": "m", "source": "t[0]@1", "dlq_partition": 0, "dlq_offset": 1}
+        checked(DlqSummary, {**good, "recent": [{**entry, "failed_at": None, "extra": True}]})
+
+    async def serve() -> tuple[int, Any]:
+        app = web.Application(middlewares=[json_errors])
+        add_ops_routes(app, probes=[], registry=CollectorRegistry(), dlq=lambda: {**good, "surprise": 1})
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        try:
+            url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1/dlq"
+            r = await asyncio.to_thread(requests.get, url, timeout=10)
+            return r.status_code, r.text
+        finally:
+            await runner.cleanup()
+
+    status, text = asyncio.run(serve())
+    assert status == 500 and "surprise" not in text
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ValidationError:
+        return web.json_response({"error": {"status": 500, "message": "internal error"}}, status=500)
+
+
+def test_document_schemas_are_closed_and_derived(server: ThreadedApi) -> None:
+    """The served components are the models' own JSON Schemas, every model's schema forbids
+    undeclared properties (nested models are components too), and every $ref resolves."""
+    doc = requests.get(server.url + "/openapi.json", timeout=10).json()
+    assert doc["openapi"].startswith("3.1")
+    schemas = doc["components"]["schemas"]
+    for name in ("Metric", "QueryResult", "DlqSummary", "PipelineStatus", "History", "Health", "Error", "QueryBody"):
+        assert name in schemas, name
+
+    for name, schema in schemas.items():
+        assert schema["type"] == "object" and schema["additionalProperties"] is False, name
+
+    def walk(node: Any, where: str) -> None:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if ref is not None:
+                assert ref.startswith("#/components/schemas/") and ref.rsplit("/", 1)[1] in schemas, (where, ref)
+            for k, v in node.items():
+                walk(v, f"{where}.{k}")
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, f"{where}[{i}]")
+
+    walk(doc["components"], "components")
+    walk(doc["paths"], "paths")
+    metric = Metric.model_json_schema(ref_template="#/components/schemas/{model}", mode="serialization")
+    assert schemas["Metric"] == {k: v for k, v in metric.items() if k != "$defs"}
