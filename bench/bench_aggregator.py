@@ -47,10 +47,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from consumers.aggregator import Aggregator
 from service.aggregation import MessageOps, MetricLeaf, apply_message
+from service.api.query_api import build_query_app
 from service.config import Settings
 from service.events import parse_event
 from service.kafka import create_topics
-from service.query_api import build_query_app
 from service.state import CachedState, SqlStateBackend, open_backend
 
 

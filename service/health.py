@@ -1,4 +1,4 @@
-"""Liveness and readiness from the components' own state (pure; the HTTP edge is ops_http).
+"""Liveness and readiness from the components' own state (pure; the HTTP edge is service.api.ops).
 
 Liveness answers "is the loop still turning?": a component whose loop has not made
 progress for ``stall_after_s`` is dead and should be restarted. Readiness answers "should

@@ -30,6 +30,9 @@ from consumers.dlq.monitor import DlqMonitor
 from consumers.runtime import RuntimeStatus
 from consumers.shutdown import bounded
 from consumers.uploader import run_uploader
+from service.api.metric_history import MetricHistory, run_level_values
+from service.api.ops import add_ops_routes
+from service.api.query_api import build_query_app, run_metrics_document
 from service.config import Settings
 from service.errors import ConfigError, RunstreamError
 from service.gc_tuning import tune_gc
@@ -37,10 +40,7 @@ from service.health import Probe
 from service.kafka import KafkaStartAborted
 from service.log_collapse import RepeatCollapser
 from service.logging_setup import configure_logging
-from service.metric_history import MetricHistory, run_level_values
-from service.ops_http import add_ops_routes
 from service.prometheus import ConsumerMetrics
-from service.query_api import build_query_app, run_metrics_document
 from service.state import StateBackend, open_backend
 
 log = logging.getLogger("runstream.run")

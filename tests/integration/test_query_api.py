@@ -28,10 +28,10 @@ from row_uuid import row_uuid
 
 from consumers.aggregator import ops_from_event
 from service.aggregation import apply_message
-from service.api_models import MAX_ID_CHARS, MAX_SLICE_ROWS
+from service.api.models import MAX_ID_CHARS, MAX_SLICE_ROWS
+from service.api.query_api import MAX_BODY_BYTES, build_query_app
 from service.config import Settings
 from service.events import parse_event
-from service.query_api import MAX_BODY_BYTES, build_query_app
 from service.state import CachedState, SqlStateBackend
 
 RUN = "qa-run"

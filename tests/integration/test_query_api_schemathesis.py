@@ -37,14 +37,14 @@ from test_query_api import RUN, TOKEN, populate
 
 from consumers.dlq.headers import DlqHeaders
 from consumers.dlq.monitor import DlqMonitor
-from service.api_models import DlqSummary, Metric, checked
+from service.api.metric_history import MetricHistory
+from service.api.models import DlqSummary, Metric, checked
+from service.api.openapi import OPS_OPERATIONS, QUERY_OPERATIONS
+from service.api.ops import add_ops_routes
+from service.api.query_api import build_query_app, run_metrics_document
 from service.config import Settings
 from service.health import Probe
-from service.metric_history import MetricHistory
-from service.openapi import OPS_OPERATIONS, QUERY_OPERATIONS
-from service.ops_http import add_ops_routes
 from service.prometheus import ConsumerMetrics
-from service.query_api import build_query_app, run_metrics_document
 from service.state import SqlStateBackend
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]

@@ -28,8 +28,8 @@ PURE = (
     "service/offsets.py",
     "service/health.py",
     "service/labelbox/import_dedup.py",
-    "service/pipeline_status.py",
-    "service/metric_history.py",
+    "service/api/pipeline_status.py",
+    "service/api/metric_history.py",
     "consumers/dlq/letter.py",
     "consumers/dlq/headers.py",
 )

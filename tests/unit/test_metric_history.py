@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from service.metric_history import MetricHistory, scalar_of
+from service.api.metric_history import MetricHistory, scalar_of
 
 
 def test_rings_are_bounded_and_skip_repeats() -> None:

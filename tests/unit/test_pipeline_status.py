@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry
 
-from service.pipeline_status import pipeline_status
+from service.api.pipeline_status import pipeline_status
 from service.prometheus import ConsumerMetrics
 
 

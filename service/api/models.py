@@ -2,7 +2,7 @@
 
 One declaration per body: the handlers validate requests with them, the ops routes build their
 responses through them, the tests check every response of the query routes against them, and
-service.openapi derives the served OpenAPI document from their JSON Schemas. Response models
+service.api.openapi derives the served OpenAPI document from their JSON Schemas. Response models
 forbid undeclared fields, so a field a handler adds without declaring it fails the tests (and the
 document's ``additionalProperties: false``) instead of reaching clients undocumented.
 """

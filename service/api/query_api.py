@@ -34,7 +34,7 @@ from service.aggregation import (
     cm_ratios,
     confidence_key,
 )
-from service.api_models import (
+from service.api.models import (
     MAX_ID_CHARS,
     DataRowMetrics,
     Error,
@@ -44,11 +44,11 @@ from service.api_models import (
     RunMetrics,
     checked,
 )
+from service.api.openapi import query_api_document
 from service.config import Settings
 from service.events import schema as events_schema
 from service.events.constants import DEFAULT_AGGREGATION, Aggregation
 from service.events.schema import SCHEMA_NAMES
-from service.openapi import query_api_document
 from service.state import NodeRow, StateBackend
 
 MAX_BODY_BYTES = 1_048_576
@@ -210,7 +210,7 @@ def query_document(store: StateBackend, run: str, body: QueryBody) -> dict[str, 
     return checked(QueryResult, doc)
 
 
-# The served OpenAPI document; routes mounted next to the query API (ops_http) add their paths to it.
+# The served OpenAPI document; routes mounted next to the query API (service.api.ops) add their paths to it.
 OPENAPI_KEY: web.AppKey[dict[str, Any]] = web.AppKey("openapi", dict)
 
 

@@ -1,4 +1,4 @@
-"""The served OpenAPI document (/openapi.json), derived from the body models in service.api_models.
+"""The served OpenAPI document (/openapi.json), derived from the body models in service.api.models.
 
 OpenAPI 3.1: its schemas are JSON Schema 2020-12, which is what pydantic emits (``anyOf`` with
 ``{"type": "null"}`` for an optional value), so the models' schemas go in unchanged. Each
@@ -15,8 +15,8 @@ from typing import Any, Literal
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from service import api_models as m
-from service.api_models import MAX_ID_CHARS
+from service.api import models as m
+from service.api.models import MAX_ID_CHARS
 from service.events.schema import SCHEMA_NAMES
 
 OPENAPI_VERSION = "3.1.0"

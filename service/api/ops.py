@@ -17,12 +17,12 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from service.api_models import MAX_ID_CHARS, DlqSummary, Error, Health, History, PipelineStatus, checked
+from service.api.metric_history import MetricHistory
+from service.api.models import MAX_ID_CHARS, DlqSummary, Error, Health, History, PipelineStatus, checked
+from service.api.openapi import add_ops_operations
+from service.api.pipeline_status import pipeline_status
+from service.api.query_api import OPENAPI_KEY
 from service.health import Probe, liveness, readiness
-from service.metric_history import MetricHistory
-from service.openapi import add_ops_operations
-from service.pipeline_status import pipeline_status
-from service.query_api import OPENAPI_KEY
 
 Snapshot = Callable[[str], Awaitable[dict[str, Any] | None]]
 DlqSnapshot = Callable[[], dict[str, Any]]  # the DLQ monitor's current counts and recent letters
@@ -48,7 +48,7 @@ def add_ops_routes(
     stream_interval_s: float = 1.0,
 ) -> None:
     """Mount /healthz, /readyz, /metrics, / (dashboard), /v1/dlq, and per-run history and live stream."""
-    page = resources.files("service").joinpath("static/dashboard.html").read_bytes()
+    page = resources.files("service.api").joinpath("static/dashboard.html").read_bytes()
 
     async def healthz(_: web.Request) -> web.Response:
         verdict = liveness(probes, time.monotonic(), stall_after_s)
