@@ -2,8 +2,9 @@
 
 Each command lives in its own module under ``runstream/commands/`` and exposes
 ``register(subparsers)``; this file only assembles them, so adding a command never
-touches another command's code. The CLI is the one place under ``service/`` that imports
-``consumers/`` (docs/DEVELOPING.md, "Layers"; tests/unit/test_layers.py).
+touches another command's code. The CLI is the top layer: the one package that imports the roles
+in ``consumers/`` and the dev tooling in ``devstack/`` (docs/DEVELOPING.md, "Layers";
+tests/unit/test_layers.py).
 """
 
 from __future__ import annotations
