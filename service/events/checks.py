@@ -209,6 +209,8 @@ def prediction_event(w: PredictionEventWire, doc: dict[str, Any]) -> PredictionE
                 "predictions", "give either predictions (a list) or prediction (one row), not both"
             )
         raws = doc["predictions"]
+        if len(many) == 1:
+            return PredictionEvent(mrid, [prediction_row(many[0], raws[0], mrid, 0)])
         rows: list[PredictionRow] = []
         append = rows.append
         for i in range(len(many)):  # a plain loop: cheaper per event than a comprehension over enumerate/zip
@@ -247,6 +249,7 @@ def _check_per_label_limit(rows: list[PredictionRow]) -> None:
 _keysets: dict[tuple[str, ...], bool] = {}
 _keyset_get = _keysets.get
 _sum = sum
+_isspace = str.isspace
 
 
 def _confidence_key(key: str) -> float | None:
@@ -410,8 +413,8 @@ def metric_row(w: MetricRowWire, mrid: str, path: str | int) -> MetricRow:
                 _reserved(metric_name, f"{_mpath(path)}.{_spelling(w, 1)}")
         return ScalarMetricRow(ref, feature_name, subclass_name, mrid, w.uuid, None, metric_name, value, aggregation)
     if tv is tuple and (aggregation is None or aggregation == _CM) and metric_name is not None:
-        a, b, c, d = value
-        if type(a) is not int or type(b) is not int or type(c) is not int or type(d) is not int:
+        if type(_sum(value)) is not int:  # a count written as a float (3.0) makes the sum a float
+            a, b, c, d = value
             value = (int(a), int(b), int(c), int(d))
         return ConfusionMatrixMetricRow(ref, feature_name, subclass_name, mrid, w.uuid, None, metric_name, value, _CM)
 
@@ -512,9 +515,10 @@ def label_event(w: LabelEventWire) -> LabelEvent:
         if value.isspace():
             raise _blank(_ALL_SELECTORS[i])
         return LabelEvent(mrid, None, value)
-    for j, s in enumerate(value):
-        if s.isspace():
-            raise _blank(f"{_ALL_SELECTORS[i]}[{j}]")
+    if any(map(_isspace, value)):
+        for j, s in enumerate(value):
+            if s.isspace():
+                raise _blank(f"{_ALL_SELECTORS[i]}[{j}]")
     if which == 0:
         return LabelEvent(mrid, value)
     if which == 2:
