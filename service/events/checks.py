@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable
 from typing import Any, Literal
 
 from msgspec import UNSET
@@ -171,19 +170,6 @@ def _answer(node: AnswerWire, path: str) -> None:
             _classification_body(c, c_cms, p, is_mask=False)
 
 
-def _checked_ref(ref: DataRowRef, where: Callable[[], str]) -> DataRowRef:
-    """The common case (exactly one of id / globalKey, not blank) passes as is; anything else goes
-    through the full data-row check, which names the problem at ``where()``."""
-    v = ref.id
-    if v is None:
-        v = ref.global_key
-    elif ref.global_key is not None:
-        v = None
-    if v is None or ref.global_key_snake is not None or v.isspace():
-        return data_row(ref, where())
-    return ref
-
-
 def prediction_row(w: PredictionRowWire, raw: dict[str, Any], mrid: str, path: str | int) -> PredictionRow:
     ref = w.dataRow
     if w.data_row is not None:
@@ -192,7 +178,10 @@ def prediction_row(w: PredictionRowWire, raw: dict[str, Any], mrid: str, path: s
         ref = w.data_row
     if ref is None:
         raise EventValidationError(f"{_ppath(path)}.dataRow", "is required")
-    ref = _checked_ref(ref, lambda: f"{_ppath(path)}.dataRow")
+    # The common case (exactly one identifier, not blank) skips the full data-row check.
+    gk = ref.global_key
+    if ref.global_key_snake is not None or (ref.id is None) is (gk is None) or (ref.id or gk or "").isspace():
+        ref = data_row(ref, f"{_ppath(path)}.dataRow")
     name = w.name
     schema_id = w.schemaId
     cms = w.customMetrics
@@ -220,6 +209,8 @@ def prediction_event(w: PredictionEventWire, doc: dict[str, Any]) -> PredictionE
                 "predictions", "give either predictions (a list) or prediction (one row), not both"
             )
         raws = doc["predictions"]
+        if len(many) == 1:
+            return PredictionEvent(mrid, [prediction_row(many[0], raws[0], mrid, 0)])
         rows: list[PredictionRow] = []
         append = rows.append
         for i in range(len(many)):  # a plain loop: cheaper per event than a comprehension over enumerate/zip
@@ -253,9 +244,12 @@ def _check_per_label_limit(rows: list[PredictionRow]) -> None:
 # -------------------------------------------------------------------------------- metrics
 
 
-_key_seen: dict[str, float] = {}
-_key_get = _key_seen.get
-_MAX_KEYS = MAX_CONFIDENCE_SCORES
+# Key tuples of confidence-keyed values accepted before (count, range, no repeated confidence): they
+# repeat from message to message, so one lookup replaces the per-key checks.
+_keysets: dict[tuple[str, ...], bool] = {}
+_keyset_get = _keysets.get
+_sum = sum
+_isspace = str.isspace
 
 
 def _confidence_key(key: str) -> float | None:
@@ -266,9 +260,6 @@ def _confidence_key(key: str) -> float | None:
         return None
     if not (math.isfinite(f) and 0.0 <= f <= 1.0):
         return None
-    if len(_key_seen) > 4096:
-        _key_seen.clear()
-    _key_seen[key] = f  # keys repeat from message to message: remembered
     return f
 
 
@@ -276,48 +267,51 @@ def _vpath(w: MetricRowWire, path: str | int) -> str:
     return f"{_mpath(path)}.{_spelling(w, 4)}"
 
 
-def _confidence_keyed(value: dict[str, Any], w: MetricRowWire, path: str | int) -> tuple[dict[float, Any], int]:
-    """The value keyed by confidence, and how many entries are matrices (the rest are numbers).
-
-    The key count, the key range and repeated confidences are checked; matrices are made of ints.
-    """
+def _check_confidence_keys(value: dict[str, Any], w: MetricRowWire, path: str | int) -> None:
+    """The key count, the key range and repeated confidences; an accepted key tuple is remembered."""
     n = len(value)
     if not MIN_CONFIDENCE_SCORES <= n <= MAX_CONFIDENCE_SCORES:
         raise confidence_count_error(_vpath(w, path), n)
-    get = _key_seen.get
-    out: dict[float, Any] = {get(k, -1.0): v for k, v in value.items()}  # keys seen before: one pass
-    if len(out) == n and -1.0 not in out:
-        matrices = 0
-        for v in out.values():
-            if type(v) is tuple:
-                a, b, c, d = v
-                if type(a) is not int or type(b) is not int or type(c) is not int or type(d) is not int:
-                    break  # counts written as floats: converted below
-                matrices += 1
-        else:
-            return out, matrices
-    out = {}
-    matrices = 0
-    for k, v in value.items():
-        f = get(k)
+    confidences = set()
+    for k in value:
+        f = _confidence_key(k)
         if f is None:
-            f = _confidence_key(k)
-            if f is None:
-                raise EventValidationError(_vpath(w, path), f"confidence keys must be numbers in [0, 1], got {k!r}")
-        if type(v) is tuple:
-            matrices += 1
-            a, b, c, d = v
-            if type(a) is not int or type(b) is not int or type(c) is not int or type(d) is not int:
-                v = (int(a), int(b), int(c), int(d))
-        out[f] = v
-    if len(out) != n:
+            raise EventValidationError(_vpath(w, path), f"confidence keys must be numbers in [0, 1], got {k!r}")
+        confidences.add(f)
+    if len(confidences) != n:
         seen: set[float] = set()
         for k in value:
             f = float(k)  # every key parsed above
             if f in seen:
                 raise EventValidationError(_vpath(w, path), f"confidence key {k!r} repeats the confidence {f}")
             seen.add(f)
-    return out, matrices
+    if len(_keysets) > 4096:
+        _keysets.clear()
+    _keysets[tuple(value)] = True
+
+
+def _matrix_entries(value: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """A confidence-keyed value's entries that are matrices are counted (the rest are numbers); when
+    every entry is a matrix, counts written as floats become ints."""
+    vals = value.values()
+    for first in vals:  # noqa: B007 - the first entry
+        break
+    if type(first) is float:
+        try:
+            _sum(vals)  # numbers only (a matrix among them is a TypeError)
+            return value, 0
+        except TypeError:
+            pass
+    else:
+        try:
+            flat = _sum(vals, ())  # matrices only (a number among them is a TypeError)
+        except TypeError:
+            pass
+        else:
+            if type(_sum(flat)) is not int:
+                value = {k: (int(a), int(b), int(c), int(d)) for k, (a, b, c, d) in value.items()}
+            return value, len(value)
+    return value, sum(1 for v in vals if type(v) is tuple)
 
 
 def _entry_error(value: dict[str, Any], want: type, where: str) -> EventValidationError:
@@ -396,7 +390,9 @@ def metric_row(w: MetricRowWire, mrid: str, path: str | int) -> MetricRow:
             ref, metric_name, feature_name, subclass_name, value = _mixed(w, _mpath(path))
     if ref is None:
         raise EventValidationError(f"{_mpath(path)}.{_spelling(w, 0)}", "is required")
-    ref = _checked_ref(ref, lambda: f"{_mpath(path)}.{_spelling(w, 0)}")
+    gk = ref.global_key  # as in prediction_row
+    if ref.global_key_snake is not None or (ref.id is None) is (gk is None) or (ref.id or gk or "").isspace():
+        ref = data_row(ref, f"{_mpath(path)}.{_spelling(w, 0)}")
     if value is None:
         raise EventValidationError(f"{_mpath(path)}.{_spelling(w, 4)}", "is required")
     aggregation: Any = w.aggregation
@@ -417,8 +413,8 @@ def metric_row(w: MetricRowWire, mrid: str, path: str | int) -> MetricRow:
                 _reserved(metric_name, f"{_mpath(path)}.{_spelling(w, 1)}")
         return ScalarMetricRow(ref, feature_name, subclass_name, mrid, w.uuid, None, metric_name, value, aggregation)
     if tv is tuple and (aggregation is None or aggregation == _CM) and metric_name is not None:
-        a, b, c, d = value
-        if type(a) is not int or type(b) is not int or type(c) is not int or type(d) is not int:
+        if type(_sum(value)) is not int:  # a count written as a float (3.0) makes the sum a float
+            a, b, c, d = value
             value = (int(a), int(b), int(c), int(d))
         return ConfusionMatrixMetricRow(ref, feature_name, subclass_name, mrid, w.uuid, None, metric_name, value, _CM)
 
@@ -426,21 +422,9 @@ def metric_row(w: MetricRowWire, mrid: str, path: str | int) -> MetricRow:
         keyed: Any = value
         matrices = 1
     else:
-        # The common case inline (keys seen before, all numbers); anything else in _confidence_keyed.
-        keyed = {_key_get(k, -1.0): v for k, v in value.items()}
-        matrices = 0
-        if len(keyed) != len(value) or -1.0 in keyed or not MIN_CONFIDENCE_SCORES <= len(keyed) <= _MAX_KEYS:
-            matrices = -1
-        else:
-            for v in keyed.values():
-                if type(v) is tuple:
-                    a, b, c, d = v
-                    if type(a) is not int or type(b) is not int or type(c) is not int or type(d) is not int:
-                        matrices = -1
-                        break
-                    matrices += 1
-        if matrices < 0:
-            keyed, matrices = _confidence_keyed(value, w, path)
+        if _keyset_get(tuple(value)) is None:
+            _check_confidence_keys(value, w, path)
+        keyed, matrices = _matrix_entries(value)
     if matrices or aggregation == _CM:
         if aggregation is not None and aggregation != _CM:
             raise EventValidationError(
@@ -531,9 +515,10 @@ def label_event(w: LabelEventWire) -> LabelEvent:
         if value.isspace():
             raise _blank(_ALL_SELECTORS[i])
         return LabelEvent(mrid, None, value)
-    for j, s in enumerate(value):
-        if s.isspace():
-            raise _blank(f"{_ALL_SELECTORS[i]}[{j}]")
+    if any(map(_isspace, value)):
+        for j, s in enumerate(value):
+            if s.isspace():
+                raise _blank(f"{_ALL_SELECTORS[i]}[{j}]")
     if which == 0:
         return LabelEvent(mrid, value)
     if which == 2:

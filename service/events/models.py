@@ -103,8 +103,12 @@ class _MetricRowBase(Struct, eq=False, gc=False):
     cached_uuid: str | None = None
 
     metric_name: Any = None
-    value: Any = None
+    # The value as the contract accepted it: a number, a (TP, FP, TN, FN) tuple, or a confidence-keyed
+    # dict whose keys are still the strings the producer wrote (validated: numbers in [0, 1], no
+    # repeats). ``value`` gives the float-keyed form, built on first use: the uploader never needs it.
+    checked_value: Any = None
     aggregation: Any = None
+    cached_value: dict[float, Any] | None = None
 
     def upsert_key(self) -> tuple[str, str, str | None, str | None]:
         """Labelbox upserts metrics on this key; a legacy scalar metric without a name keys as ``""``."""
@@ -112,6 +116,17 @@ class _MetricRowBase(Struct, eq=False, gc=False):
 
     def ndjson_value(self) -> Any:
         raise NotImplementedError
+
+    @property
+    def value(self) -> Any:
+        v = self.checked_value
+        if isinstance(v, dict):
+            return self.cached_value or self._keyed()
+        return v
+
+    def _keyed(self) -> dict[float, Any]:
+        keyed = self.cached_value = {float(k): x for k, x in self.checked_value.items()}
+        return keyed
 
     @property
     def uuid(self) -> str:
@@ -175,8 +190,15 @@ class ScalarMetricRow(_MetricRowBase):
     kind: ClassVar[Literal["scalar"]] = "scalar"
 
     metric_name: str | None = None
-    value: float | dict[float, float] = 0.0
+    checked_value: float | dict[str, float] = 0.0
     aggregation: ScalarAggregation = DEFAULT_AGGREGATION
+
+    @property
+    def value(self) -> float | dict[float, float]:
+        v = self.checked_value
+        if isinstance(v, dict):
+            return self.cached_value or self._keyed()
+        return v
 
     def ndjson_value(self) -> Any:
         if isinstance(self.value, dict):
@@ -190,8 +212,15 @@ class ConfusionMatrixMetricRow(_MetricRowBase):
     kind: ClassVar[Literal["confusion_matrix"]] = "confusion_matrix"
 
     metric_name: str = ""
-    value: ConfusionMatrixValue | dict[float, ConfusionMatrixValue] = (0, 0, 0, 0)
+    checked_value: ConfusionMatrixValue | dict[str, ConfusionMatrixValue] = (0, 0, 0, 0)
     aggregation: Literal["CONFUSION_MATRIX"] = "CONFUSION_MATRIX"
+
+    @property
+    def value(self) -> ConfusionMatrixValue | dict[float, ConfusionMatrixValue]:
+        v = self.checked_value
+        if isinstance(v, dict):
+            return self.cached_value or self._keyed()
+        return v
 
     def ndjson_value(self) -> Any:
         if isinstance(self.value, dict):

@@ -12,6 +12,7 @@ Both are RFC 4122 uuid5 values, the name being UTF-8 text:
 from __future__ import annotations
 
 import hashlib
+from functools import partial
 from typing import Any
 
 import orjson
@@ -22,13 +23,25 @@ _VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
 _PREDICTION_NS = PREDICTION_UUID_NAMESPACE.bytes
 _METRIC_NS = METRIC_UUID_NAMESPACE.bytes
 _SORT = orjson.OPT_SORT_KEYS
-_sha1 = hashlib.sha1
+
+def _sha1_factory() -> Any:
+    """``hashlib.sha1``; under a FIPS policy, which refuses it, the non-security variant. The uuid is not
+    a security use, but ``usedforsecurity=False`` makes OpenSSL look the digest up again on every call,
+    twice the cost of the hash itself on these short names, so it is passed only where it is required."""
+    try:
+        hashlib.sha1(b"")
+    except ValueError:
+        return partial(hashlib.sha1, usedforsecurity=False)
+    return hashlib.sha1
+
+
+_sha1 = _sha1_factory()
 _dumps = orjson.dumps
 
 
 def uuid5_bytes(namespace_and_prefix: bytes, name: bytes) -> str:
     """Same value as ``str(uuid.uuid5(namespace, prefix + name))``, at half the cost."""
-    h = _sha1(namespace_and_prefix + name, usedforsecurity=False).hexdigest()
+    h = _sha1(namespace_and_prefix + name).hexdigest()
     return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
 
 
