@@ -214,7 +214,10 @@ class Aggregator:
                 async with self._lock:
                     if batch:
                         await self._process_batch(batch)
-                    await checkpoint.tick(idle=not batch)
+                    else:
+                        await checkpoint.tick(idle=True)
+                        if self.batch_gc is not None:
+                            self.batch_gc.idle()
                     published = checkpoint.take_published()
                 if published:
                     await self._kafka_commit(published)
@@ -235,15 +238,16 @@ class Aggregator:
     # ---- per batch
 
     async def _process_batch(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        """_process, then the checkpoint tick (which encodes a due commit), under the batch GC policy."""
         gc_policy = self.batch_gc
-        if gc_policy is None:
-            await self._process(batch)
-            return
-        gc_policy.pause()
+        if gc_policy is not None:
+            gc_policy.pause()
         try:
             await self._process(batch)
+            await self.checkpoint.tick()
         finally:
-            gc_policy.resume()
+            if gc_policy is not None:
+                gc_policy.resume()
 
     async def _process(self, batch: dict[TopicPartition, list[Any]]) -> None:
         """Parse, prefetch cold state in bulk, apply in offset order, checkpoint. Caller holds the lock."""

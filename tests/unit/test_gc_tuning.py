@@ -26,7 +26,7 @@ def test_collector_off_during_batch_and_survivors_frozen() -> None:
         assert not tuned()
         tune_gc()
         assert tuned()
-        policy = BatchGc(growth=1e9, full_every_s=1e9)
+        policy = BatchGc(idle_every_s=1e9, busy_every_s=1e9)
         before = gc.get_freeze_count()
         policy.pause()
         assert not gc.isenabled()
@@ -46,7 +46,7 @@ def test_cycles_wait_for_the_full_collection() -> None:
         """
         class Node: pass
         tune_gc()
-        policy = BatchGc(growth=1e9, full_every_s=1e9)
+        policy = BatchGc(idle_every_s=1e9, busy_every_s=1e9)
         policy.pause()
         a, b = Node(), Node()
         a.other, b.other = b, a
@@ -55,9 +55,11 @@ def test_cycles_wait_for_the_full_collection() -> None:
         policy.resume()
         gc.collect()
         assert ref() is not None  # frozen: an ordinary collection does not see it
-        policy.full_every_s = 0.0  # due now
+        policy.idle_every_s = 0.0  # due at the next idle moment, not inside a batch
         policy.pause()
         policy.resume()
+        assert policy.full_collections == 0
+        policy.idle()
         assert policy.full_collections == 1
         assert ref() is None
         assert gc.isenabled()
@@ -65,18 +67,14 @@ def test_cycles_wait_for_the_full_collection() -> None:
     )
 
 
-def test_growth_triggers_the_full_collection() -> None:
+def test_busy_loop_still_collects_in_time() -> None:
     run(
         """
         tune_gc()
-        policy = BatchGc(growth=1.5, full_every_s=1e9)
+        policy = BatchGc(idle_every_s=1e9, busy_every_s=0.0)
         policy.pause()
-        kept = [[i] for i in range(2 * gc.get_freeze_count() + 10)]
         policy.resume()
         assert policy.full_collections == 1
-        policy.pause()
-        policy.resume()
-        assert policy.full_collections == 1  # no growth since
         """
     )
 
@@ -85,10 +83,11 @@ def test_a_disabled_collector_is_left_alone() -> None:
     run(
         """
         gc.disable()
-        policy = BatchGc(growth=1.0, full_every_s=0.0)
+        policy = BatchGc(idle_every_s=0.0, busy_every_s=0.0)
         before = gc.get_freeze_count()
         policy.pause()
         policy.resume()
+        policy.idle()
         assert not gc.isenabled()
         assert gc.get_freeze_count() == before
         assert policy.full_collections == 0
