@@ -20,6 +20,10 @@ transaction, and the cache keeps every row of the in-flight commit, so nothing r
 row; if the commit is fenced off, everything since the stored offsets is dropped and re-read
 (the usual recovery path).
 
+Where ``runstream run`` tuned the collector, the cyclic GC is off while a batch is applied and the
+batch's survivors (cached trees, encoded commit rows) are frozen afterwards
+(service.gc_tuning.BatchGc): young collections would otherwise traverse them again and again.
+
 A message is the unit of rejection: it is validated as a whole before anything changes
 (service.aggregation.apply_batch); an aggregate conflict or domain error sends it to the
 DLQ once. Messages that fail parsing are dead-lettered by the uploader group reading the same
