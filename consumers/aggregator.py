@@ -20,6 +20,10 @@ transaction, and the cache keeps every row of the in-flight commit, so nothing r
 row; if the commit is fenced off, everything since the stored offsets is dropped and re-read
 (the usual recovery path).
 
+Where ``runstream run`` tuned the collector, the cyclic GC is off while a batch is applied and the
+batch's survivors (cached trees, encoded commit rows) are frozen afterwards
+(service.gc_tuning.BatchGc): young collections would otherwise traverse them again and again.
+
 A message is the unit of rejection: it is validated as a whole before anything changes
 (service.aggregation.apply_batch); an aggregate conflict or domain error sends it to the
 DLQ once. Messages that fail parsing are dead-lettered by the uploader group reading the same
@@ -54,6 +58,7 @@ from service.aggregation import (
 from service.config import Settings
 from service.errors import ConfigError, EventValidationError
 from service.events import EventKind, MetricEvent, PredictionEvent, parse_event
+from service.gc_tuning import BatchGc, tuned
 from service.health import Probe
 from service.kafka import START_TIMEOUT_S, KafkaEndpoint, make_consumer, start_client
 from service.prometheus import ConsumerMetrics
@@ -145,6 +150,7 @@ class Aggregator:
         max_batch: int = 10_000,
         on_commit: Callable[[], None] | None = None,
         metrics: ConsumerMetrics | None = None,
+        batch_gc: BatchGc | None = None,
     ) -> None:
         if not settings.kafka_bootstrap:
             raise ConfigError("the aggregator needs RUNSTREAM_KAFKA_BOOTSTRAP")
@@ -160,6 +166,9 @@ class Aggregator:
         self._consumer: AIOKafkaConsumer | None = None
         self.last_progress = time.monotonic()  # liveness: the poll loop is turning
         self.max_batch = max_batch
+        # Collector off while a batch is applied, its survivors frozen after (service.gc_tuning):
+        # only where the process entry point tuned the collector, never inside a library user.
+        self.batch_gc = batch_gc if batch_gc is not None else BatchGc() if tuned() else None
         # messages applied as one batch (apply_batch) between commit-deadline checks
         self.apply_chunk = 2500
         self.metrics = metrics if metrics is not None else ConsumerMetrics.create()
@@ -208,8 +217,11 @@ class Aggregator:
                 batch = await consumer.getmany(timeout_ms=100, max_records=self.max_batch)
                 async with self._lock:
                     if batch:
-                        await self._process(batch)
-                    await checkpoint.tick(idle=not batch)
+                        await self._process_batch(batch)
+                    else:
+                        await checkpoint.tick(idle=True)
+                        if self.batch_gc is not None:
+                            self.batch_gc.idle()
                     published = checkpoint.take_published()
                 if published:
                     await self._kafka_commit(published)
@@ -228,6 +240,18 @@ class Aggregator:
                     await self._dlq.stop()
 
     # ---- per batch
+
+    async def _process_batch(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        """_process, then the checkpoint tick (which encodes a due commit), under the batch GC policy."""
+        gc_policy = self.batch_gc
+        if gc_policy is not None:
+            gc_policy.pause()
+        try:
+            await self._process(batch)
+            await self.checkpoint.tick()
+        finally:
+            if gc_policy is not None:
+                gc_policy.resume()
 
     async def _process(self, batch: dict[TopicPartition, list[Any]]) -> None:
         """Parse, prefetch cold state in bulk, apply in offset order, checkpoint. Caller holds the lock."""
