@@ -47,7 +47,8 @@ class BatchGc:
     counting when the cache evicts them; only garbage *cycles* wait for a full collection of
     everything (unfreeze, collect, freeze; about 1 us per live object, 0.3-0.6 s with a full
     cache). It runs when the loop is idle (:meth:`idle`) once ``idle_every_s`` passed since the
-    last one, and under sustained load at the end of a batch once ``busy_every_s`` passed. Not on
+    last one and a batch was frozen since (an idle loop that serves queries pays it once, not every
+    minute), and under sustained load at the end of a batch once ``busy_every_s`` passed. Not on
     growth of the frozen set: that grows by the cache's own live objects while it fills, and a
     full collection then frees nothing. The loop builds no cycles per message, so the garbage
     waiting is what the event loop and clients leave in those minutes.
@@ -59,6 +60,9 @@ class BatchGc:
         self.full_collections = 0
         self._paused = False
         self._last_full = time.monotonic()
+        # Whether anything was frozen since the last full collection: only frozen garbage needs one
+        # (the collector, on between batches, frees unfrozen cycles), so an idle loop pays it once.
+        self._frozen_since_full = False
 
     def pause(self) -> None:
         """A batch starts: no automatic collections until :meth:`resume` (if the collector is on)."""
@@ -72,13 +76,19 @@ class BatchGc:
             return
         self._paused = False
         gc.freeze()
+        self._frozen_since_full = True
         if time.monotonic() - self._last_full >= self.busy_every_s:
             self._full()
         gc.enable()
 
     def idle(self) -> None:
         """The loop has nothing to do: a good moment for the full collection, if one is due."""
-        if not self._paused and gc.isenabled() and time.monotonic() - self._last_full >= self.idle_every_s:
+        if (
+            self._frozen_since_full
+            and not self._paused
+            and gc.isenabled()
+            and time.monotonic() - self._last_full >= self.idle_every_s
+        ):
             self._full()
 
     def _full(self) -> None:
@@ -87,3 +97,4 @@ class BatchGc:
         gc.freeze()
         self.full_collections += 1
         self._last_full = time.monotonic()
+        self._frozen_since_full = False

@@ -67,6 +67,26 @@ def test_cycles_wait_for_the_full_collection() -> None:
     )
 
 
+def test_an_idle_loop_collects_once_not_every_interval() -> None:
+    run(
+        """
+        tune_gc()
+        policy = BatchGc(idle_every_s=0.0, busy_every_s=1e9)
+        policy.idle()
+        assert policy.full_collections == 0  # nothing frozen yet: nothing only a full collection frees
+        policy.pause()
+        policy.resume()
+        policy.idle()
+        policy.idle()
+        assert policy.full_collections == 1  # the second idle moment has no new frozen objects
+        policy.pause()
+        policy.resume()
+        policy.idle()
+        assert policy.full_collections == 2
+        """
+    )
+
+
 def test_busy_loop_still_collects_in_time() -> None:
     run(
         """
