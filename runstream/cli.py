@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
+from runstream import startup
 from runstream.commands import backfill, demo, dev_kafka, dlq, local_labelbox, run, schema, topics, up
 from service.errors import RunstreamError
 
@@ -35,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not getattr(args, "stops_on_sigterm", False):
+        startup.release()
     try:
         result = args.func(args)
     except RunstreamError as exc:

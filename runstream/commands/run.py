@@ -55,7 +55,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("run", help="run the uploader and/or the aggregator (with the query API)")
     p.add_argument("--role", choices=ROLES, default="all", help="which consumer(s) to run (default %(default)s)")
     p.add_argument("--no-http", action="store_true", help="do not start the HTTP API")
-    p.set_defaults(func=_run)
+    # SIGTERM before the event loop handles it is a clean stop (runstream/startup.py)
+    p.set_defaults(func=_run, stops_on_sigterm=True)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -39,3 +39,32 @@ def test_sigterm_during_kafka_start_retry_exits_0(role: str, tmp_path: Path) -> 
         if proc.poll() is None:
             proc.kill()
         log.close()
+
+
+def test_sigterm_while_the_service_is_still_loading_exits_0(tmp_path: Path) -> None:
+    """An orchestrator may stop a pod before its modules are imported: a clean stop, not death by signal."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNSTREAM_")}
+    env.update({
+        "RUNSTREAM_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",
+        "RUNSTREAM_LABELBOX_API_KEY": "k",
+        "RUNSTREAM_STATE_SQLITE_PATH": str(tmp_path / "state.sqlite3"),
+    })  # fmt: skip
+    log = (tmp_path / "out.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-X", "importtime", "-m", "runstream", "run", "--role", "uploader", "--no-http"],
+        env=env, stdout=log, stderr=log,
+    )  # fmt: skip
+    try:
+        # -X importtime writes a line per imported module to stderr: once runstream's own import
+        # line is there the start-up handler is installed, and aiokafka is not loaded yet.
+        deadline = time.monotonic() + 30
+        while b"runstream.startup" not in (tmp_path / "out.log").read_bytes():
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "out.log").read_text()[-2000:]
+            time.sleep(0.005)
+        assert b"| aiokafka\n" not in (tmp_path / "out.log").read_bytes(), "too late: the service was loaded"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, (tmp_path / "out.log").read_text()[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()

@@ -31,3 +31,17 @@ def test_unknown_command_fails() -> None:
     with pytest.raises(SystemExit) as exc:
         main(["no-such-command"])
     assert exc.value.code == 2
+
+
+def test_commands_that_do_not_run_until_stopped_get_the_default_sigterm_back() -> None:
+    import signal
+
+    from runstream import startup
+
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        startup.install()
+        assert main(["schema", "prediction-event"]) == 0
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGTERM, previous)
