@@ -29,57 +29,6 @@ from service.state.store import StateBackend
 
 _MISSING: Any = object()
 
-# tables whose keys name a data row or a prediction: most keys a backfill asks for are new
-_FILTERED = frozenset({"rs_trees", "rs_annotations"})
-
-
-class KeyFilter:
-    """A Bloom filter of stored keys: ``key not in f`` means the store cannot hold ``key``.
-
-    Why: on a backfill almost every tree and annotation key a batch reads is new; asking the
-    store for each costs a b-tree descent and its parameters (measured: ~4 µs per event of the
-    prefetch's ~8). A false positive only costs that lookup. Two probes from the key's hash in
-    ``2**bits_log2`` bits (4 MiB by default: ~1 % false positives at 1.5M keys, ~8 % at 5M).
-    """
-
-    __slots__ = ("_bits", "_mask", "_shift")
-
-    def __init__(self, bits_log2: int = 25) -> None:
-        self._bits = bytearray(1 << (bits_log2 - 3))
-        self._mask = (1 << bits_log2) - 1
-        self._shift = bits_log2
-
-    def add(self, key: Any) -> None:
-        h = hash(key)
-        bits, mask = self._bits, self._mask
-        i = h & mask
-        bits[i >> 3] |= 1 << (i & 7)
-        i = (h >> self._shift) & mask
-        bits[i >> 3] |= 1 << (i & 7)
-
-    def __contains__(self, key: Any) -> bool:
-        h = hash(key)
-        bits, mask = self._bits, self._mask
-        i = h & mask
-        if not bits[i >> 3] & (1 << (i & 7)):
-            return False
-        i = (h >> self._shift) & mask
-        return bool(bits[i >> 3] & (1 << (i & 7)))
-
-    def check_add(self, key: Any) -> bool:
-        """Whether ``key`` may have been added before; it is added either way (one hash)."""
-        h = hash(key)
-        bits, mask = self._bits, self._mask
-        i = h & mask
-        j, b = i >> 3, 1 << (i & 7)
-        seen = bits[j] & b
-        bits[j] |= b
-        i = (h >> self._shift) & mask
-        j, b = i >> 3, 1 << (i & 7)
-        seen = seen and bits[j] & b
-        bits[j] |= b
-        return bool(seen)
-
 
 def _decode_tree_row(r: tuple[Any, ...]) -> tuple[Any, Any]:
     return (r[0], r[1], r[2]), decode_tree(r[3])
@@ -120,13 +69,6 @@ class CachedState:
         self._defs: dict[tuple[str, str], Aggregation | None] = {}
         self._anns: dict[tuple[str, str], tuple[AnnotationLeaf, ...] | None] = {}
         self.loads = 0  # rows asked of the store (bulk and point), for benchmarks
-        # Stored tree and annotation keys, when this process is the store's only writer (SQLite:
-        # one replica): built from the store on the first prefetch after a reset, then every key
-        # handed to a commit is added, so it never misses a stored key. Not with several
-        # replicas (PostgreSQL): keys another replica writes would be missed.
-        self._scan = getattr(backend, "scan_keys", None) if getattr(backend, "kind", None) == "sqlite" else None
-        self._stored: KeyFilter | None = None
-        self.filtered = 0  # keys the filter answered as absent without a load, for benchmarks
 
     def __len__(self) -> int:
         return len(self._trees) + len(self._run_aggs) + len(self._defs) + len(self._anns)
@@ -140,7 +82,6 @@ class CachedState:
             t = self._trees.get(tk, _MISSING)
             if t is _MISSING:
                 self.loads += 1
-                self._note_read(tk)
                 t = self._trees[tk] = self.backend.load_tree(tk)
         return t
 
@@ -195,7 +136,6 @@ class CachedState:
             v = self._anns.get(key, _MISSING)
             if v is _MISSING:
                 self.loads += 1
-                self._note_read(key)
                 v = self._anns[key] = self.backend.load_annotation(run, uuid)
         return cast(tuple[AnnotationLeaf, ...] | None, v)
 
@@ -275,19 +215,6 @@ class CachedState:
         missing = [k for k in keys if k not in dirty and k not in clean]
         if not missing:
             return
-        if table in _FILTERED and self._scan is not None:
-            # Every key read here or by a point load is added: what this process writes was
-            # read first (apply reads a tree or annotation before it puts one), so the filter
-            # holds every key a commit can store, as well as every key stored before it was built.
-            check_add = self._stored_keys().check_add
-            maybe = [k for k in missing if check_add(k)]
-            if len(maybe) < len(missing):
-                self.filtered += len(missing) - len(maybe)
-                for k in missing:
-                    clean[k] = None
-                missing = maybe
-                if not missing:
-                    return
         self.loads += len(missing)
         for row in self.backend.load_many(table, missing):
             k, v = decode(row)
@@ -295,27 +222,6 @@ class CachedState:
         for k in missing:
             if k not in clean:
                 clean[k] = None
-
-    def _note_read(self, key: Any) -> None:
-        """A key read from the store may be written back: the filter must hold it (building the
-        filter first, so no read since a reset escapes it)."""
-        if self._scan is not None:
-            self._stored_keys().add(key)
-
-    def _stored_keys(self) -> KeyFilter:
-        f = self._stored
-        if f is None:
-            assert self._scan is not None
-            f = KeyFilter()
-            add = f.add
-            for table in ("rs_trees", "rs_annotations"):
-                for row in self._scan(table):
-                    add(tuple(row))
-            # the pending changes are not stored yet but will be: a later batch must look them up
-            for k in (*self.changes.trees, *self.changes.annotations):
-                add(k)
-            self._stored = f
-        return f
 
     # commit / reset
 
@@ -356,7 +262,6 @@ class CachedState:
     def reset(self) -> None:
         """Forget everything (after a rebalance or a failed commit): the store is the truth."""
         self.changes = Changes()
-        self._stored = None  # rebuilt from the store at the next prefetch
         for clean in (self._trees, self._run_aggs, self._defs, self._anns):
             clean.clear()
 

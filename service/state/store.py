@@ -16,7 +16,7 @@ import contextlib
 import operator
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from itertools import chain
 from pathlib import Path
 from typing import Any, Protocol, cast
@@ -303,21 +303,6 @@ class SqlStateBackend(StateQueries):
                 if lock is not None:
                     lock.release()
         return out
-
-    def scan_keys(self, table: str) -> Iterator[tuple[Any, ...]]:
-        """Every stored key of ``table`` (its key columns, in load_many's order), on the reader connection."""
-        key_cols = _TABLES[table][0]
-        with self._rlock:
-            if self._reader is None:
-                self._reader = self._open_reader() if self._open_reader is not None else None
-            conn = self._reader if self._reader is not None else self._conn
-            cur = conn.cursor()
-            try:
-                cur.execute(f"SELECT {', '.join(key_cols)} FROM {table}")
-                while rows := cur.fetchmany(10_000):
-                    yield from rows
-            finally:
-                cur.close()
 
     # ---- the one transaction
 
