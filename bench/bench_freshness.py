@@ -32,6 +32,7 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -131,6 +132,7 @@ def phases(n: int, runs: int, batch: int = 5000, commit_every: int = 10000) -> d
             gc_policy.resume()
     finally:
         backend.close()
+        shutil.rmtree(tmp, ignore_errors=True)
     out = {f"{k}_us": v / n * 1e6 for k, v in cpu.items()}
     out["total_us"] = sum(cpu.values()) / n * 1e6
     out.update({f"{k}_per_event": v / n for k, v in rows.items()})
