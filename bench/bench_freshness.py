@@ -17,6 +17,12 @@ Uses RUNSTREAM_KAFKA_BOOTSTRAP when set, else starts the dev broker (devstack.ka
 
 Reports D, the time from the backfill's end until the aggregates were complete (lag), and
 (D + lag) / D: how many backfill durations until the dashboard is current (target ≤ 3).
+
+``--phases`` instead runs the aggregator's stages in process on the same events (no broker, no
+HTTP, one thread, the service's collector policy) and prints the CPU per event of each
+(``time.thread_time``): parse + the event's leaf operations, prefetch, apply, encoding the
+commit, the commit transaction, plus the rows each commit wrote per event. It shows which
+stage a change moves.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -77,6 +84,62 @@ def write_events(path: Path, n: int, runs: int, seed: int = 7) -> dict[str, Coun
     return expected
 
 
+def phases(n: int, runs: int, batch: int = 5000, commit_every: int = 10000) -> dict[str, float]:
+    """CPU µs per event of each aggregator stage on this workload, in process (see ``--phases``)."""
+    from consumers.aggregator import ops_from_event
+    from service.aggregation import apply_batch
+    from service.events import parse_event
+    from service.gc_tuning import BatchGc, tune_gc
+    from service.state import CachedState, SqlStateBackend
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-fresh-phases-"))
+    write_events(tmp / "events.ndjson", n, runs)
+    raw = [
+        ("prediction" if b'"predictions"' in line else "metric", line)
+        for line in (tmp / "events.ndjson").read_bytes().splitlines()
+    ]
+    backend = SqlStateBackend.sqlite(tmp / "state.sqlite3")
+    state = CachedState(backend)
+    cpu = dict.fromkeys(("parse", "prefetch", "apply", "encode", "commit"), 0.0)
+    rows = dict.fromkeys(("tree_up", "nv_up", "nv_del", "ragg_up"), 0)
+    clock = time.thread_time
+    tune_gc()  # the collector policy `runstream run` and the aggregator use
+    gc_policy = BatchGc()
+    try:
+        for b in range(0, n, batch):
+            gc_policy.pause()
+            t = clock()
+            ops = [ops_from_event(parse_event(kind, v, max_bytes=1 << 20)) for kind, v in raw[b : b + batch]]  # type: ignore[arg-type]
+            cpu["parse"] += clock() - t
+            t = clock()
+            state.prefetch(ops)
+            cpu["prefetch"] += clock() - t
+            t = clock()
+            for c in range(0, len(ops), 2500):  # the aggregator's apply_chunk
+                apply_batch(state, ops[c : c + 2500])
+            cpu["apply"] += clock() - t
+            if (b + batch) % commit_every == 0 or b + batch >= n:
+                t = clock()
+                ch = state.take_changes()
+                enc = ch.encode()
+                cpu["encode"] += clock() - t
+                for k in rows:
+                    rows[k] += len(getattr(enc, k))
+                t = clock()
+                backend.commit("phases", enc, {}, {})
+                cpu["commit"] += clock() - t
+                state.committed(ch)
+            gc_policy.resume()
+    finally:
+        backend.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    out = {f"{k}_us": v / n * 1e6 for k, v in cpu.items()}
+    out["total_us"] = sum(cpu.values()) / n * 1e6
+    out.update({f"{k}_per_event": v / n for k, v in rows.items()})
+    out["loads_per_event"] = state.loads / n
+    return out
+
+
 async def run_complete(session: aiohttp.ClientSession, url: str, run: str, want: Counter[str]) -> bool:
     """Whether the API reports every expected data-row count of ``run``."""
     async with session.get(f"{url}/v1/model-runs/{run}/metrics") as r:
@@ -100,7 +163,14 @@ async def main() -> None:
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--limit-s", type=float, default=1800, help="give up waiting after this long")
     ap.add_argument("--json", action="store_true", help="print one JSON object with every figure as the last line")
+    ap.add_argument("--phases", action="store_true", help="per-stage CPU in process instead (no broker)")
     args = ap.parse_args()
+    if args.phases:
+        res = phases(args.events, args.runs)
+        print(" ".join(f"{k}={v:.2f}" for k, v in res.items()))
+        if args.json:
+            print(json.dumps(res))
+        return
     tmp = Path(tempfile.mkdtemp(prefix="bench-fresh-"))
     broker = None
     bootstrap = os.environ.get("RUNSTREAM_KAFKA_BOOTSTRAP")
