@@ -46,7 +46,7 @@ class BatchGc:
     ``gc.freeze`` is O(1) and never traverses. Frozen objects are still freed by reference
     counting when the cache evicts them; only garbage *cycles* wait for a full collection of
     everything (unfreeze, collect, freeze; about 1 us per live object, 0.3-0.6 s with a full
-    cache). It runs when the loop is idle (:meth:`idle`) once ``idle_every_s`` passed since the
+    cache). It runs when the loop has been idle for ``quiet_s`` (:meth:`idle`) once ``idle_every_s`` passed since the
     last one and a batch was frozen since (an idle loop that serves queries pays it once, not every
     minute), and under sustained load at the end of a batch once ``busy_every_s`` passed. Not on
     growth of the frozen set: that grows by the cache's own live objects while it fills, and a
@@ -54,9 +54,15 @@ class BatchGc:
     waiting is what the event loop and clients leave in those minutes.
     """
 
-    def __init__(self, *, idle_every_s: float = 60.0, busy_every_s: float = 600.0) -> None:
+    def __init__(
+        self, *, idle_every_s: float = 60.0, busy_every_s: float = 600.0, quiet_s: float = 2.0
+    ) -> None:
         self.idle_every_s = idle_every_s
         self.busy_every_s = busy_every_s
+        # How long the loop must have had nothing to do before it counts as idle: one empty poll in
+        # the middle of a catch-up (the fetcher a little behind) is not a pause worth a full collection.
+        self.quiet_s = quiet_s
+        self._quiet_since: float | None = None
         self.full_collections = 0
         self._paused = False
         self._last_full = time.monotonic()
@@ -75,6 +81,7 @@ class BatchGc:
         if not self._paused:
             return
         self._paused = False
+        self._quiet_since = None
         gc.freeze()
         self._frozen_since_full = True
         if time.monotonic() - self._last_full >= self.busy_every_s:
@@ -82,12 +89,17 @@ class BatchGc:
         gc.enable()
 
     def idle(self) -> None:
-        """The loop has nothing to do: a good moment for the full collection, if one is due."""
+        """The loop has nothing to do: a good moment for the full collection, if one is due and the
+        loop has been quiet for ``quiet_s`` (every batch since resets that)."""
+        now = time.monotonic()
+        if self._quiet_since is None:
+            self._quiet_since = now
         if (
             self._frozen_since_full
             and not self._paused
             and gc.isenabled()
-            and time.monotonic() - self._last_full >= self.idle_every_s
+            and now - self._quiet_since >= self.quiet_s
+            and now - self._last_full >= self.idle_every_s
         ):
             self._full()
 

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(code: str) -> None:
-    prelude = "import gc, weakref\nfrom service.gc_tuning import BatchGc, tune_gc, tuned\n"
+    prelude = "import gc, time, weakref\nfrom service.gc_tuning import BatchGc, tune_gc, tuned\n"
     proc = subprocess.run(
         [sys.executable, "-c", prelude + textwrap.dedent(code)], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
@@ -26,7 +26,7 @@ def test_collector_off_during_batch_and_survivors_frozen() -> None:
         assert not tuned()
         tune_gc()
         assert tuned()
-        policy = BatchGc(idle_every_s=1e9, busy_every_s=1e9)
+        policy = BatchGc(idle_every_s=1e9, busy_every_s=1e9, quiet_s=0.0)
         before = gc.get_freeze_count()
         policy.pause()
         assert not gc.isenabled()
@@ -46,7 +46,7 @@ def test_cycles_wait_for_the_full_collection() -> None:
         """
         class Node: pass
         tune_gc()
-        policy = BatchGc(idle_every_s=1e9, busy_every_s=1e9)
+        policy = BatchGc(idle_every_s=1e9, busy_every_s=1e9, quiet_s=0.0)
         policy.pause()
         a, b = Node(), Node()
         a.other, b.other = b, a
@@ -71,7 +71,7 @@ def test_an_idle_loop_collects_once_not_every_interval() -> None:
     run(
         """
         tune_gc()
-        policy = BatchGc(idle_every_s=0.0, busy_every_s=1e9)
+        policy = BatchGc(idle_every_s=0.0, busy_every_s=1e9, quiet_s=0.0)
         policy.idle()
         assert policy.full_collections == 0  # nothing frozen yet: nothing only a full collection frees
         policy.pause()
@@ -83,6 +83,28 @@ def test_an_idle_loop_collects_once_not_every_interval() -> None:
         policy.resume()
         policy.idle()
         assert policy.full_collections == 2
+        """
+    )
+
+
+def test_one_empty_poll_during_a_catch_up_is_not_idle() -> None:
+    run(
+        """
+        tune_gc()
+        policy = BatchGc(idle_every_s=0.0, busy_every_s=1e9, quiet_s=0.2)
+        policy.pause()
+        policy.resume()
+        policy.idle()  # the first empty poll starts the quiet period
+        assert policy.full_collections == 0
+        policy.pause()
+        policy.resume()  # a batch: the quiet period starts over
+        policy.idle()
+        time.sleep(0.1)
+        policy.idle()
+        assert policy.full_collections == 0
+        time.sleep(0.15)
+        policy.idle()
+        assert policy.full_collections == 1
         """
     )
 
