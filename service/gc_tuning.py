@@ -46,11 +46,11 @@ class BatchGc:
     ``gc.freeze`` is O(1) and never traverses. Frozen objects are still freed by reference
     counting when the cache evicts them; only garbage *cycles* wait for a full collection of
     everything (unfreeze, collect, freeze; about 1 us per live object, 0.3-0.6 s with a full
-    cache). It runs when the loop has been idle for ``quiet_s`` (:meth:`idle`) once ``idle_every_s`` passed since the
-    last one and a batch was frozen since (an idle loop that serves queries pays it once, not every
-    minute), and under sustained load at the end of a batch once ``busy_every_s`` passed. Not on
-    growth of the frozen set: that grows by the cache's own live objects while it fills, and a
-    full collection then frees nothing. The loop builds no cycles per message, so the garbage
+    cache). It runs when the loop has been idle for ``quiet_s`` (:meth:`idle`), ``idle_every_s``
+    passed since the last one and a batch was frozen since (an idle loop that serves queries pays it
+    once, not every minute), and under sustained load at the end of a batch once ``busy_every_s``
+    passed. Not on growth of the frozen set: that grows by the cache's own live objects while it
+    fills, and a full collection then frees nothing. The loop builds no cycles per message, so the garbage
     waiting is what the event loop and clients leave in those minutes.
     """
 
