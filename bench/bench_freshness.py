@@ -267,6 +267,8 @@ async def main() -> None:
                 agg.kill()
         if broker is not None:
             broker.stop()
+        if not os.environ.get("BENCH_KEEP_TMP"):  # the events file and state are ~0.5 GB at 1M events
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
