@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_freshness.py [--events 1000000] [--runs 50] [--json]
 
-Uses RUNSTREAM_KAFKA_BOOTSTRAP when set, else starts the dev broker (devstack.kafka_broker).
+Uses RUNSTREAM_KAFKA_BOOTSTRAP when set, else starts its own dev broker (bench/_harness.py).
 
 1. Writes an event file of the backfill bench's workload (bench_backfill.py: half one-row
    predictions with a customMetric ``iou`` on their own data row, half one-row ``acc`` metrics,
@@ -45,6 +45,8 @@ import aiohttp
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _harness import kafka_bootstrap
 
 from devstack.kafka_broker import free_port
 from service.kafka import create_topics
@@ -172,14 +174,16 @@ async def main() -> None:
             print(json.dumps(res))
         return
     tmp = Path(tempfile.mkdtemp(prefix="bench-fresh-"))
-    broker = None
-    bootstrap = os.environ.get("RUNSTREAM_KAFKA_BOOTSTRAP")
-    if not bootstrap:
-        from devstack.kafka_broker import DevKafka
+    try:
+        with kafka_bootstrap(tmp / "kafka") as bootstrap:
+            await measure(args, bootstrap, tmp)
+    finally:
+        if not os.environ.get("BENCH_KEEP_TMP"):  # the events file and state are ~0.5 GB at 1M events
+            shutil.rmtree(tmp, ignore_errors=True)
 
-        broker = DevKafka(data_dir=tmp / "kafka")
-        broker.start()
-        bootstrap = broker.bootstrap
+
+async def measure(args: argparse.Namespace, bootstrap: str, tmp: Path) -> None:
+    """Backfill into ``bootstrap`` while an aggregator process consumes; print the freshness ratio."""
     agg: subprocess.Popen[bytes] | None = None
     try:
         stamp = int(time.time())
@@ -265,10 +269,6 @@ async def main() -> None:
                 agg.wait(30)
             except subprocess.TimeoutExpired:
                 agg.kill()
-        if broker is not None:
-            broker.stop()
-        if not os.environ.get("BENCH_KEEP_TMP"):  # the events file and state are ~0.5 GB at 1M events
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
