@@ -25,10 +25,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import inspect
 import json
-import os
 import random
 import statistics
 import subprocess
@@ -44,6 +44,8 @@ from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _harness import kafka_bootstrap
 
 from consumers.aggregator import Aggregator
 from service.aggregation import MessageOps, MetricLeaf, apply_message
@@ -361,14 +363,9 @@ async def main() -> None:
         print(json.dumps(await query_bench(args.query_only, args.leaves)))
         return
     tmp = Path(tempfile.mkdtemp(prefix="bench-agg-"))
-    broker = None
-    bootstrap = os.environ.get("RUNSTREAM_KAFKA_BOOTSTRAP")
-    if not bootstrap:
-        from devstack.kafka_broker import DevKafka
-
-        broker = DevKafka(data_dir=tmp / "kafka")
-        broker.start()
-        bootstrap = broker.bootstrap
+    # the run's broker (RUNSTREAM_KAFKA_BOOTSTRAP) or its own, stopped in the finally below
+    broker = contextlib.ExitStack()
+    bootstrap = broker.enter_context(kafka_bootstrap(tmp / "kafka"))
     try:
         topic = f"bench-metrics-{int(time.time())}"
         await create_topics(bootstrap, [topic], partitions=6)
@@ -422,8 +419,7 @@ async def main() -> None:
         if args.json:
             print(json.dumps(out))
     finally:
-        if broker is not None:
-            broker.stop()
+        broker.close()
 
 
 if __name__ == "__main__":

@@ -44,8 +44,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
-import os
 import random
 import statistics
 import sys
@@ -62,6 +62,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _harness import kafka_bootstrap
 from bench_aggregator import bench_event
 from bench_uploader import ROOT, RUNS, throughput_once
 from bench_uploader import event as upload_event
@@ -194,15 +195,10 @@ async def main() -> None:
                     help="leave the full uploader process out of the uploader workload's floor table")
     args = ap.parse_args()
     tune_gc()  # as the consumer processes do
-    broker = None
-    bootstrap = os.environ.get("RUNSTREAM_KAFKA_BOOTSTRAP")
     work_dir = Path(tempfile.mkdtemp(prefix="bench-ceiling-"))
-    if not bootstrap:
-        from devstack.kafka_broker import DevKafka
-
-        broker = DevKafka(data_dir=work_dir / "kafka")
-        broker.start()
-        bootstrap = broker.bootstrap
+    # the run's broker (RUNSTREAM_KAFKA_BOOTSTRAP) or its own, stopped in the finally below
+    broker = contextlib.ExitStack()
+    bootstrap = broker.enter_context(kafka_bootstrap(work_dir / "kafka"))
     out: dict[str, Any] = {"events": args.events, "rounds": args.rounds}
     try:
         for name, (kind, values) in workloads(args.events).items():
@@ -263,8 +259,7 @@ async def main() -> None:
         if args.json:
             print(json.dumps(out))
     finally:
-        if broker is not None:
-            broker.stop()
+        broker.close()
 
 
 if __name__ == "__main__":

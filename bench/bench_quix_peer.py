@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
-import os
 import statistics
 import sys
 import tempfile
@@ -37,6 +37,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _harness import kafka_bootstrap
 from bench_aggregator import aggregator_rate, end_total, produce, raw_drain
 
 from service.kafka import create_topics
@@ -121,14 +122,9 @@ async def main() -> None:
 
     tune_gc()  # what runstream run does before starting the consumers
     tmp = Path(tempfile.mkdtemp(prefix="bench-quix-"))
-    broker = None
-    bootstrap = os.environ.get("RUNSTREAM_KAFKA_BOOTSTRAP")
-    if not bootstrap:
-        from devstack.kafka_broker import DevKafka
-
-        broker = DevKafka(data_dir=tmp / "kafka")
-        broker.start()
-        bootstrap = broker.bootstrap
+    # the run's broker (RUNSTREAM_KAFKA_BOOTSTRAP) or its own, stopped in the finally below
+    broker = contextlib.ExitStack()
+    bootstrap = broker.enter_context(kafka_bootstrap(tmp / "kafka"))
     try:
         topic = f"bench-quix-{int(time.time())}"
         await create_topics(bootstrap, [topic], partitions=6)
@@ -180,8 +176,7 @@ async def main() -> None:
         if problems:
             raise SystemExit("the Quix peer and the aggregator disagree")
     finally:
-        if broker is not None:
-            broker.stop()
+        broker.close()
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import socket
 import statistics
@@ -43,6 +44,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from _harness import kafka_bootstrap  # noqa: E402
 
 from service.events import parse_event  # noqa: E402
 from service.kafka import create_topics  # noqa: E402
@@ -290,15 +293,10 @@ async def main() -> None:
                     help="run the throughput uploaders under cProfile, output in DIR")
     args = ap.parse_args()
 
-    broker = None
-    bootstrap = os.environ.get("RUNSTREAM_KAFKA_BOOTSTRAP")
     work = Path(tempfile.mkdtemp(prefix="bench-uploader-"))
-    if not bootstrap:
-        from devstack.kafka_broker import DevKafka
-
-        broker = DevKafka(data_dir=work / "kafka")
-        broker.start()
-        bootstrap = broker.bootstrap
+    # the run's broker (RUNSTREAM_KAFKA_BOOTSTRAP) or its own, stopped in the finally below
+    broker = contextlib.ExitStack()
+    bootstrap = broker.enter_context(kafka_bootstrap(work / "kafka"))
     api = Api(work)
     await api.start()
     await api.seed(RUNS)
@@ -418,8 +416,7 @@ async def main() -> None:
         print(orjson.dumps(results).decode())
     finally:
         await api.stop()
-        if broker is not None:
-            broker.stop()
+        broker.close()
 
 
 if __name__ == "__main__":
