@@ -42,18 +42,18 @@ from service.config import Settings
 from service.errors import ConfigError, EventValidationError
 from service.events import EventKind, LabelEvent, parse_upload
 from service.gc_tuning import tune_gc
-from service.labelbox.client import (
+from service.labelbox.client import LabelboxClient
+from service.labelbox.error_scope import Scope
+from service.labelbox.errors import (
     AuthorizationError,
     ImportFailedError,
-    ImportState,
-    LabelboxClient,
     LabelboxFatalError,
     ResourceConflictError,
     ResourceNotFoundError,
     TaskFailedError,
 )
-from service.labelbox.error_scope import Scope
 from service.labelbox.import_dedup import last_versions
+from service.labelbox.protocol import ImportState
 from service.labelbox.request_limiter import RequestLimiter
 from service.labelbox.retry_policy import Classification, Outcome, classify, error_scope, retrying
 from service.labelbox.run_verdicts import ERROR_CLASS as MODEL_RUN_ERROR_CLASS

@@ -12,6 +12,7 @@ import pytest
 from uploader_harness import API_KEY, local_labelbox, seed
 
 from service.labelbox import client as lb
+from service.labelbox import errors as lb_errors
 from service.labelbox.request_limiter import RequestLimiter
 
 
@@ -29,7 +30,7 @@ async def test_retry_after_of_one_run_holds_back_every_run(tmp_path: Path) -> No
         async with lb.LabelboxClient(server.url, API_KEY, on_request=hook, limiter=limiter) as client:
             server.add_fault({"kind": "rate_limit", "retryAfter": 2, "count": 1,
                               "operations": ["createMEAModelRunDataRowRegistrationTask"]})
-            with pytest.raises(lb.RateLimitError) as info:
+            with pytest.raises(lb_errors.RateLimitError) as info:
                 await client.create_data_row_registration("mr-a", ["dr-1"], None)
             assert info.value.retry_after == 2
             limited_at = time.monotonic()

@@ -12,6 +12,8 @@ from prometheus_client import CollectorRegistry
 from uploader_harness import API_KEY, local_labelbox, seed
 
 from service.labelbox import client as lb
+from service.labelbox import errors as lb_errors
+from service.labelbox import protocol as lb_protocol
 from service.prometheus import ConsumerMetrics
 
 # Row uuids must be UUIDs: the local API, like Labelbox, fails any other uuid.
@@ -35,18 +37,18 @@ async def test_registrations_import_polling_and_status_file(tmp_path: Path) -> N
                               "bbox": {"top": 1, "left": 2, "height": 3, "width": 4}}),
                 orjson.dumps({"uuid": U3, "dataRow": {"id": "dr-2"}, "metricName": "acc", "metricValue": 0.5}),
             ]
-            created = await client.create_prediction_import("mr-1", "imp-1", lb.ndjson_bytes(rows))
+            created = await client.create_prediction_import("mr-1", "imp-1", lb_protocol.ndjson_bytes(rows))
             assert created.name == "imp-1" and created.state in ("RUNNING", "FINISHED")
-            with pytest.raises(lb.ResourceConflictError):  # names are unique within a run
-                await client.create_prediction_import("mr-1", "imp-1", lb.ndjson_bytes(rows))
+            with pytest.raises(lb_errors.ResourceConflictError):  # names are unique within a run
+                await client.create_prediction_import("mr-1", "imp-1", lb_protocol.ndjson_bytes(rows))
             done = await client.wait_import("mr-1", "imp-1", first=created)
             assert done.state == "FINISHED" and done.status_file_url
             statuses = {s.uuid: s for s in await client.import_statuses(done)}
             assert statuses[U1].status == "SUCCESS" and statuses[U3].status == "SUCCESS"
             assert statuses[U2].status == "FAILURE" and "dr-404" in " ".join(statuses[U2].errors)
-            with pytest.raises(lb.TaskFailedError, match="no-such"):
+            with pytest.raises(lb_errors.TaskFailedError, match="no-such"):
                 await client.register_labels("mr-1", ["no-such"])
-            with pytest.raises(lb.ResourceNotFoundError):
+            with pytest.raises(lb_errors.ResourceNotFoundError):
                 await client.get_prediction_import("mr-1", "never-created")
         stored = await server.db(server.store.predictions, "mr-1")
         assert [p["uuid"] for p in stored] == [U1]
@@ -61,25 +63,25 @@ async def test_faults_map_to_exception_types(tmp_path: Path) -> None:
         await seed(server, runs=["mr-1"], data_rows=[{"id": "dr-1"}])
         async with lb.LabelboxClient(server.url, API_KEY) as client:
             server.add_fault({"kind": "http_error", "status": 503, "count": 1})
-            with pytest.raises(lb.InternalServerError):
+            with pytest.raises(lb_errors.InternalServerError):
                 await client.register_data_rows("mr-1", ["dr-1"], None)
             server.add_fault({"kind": "rate_limit", "retryAfter": 7, "count": 1})
-            with pytest.raises(lb.RateLimitError) as rl:
+            with pytest.raises(lb_errors.RateLimitError) as rl:
                 await client.register_data_rows("mr-1", ["dr-1"], None)
             assert rl.value.retry_after == 7
             server.add_fault({"kind": "reset", "count": 1})
-            with pytest.raises(lb.NetworkError):
+            with pytest.raises(lb_errors.NetworkError):
                 await client.register_data_rows("mr-1", ["dr-1"], None)
             server.add_fault({"kind": "auth", "count": 1})
-            with pytest.raises(lb.AuthenticationError):
+            with pytest.raises(lb_errors.AuthenticationError):
                 await client.register_data_rows("mr-1", ["dr-1"], None)
             server.add_fault({"kind": "import_failed", "count": 1})
             st = await client.create_prediction_import("mr-1", "f", orjson.dumps(
                 {"uuid": U1, "dataRow": {"id": "dr-1"}, "metricName": "m", "metricValue": 1.0}))
-            with pytest.raises(lb.ImportFailedError):
+            with pytest.raises(lb_errors.ImportFailedError):
                 await client.wait_import("mr-1", "f", first=st)
         async with lb.LabelboxClient("http://127.0.0.1:9/graphql", API_KEY, request_timeout_s=2) as dead:
-            with pytest.raises(lb.NetworkError):
+            with pytest.raises(lb_errors.NetworkError):
                 await dead.register_labels("mr-1", ["x"])
 
 
@@ -98,14 +100,14 @@ async def test_api_key_never_in_exceptions_or_logs(tmp_path: Path, caplog: pytes
                              lambda: client.create_prediction_import("mr", "n", b"{}")):
                     try:
                         await call()
-                    except lb.LabelboxError as exc:
+                    except lb_errors.LabelboxError as exc:
                         errors.append(exc)
             async with lb.LabelboxClient("http://127.0.0.1:9/graphql", secret, request_timeout_s=1) as dead:
                 try:
                     await dead.register_labels("mr", ["l"])
-                except lb.LabelboxError as exc:
+                except lb_errors.LabelboxError as exc:
                     errors.append(exc)
-        assert len(errors) == 3 and isinstance(errors[0], lb.AuthenticationError)
+        assert len(errors) == 3 and isinstance(errors[0], lb_errors.AuthenticationError)
         for exc in errors:
             assert secret not in str(exc) and secret not in repr(exc)
             assert exc.__cause__ is None or secret not in repr(exc.__cause__)
