@@ -27,7 +27,9 @@ import os
 import random
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 from _harness import kafka_bootstrap
@@ -39,34 +41,37 @@ from service.events import parse_event
 from service.kafka import create_topics
 
 
-def make_event_file(path: Path, n: int, runs: int, seed: int = 7) -> list[tuple[str, bytes, bytes]]:
+def bench_events(n: int, runs: int, seed: int = 7) -> Iterator[tuple[str, str, bytes]]:
+    """The workload, one ``(kind, run, JSON line)`` at a time: even events a one-row prediction with a
+    customMetric ``iou`` on its own data row (kind ``p``), odd events a one-row ``acc`` metric (``m``)."""
     rnd = random.Random(seed)
+    for i in range(n):
+        run = f"mr-{i % runs}"
+        if i % 2 == 0:
+            ev: dict[str, Any] = {
+                "model_run_id": run,
+                "predictions": [
+                    {
+                        "dataRow": {"globalKey": f"img-{i}"},
+                        "name": "cat",
+                        "bbox": {"top": 1, "left": 2, "height": 30, "width": 40},
+                        "customMetrics": [{"name": "iou", "value": round(rnd.random(), 4)}],
+                    }
+                ],
+            }
+            yield "p", run, orjson.dumps(ev)
+        else:
+            ev = {
+                "model_run_id": run,
+                "metrics": [{"data_row": {"id": f"dr-{i}"}, "metric_name": "acc", "value": round(rnd.random(), 4)}],
+            }
+            yield "m", run, orjson.dumps(ev)
+
+
+def make_event_file(path: Path, n: int, runs: int, seed: int = 7) -> list[tuple[str, bytes, bytes]]:
     msgs: list[tuple[str, bytes, bytes]] = []
     with path.open("wb") as f:
-        for i in range(n):
-            run = f"mr-{i % runs}"
-            if i % 2 == 0:
-                ev = {
-                    "model_run_id": run,
-                    "predictions": [
-                        {
-                            "dataRow": {"globalKey": f"img-{i}"},
-                            "name": "cat",
-                            "bbox": {"top": 1, "left": 2, "height": 30, "width": 40},
-                            "customMetrics": [{"name": "iou", "value": round(rnd.random(), 4)}],
-                        }
-                    ],
-                }
-                kind = "p"
-            else:
-                ev = {
-                    "model_run_id": run,
-                    "metrics": [
-                        {"data_row": {"id": f"dr-{i}"}, "metric_name": "acc", "value": round(rnd.random(), 4)}
-                    ],
-                }
-                kind = "m"
-            line = orjson.dumps(ev)
+        for kind, run, line in bench_events(n, runs, seed):
             f.write(line + b"\n")
             msgs.append((kind, run.encode(), line))
     return msgs

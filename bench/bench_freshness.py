@@ -31,7 +31,6 @@ import argparse
 import asyncio
 import json
 import os
-import random
 import shutil
 import subprocess
 import sys
@@ -39,7 +38,6 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import orjson
@@ -47,6 +45,7 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _harness import kafka_bootstrap
+from bench_backfill import bench_events
 
 from devstack.kafka_broker import free_port
 from service.kafka import create_topics
@@ -57,32 +56,11 @@ PYTHON = str(ROOT / ".venv" / "bin" / "python")
 
 def write_events(path: Path, n: int, runs: int, seed: int = 7) -> dict[str, Counter[str]]:
     """The backfill bench's events, streamed to ``path``; expected data-row counts per run and metric."""
-    rnd = random.Random(seed)
     expected: dict[str, Counter[str]] = {}
     with path.open("wb") as f:
-        for i in range(n):
-            run = f"mr-{i % runs}"
-            if i % 2 == 0:
-                ev: dict[str, Any] = {
-                    "model_run_id": run,
-                    "predictions": [
-                        {
-                            "dataRow": {"globalKey": f"img-{i}"},
-                            "name": "cat",
-                            "bbox": {"top": 1, "left": 2, "height": 30, "width": 40},
-                            "customMetrics": [{"name": "iou", "value": round(rnd.random(), 4)}],
-                        }
-                    ],
-                }
-                metric = "iou"
-            else:
-                ev = {
-                    "model_run_id": run,
-                    "metrics": [{"data_row": {"id": f"dr-{i}"}, "metric_name": "acc", "value": round(rnd.random(), 4)}],
-                }
-                metric = "acc"
-            f.write(orjson.dumps(ev) + b"\n")
-            expected.setdefault(run, Counter())[metric] += 1
+        for kind, run, line in bench_events(n, runs, seed):
+            f.write(line + b"\n")
+            expected.setdefault(run, Counter())["iou" if kind == "p" else "acc"] += 1
     return expected
 
 
