@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import orjson
 
 from devstack.demo_data import DemoMessage, demo_catalog, demo_stream
+from runstream.commands import NO_BROKER_HINT
 from service.backfill import RateLimiter
 from service.config import Settings
 from service.errors import ConfigError
@@ -47,7 +48,7 @@ def _run(args: argparse.Namespace) -> int:
         sys.stdout.write(orjson.dumps(catalog.to_json(), option=orjson.OPT_INDENT_2).decode() + "\n")
         return 0
     settings = Settings()
-    endpoint = KafkaEndpoint.from_settings(settings, hint="start a broker with 'runstream dev-kafka start'")
+    endpoint = KafkaEndpoint.from_settings(settings, hint=NO_BROKER_HINT)
     stream = demo_stream(catalog, args.seed, bad_fraction=args.bad_fraction)
     sent, bad = asyncio.run(_produce(settings, endpoint, stream, args.rate, args.duration, args.count))
     total = sum(sent.values())

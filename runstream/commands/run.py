@@ -30,14 +30,15 @@ from consumers.dlq.monitor import DlqMonitor
 from consumers.runtime import RuntimeStatus
 from consumers.shutdown import bounded
 from consumers.uploader import run_uploader
+from runstream.commands import NO_BROKER_HINT
 from service.api.metric_history import MetricHistory, run_level_values
 from service.api.ops import add_ops_routes
 from service.api.query_api import build_query_app, run_metrics_document
 from service.config import Settings
-from service.errors import ConfigError, RunstreamError
+from service.errors import RunstreamError
 from service.gc_tuning import tune_gc
 from service.health import Probe
-from service.kafka import KafkaStartAborted
+from service.kafka import KafkaEndpoint, KafkaStartAborted
 from service.log_collapse import RepeatCollapser
 from service.logging_setup import configure_logging
 from service.prometheus import ConsumerMetrics
@@ -61,9 +62,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     settings = Settings()
+    KafkaEndpoint.from_settings(settings, hint=NO_BROKER_HINT)  # unset: a clear error before anything starts
     collapser = configure_logging(settings)
-    if not settings.kafka_bootstrap:
-        raise ConfigError("RUNSTREAM_KAFKA_BOOTSTRAP is not set; start a broker with 'runstream dev-kafka start'")
     tune_gc()
     asyncio.run(run_service(settings, args.role, http=not args.no_http, outage=collapser, watchdog=True))
     return 0

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 
+from runstream.commands import NO_BROKER_HINT
 from service.config import Settings
-from service.errors import ConfigError
-from service.kafka import create_topics
+from service.kafka import KafkaEndpoint, create_topics
 
 
 def dlq_topic_configs(settings: Settings) -> dict[str, dict[str, str]]:
@@ -26,17 +26,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     settings = Settings()
-    if not settings.kafka_bootstrap:
-        raise ConfigError("RUNSTREAM_KAFKA_BOOTSTRAP is not set; start a broker with 'runstream dev-kafka start'")
+    endpoint = KafkaEndpoint.from_settings(settings, hint=NO_BROKER_HINT)
     names = [settings.topic_predictions, settings.topic_metrics, settings.topic_labels, settings.topic_dlq]
     created = asyncio.run(
         create_topics(
-            settings.kafka_bootstrap,
+            endpoint.bootstrap,
             names,
             partitions=args.partitions,
             replication=args.replication,
             configs=dlq_topic_configs(settings),
-            **settings.kafka_client_options(),
+            **endpoint.options,
         )
     )
     for name in names:

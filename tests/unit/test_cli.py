@@ -45,3 +45,13 @@ def test_commands_that_do_not_run_until_stopped_get_the_default_sigterm_back() -
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.mark.parametrize("argv", [["topics", "create"], ["run", "--role", "uploader"]])
+def test_commands_that_need_kafka_name_the_missing_setting(
+    argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("RUNSTREAM_KAFKA_BOOTSTRAP", raising=False)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "RUNSTREAM_KAFKA_BOOTSTRAP is not set" in err and "runstream dev-kafka start" in err
