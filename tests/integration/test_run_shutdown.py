@@ -14,8 +14,8 @@ import pytest
 from devstack.kafka_broker import free_port
 
 
-@pytest.mark.parametrize("role", ["aggregator", "uploader"])
-def test_sigterm_during_kafka_start_retry_exits_0(role: str, tmp_path: Path) -> None:
+def _unreachable_services_env(tmp_path: Path) -> dict[str, str]:
+    """The test's environment without RUNSTREAM_* settings, pointing at a broker and an API nobody serves."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RUNSTREAM_")}
     env.update({
         "RUNSTREAM_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",  # nothing listens here
@@ -23,6 +23,12 @@ def test_sigterm_during_kafka_start_retry_exits_0(role: str, tmp_path: Path) -> 
         "RUNSTREAM_LABELBOX_URL": f"http://127.0.0.1:{free_port()}/graphql",
         "RUNSTREAM_STATE_SQLITE_PATH": str(tmp_path / "state.sqlite3"),
     })  # fmt: skip
+    return env
+
+
+@pytest.mark.parametrize("role", ["aggregator", "uploader"])
+def test_sigterm_during_kafka_start_retry_exits_0(role: str, tmp_path: Path) -> None:
+    env = _unreachable_services_env(tmp_path)
     log = (tmp_path / "out.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "runstream", "run", "--role", role, "--no-http"], env=env, stdout=log, stderr=log
@@ -43,12 +49,7 @@ def test_sigterm_during_kafka_start_retry_exits_0(role: str, tmp_path: Path) -> 
 
 def test_sigterm_while_the_service_is_still_loading_exits_0(tmp_path: Path) -> None:
     """An orchestrator may stop a pod before its modules are imported: a clean stop, not death by signal."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNSTREAM_")}
-    env.update({
-        "RUNSTREAM_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",
-        "RUNSTREAM_LABELBOX_API_KEY": "k",
-        "RUNSTREAM_STATE_SQLITE_PATH": str(tmp_path / "state.sqlite3"),
-    })  # fmt: skip
+    env = _unreachable_services_env(tmp_path)
     log = (tmp_path / "out.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-X", "importtime", "-m", "runstream", "run", "--role", "uploader", "--no-http"],
