@@ -193,13 +193,6 @@ class ScalarMetricRow(_MetricRowBase):
     checked_value: float | dict[str, float] = 0.0
     aggregation: ScalarAggregation = DEFAULT_AGGREGATION
 
-    @property
-    def value(self) -> float | dict[float, float]:
-        v = self.checked_value
-        if isinstance(v, dict):
-            return self.cached_value or self._keyed()
-        return v
-
     def ndjson_value(self) -> Any:
         if isinstance(self.value, dict):
             return {str(k): v for k, v in self.value.items()}
@@ -214,13 +207,6 @@ class ConfusionMatrixMetricRow(_MetricRowBase):
     metric_name: str = ""
     checked_value: ConfusionMatrixValue | dict[str, ConfusionMatrixValue] = (0, 0, 0, 0)
     aggregation: Literal["CONFUSION_MATRIX"] = "CONFUSION_MATRIX"
-
-    @property
-    def value(self) -> ConfusionMatrixValue | dict[float, ConfusionMatrixValue]:
-        v = self.checked_value
-        if isinstance(v, dict):
-            return self.cached_value or self._keyed()
-        return v
 
     def ndjson_value(self) -> Any:
         if isinstance(self.value, dict):
