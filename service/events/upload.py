@@ -31,13 +31,14 @@ def parse_upload(kind: EventKind, raw: bytes | None, *, max_bytes: int) -> Uploa
         for p in ev.predictions:
             ref = p.data_row
             body = p.raw
-            dr = ref.to_ndjson()
-            # The common row is sent as produced: is_normal's test, with its first steps inline (this runs
-            # per row); anything unusual takes the full test and, failing it, the rewrite.
+            # The common row is sent as produced: is_normal's test for its usual shape, inline (this runs
+            # per row); any other row takes the full test and, failing it, the rewrite.
             cms = body.get("customMetrics")
             if not (
-                body.keys().isdisjoint(_NOT_AS_IS)
-                and body["dataRow"] == dr
+                body.keys().isdisjoint(_NOT_AS_IS)  # so "dataRow" is the row's data row
+                and (drid := ref.id) is not None
+                and len(drw := body["dataRow"]) == 1
+                and drw.get("id") == drid
                 and type(body.get("confidence")) is _FLOAT
                 and body.get("name", 0) is not None
                 and "schemaId" not in body
@@ -45,7 +46,7 @@ def parse_upload(kind: EventKind, raw: bytes | None, *, max_bytes: int) -> Uploa
                 and len(cms) == 1
                 and type(cms[0]["value"]) is _FLOAT
                 and next(iter(cms[0])) == "name"
-            ) and not is_normal(body, dr, p.confidence):
+            ) and not is_normal(body, dr := ref.to_ndjson(), p.confidence):
                 body = prediction_body(body, dr, p.confidence)
             row_uuid = p.given_uuid
             if row_uuid is None:

@@ -143,3 +143,32 @@ def test_a_row_sent_as_produced_has_the_documented_uuid() -> None:
     assert not isinstance(up, LabelEvent)
     assert up.rows == [(expected, "id:dr-1")]
     assert up.payload == b'{"uuid":"' + expected.encode() + b'",' + orjson.dumps(body)[1:]
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        {"dataRow": {"id": "d"}, "name": "car", "confidence": 0.5, "customMetrics": [{"name": "m", "value": 0.5}]},
+        {"dataRow": {"id": "d"}, "name": "car", "confidence": 1, "customMetrics": [{"name": "m", "value": 0.5}]},
+        {"dataRow": {"id": "d"}, "name": "car", "confidence": 0.5, "customMetrics": [{"name": "m", "value": 1}]},
+        {"dataRow": {"id": "d"}, "name": "car", "confidence": 0.5, "customMetrics": [{"value": 0.5, "name": "m"}]},
+        {"dataRow": {"id": "d"}, "name": "car", "confidence": 0.5, "customMetrics": []},
+        {"dataRow": {"id": "d"}, "name": "car", "confidence": 0.5, "customMetrics": None},
+        {"dataRow": {"id": "d"}, "name": "car", "confidence": 0.5, "schemaId": None, "customMetrics": [{"name": "m", "value": 0.5}]},
+        {"dataRow": {"id": "d"}, "name": None, "schemaId": "s", "confidence": 0.5, "customMetrics": [{"name": "m", "value": 0.5}]},
+        {"dataRow": {"id": "d"}, "name": "car", "confidence": None, "customMetrics": [{"name": "m", "value": 0.5}]},
+        {"dataRow": {"globalKey": "g"}, "name": "car", "confidence": 0.5, "customMetrics": [{"name": "m", "value": 0.5}]},
+        {"dataRow": {"global_key": "g"}, "name": "car", "confidence": 0.5, "customMetrics": [{"name": "m", "value": 0.5}]},
+        {"data_row": {"id": "d"}, "name": "car", "confidence": 0.5, "customMetrics": [{"name": "m", "value": 0.5}]},
+        {"dataRow": {"id": "d"}, "name": "car", "confidence": 0.5, "custom_metrics": [{"name": "m", "value": 0.5}]},
+    ],
+)
+def test_rows_near_the_common_shape_match_their_parsed_form(row: dict[str, Any]) -> None:
+    """The as-is shortcut of parse_upload takes only rows already in NDJSON form; every near miss is rewritten."""
+    raw = orjson.dumps({"model_run_id": "mr-1", "predictions": [row]})
+    ev = parse_event("prediction", raw, max_bytes=MAX)
+    assert isinstance(ev, PredictionEvent)
+    up = parse_upload("prediction", raw, max_bytes=MAX)
+    assert not isinstance(up, LabelEvent)
+    assert up.rows == [(r.uuid, r.data_row.key()) for r in ev.predictions]
+    assert up.payload == b"\n".join(orjson.dumps(r.to_ndjson()) for r in ev.predictions)
