@@ -6,7 +6,7 @@ import orjson
 
 from service.events.constants import EventKind
 from service.events.models import LabelEvent, MetricEvent, PredictionEvent, UploadRows
-from service.events.ndjson import is_normal, prediction_body
+from service.events.ndjson import _NOT_AS_IS, is_normal, prediction_body
 from service.events.parse import parse_event
 from service.events.uuids import prediction_hasher, uuid5_text
 
@@ -14,8 +14,6 @@ _dumps = orjson.dumps
 _SORT = orjson.OPT_SORT_KEYS
 _new_tuple = tuple.__new__
 _FLOAT = float
-# A row with one of these keys is rewritten (prediction_body); see ndjson.is_normal.
-_NOT_AS_IS = frozenset({"uuid", "answer", "classifications", "data_row", "schema_id", "custom_metrics"})
 
 
 def parse_upload(kind: EventKind, raw: bytes | None, *, max_bytes: int) -> UploadRows | LabelEvent:
