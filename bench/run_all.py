@@ -637,7 +637,7 @@ def render(steps: list[Step], info: dict[str, str], meta: dict[str, Any], quick:
         add("")
         floor = [(c, ce.get(f"uploader.{c}.cpu_us"))
                  for c in ("drain", "drain, uploader fetch", "drain, no CRC", "drain+batch decode", "drain+parse_event",
-                           "drain+parse_upload", "drain+parse_upload+join", "process")]
+                           "drain+parse_upload", "drain+parse_upload+join", "drain+best alternative", "process")]
         floor = [(c, v) for c, v in floor if v is not None]
         if floor:
             up = R.d("up_main")

@@ -345,13 +345,7 @@ class ConsumerRuntime(Generic[W]):
                     self.metrics.in_flight_batches.labels(self._g).dec()
                 if not await self._dead_letter(rejections):
                     return
-                by_tp: dict[tuple[str, int], list[int]] = {}
-                for rec, _ in batch.items:
-                    tp = (rec.topic, rec.partition)
-                    offsets = by_tp.get(tp)
-                    if offsets is None:
-                        offsets = by_tp[tp] = []
-                    offsets.append(rec.offset)
+                by_tp = _offsets_by_partition([it[0] for it in batch.items])
                 delivered: dict[str, int] = {}
                 for (topic, partition), offsets in by_tp.items():
                     self.tracker.mark_done_many(topic, partition, offsets)
@@ -558,6 +552,21 @@ class ConsumerRuntime(Generic[W]):
         if self.status.fatal is None:
             self.metrics.ready.labels(self._g).set(1)
         self.log.info("partitions assigned", partitions=len(assigned))
+
+
+def _offsets_by_partition(recs: list[Record]) -> dict[tuple[str, int], list[int]]:
+    """The records' offsets per (topic, partition), in batch order. A batch is one model run, which
+    producers key by, so it usually comes from one partition: that case builds no tuple per record."""
+    if len({r[1] for r in recs}) == 1 and len({r[0] for r in recs}) == 1:
+        return {(recs[0][0], recs[0][1]): [r[2] for r in recs]}
+    by_tp: dict[tuple[str, int], list[int]] = {}
+    for rec in recs:
+        tp = (rec[0], rec[1])
+        offsets = by_tp.get(tp)
+        if offsets is None:
+            offsets = by_tp[tp] = []
+        offsets.append(rec[2])
+    return by_tp
 
 
 def _tp_text(offsets: dict[tuple[str, int], int]) -> str:

@@ -8,9 +8,11 @@ the policy is deterministic and unit-testable; the runtime owns the timer.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
+# What ``add`` returns when nothing is flushed (the common case): one shared empty list, never mutated.
+_NOTHING: list[Any] = []
 
 
 @dataclass(frozen=True)
@@ -26,7 +28,7 @@ class BatchLimits:
         return cls(max_events=max_events, max_bytes=max_bytes, linger_s=linger_ms / 1000.0)
 
 
-@dataclass
+@dataclass(slots=True)
 class Batch(Generic[T]):
     """Items of one model run collected until a flush condition was met."""
 
@@ -50,6 +52,8 @@ class Batcher(Generic[T]):
 
     def __init__(self, limits: BatchLimits) -> None:
         self._limits = limits
+        self._max_events = limits.max_events
+        self._max_bytes = limits.max_bytes
         self._open: dict[str, Batch[T]] = {}
         self._bytes = 0
         self._events = 0
@@ -66,6 +70,19 @@ class Batcher(Generic[T]):
         return len(self._open)
 
     def add(self, key: str, item: T, size: int, now: float) -> list[Batch[T]]:
+        batch = self._open.get(key)
+        if batch is not None:
+            grown = batch.size_bytes + size
+            if grown < self._max_bytes:  # joins its open batch and flushes nothing by size (once per message)
+                items = batch.items
+                items.append(item)
+                batch.size_bytes = grown
+                self._bytes += size
+                self._events += 1
+                return _NOTHING if len(items) < self._max_events else [self._close(key)]
+        return self._add(key, item, size, now)
+
+    def _add(self, key: str, item: T, size: int, now: float) -> list[Batch[T]]:
         flushed: list[Batch[T]] = []
         limits = self._limits
         batch = self._open.get(key)

@@ -6,12 +6,14 @@ import orjson
 
 from service.events.constants import EventKind
 from service.events.models import LabelEvent, MetricEvent, PredictionEvent, UploadRows
-from service.events.ndjson import is_normal, prediction_body
+from service.events.ndjson import _NOT_AS_IS, is_normal, prediction_body
 from service.events.parse import parse_event
-from service.events.uuids import prediction_prefix, prediction_uuid
+from service.events.uuids import prediction_hasher, uuid5_text
 
 _dumps = orjson.dumps
+_SORT = orjson.OPT_SORT_KEYS
 _new_tuple = tuple.__new__
+_FLOAT = float
 
 
 def parse_upload(kind: EventKind, raw: bytes | None, *, max_bytes: int) -> UploadRows | LabelEvent:
@@ -21,17 +23,34 @@ def parse_upload(kind: EventKind, raw: bytes | None, *, max_bytes: int) -> Uploa
     """
     ev = parse_event(kind, raw, max_bytes=max_bytes)
     rows: list[tuple[str, str]] = []
-    lines: list[bytes] = []
     if type(ev) is PredictionEvent:
-        prefix = prediction_prefix(ev.model_run_id)
+        hasher = prediction_hasher(ev.model_run_id)
+        lines: list[bytes] = []
         for p in ev.predictions:
             ref = p.data_row
             body = p.raw
-            if not is_normal(body, ref.to_ndjson(), p.confidence):  # else the row is sent as produced
-                body = prediction_body(body, ref.to_ndjson(), p.confidence)
+            # The common row is sent as produced: is_normal's test for its usual shape, inline (this runs
+            # per row); any other row takes the full test and, failing it, the rewrite.
+            cms = body.get("customMetrics")
+            if not (
+                body.keys().isdisjoint(_NOT_AS_IS)  # so "dataRow" is the row's data row
+                and (drid := ref.id) is not None
+                and len(drw := body["dataRow"]) == 1
+                and drw.get("id") == drid
+                and type(body.get("confidence")) is _FLOAT
+                and body.get("name", 0) is not None
+                and "schemaId" not in body
+                and cms is not None
+                and len(cms) == 1
+                and type(cms[0]["value"]) is _FLOAT
+                and next(iter(cms[0])) == "name"
+            ) and not is_normal(body, dr := ref.to_ndjson(), p.confidence):
+                body = prediction_body(body, dr, p.confidence)
             row_uuid = p.given_uuid
             if row_uuid is None:
-                row_uuid = prediction_uuid(prefix, body)
+                h = hasher.copy()
+                h.update(_dumps(body, option=_SORT))
+                row_uuid = uuid5_text(h)
             # == orjson.dumps({"uuid": row_uuid, **body}): a uuid needs no escaping and ``body`` always
             # holds dataRow; the concatenation is also an exact-size copy (orjson's own output keeps
             # ~1 KiB of spare capacity, which a batch waiting to be sent would hold on to).
@@ -39,6 +58,7 @@ def parse_upload(kind: EventKind, raw: bytes | None, *, max_bytes: int) -> Uploa
             rows.append((row_uuid, ref.key()))
         payload = b"\n".join(lines) if len(lines) != 1 else lines[0]
     elif type(ev) is MetricEvent:
+        lines = []
         for m in ev.metrics:
             rows.append((m.uuid, m.data_row.key()))
             lines.append(_dumps(m.to_ndjson()))

@@ -45,6 +45,27 @@ def uuid5_bytes(namespace_and_prefix: bytes, name: bytes) -> str:
     return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
 
 
+def uuid5_text(h: Any) -> str:
+    """The uuid5 text of a SHA-1 object that has hashed the namespace and the name."""
+    x = h.hexdigest()
+    return f"{x[:8]}-{x[8:12]}-5{x[13:16]}-{_VARIANT[x[16]]}{x[17:20]}-{x[20:32]}"
+
+
+_PREFIX_HASHES: dict[str, Any] = {}
+_PREFIX_HASHES_MAX = 4096  # model runs; a consumer sees a few at a time, so a full table is simply cleared
+
+
+def prediction_hasher(model_run_id: str) -> Any:
+    """A SHA-1 object that has hashed ``prediction_prefix(model_run_id)``: ``.copy()`` and ``.update(name)``
+    hash one row without concatenating the prefix again (kept per model run, as every row re-hashes it)."""
+    h = _PREFIX_HASHES.get(model_run_id)
+    if h is None:
+        if len(_PREFIX_HASHES) >= _PREFIX_HASHES_MAX:
+            _PREFIX_HASHES.clear()
+        h = _PREFIX_HASHES[model_run_id] = _sha1(prediction_prefix(model_run_id))
+    return h
+
+
 def prediction_prefix(model_run_id: str) -> bytes:
     """What every prediction uuid of one model run hashes first (computed once per event)."""
     return _PREDICTION_NS + model_run_id.encode() + b"\n"

@@ -28,6 +28,18 @@ GOLDEN: list[tuple[str, bytes, list[tuple[str, str]], bytes]] = [
         [('5d2b819a-b745-5812-8f32-c9d412f23184', 'gk:img-1'), ('740ccf24-2347-5d36-8df3-565350537b6a', 'gk:img-2'), ('0b9e4a0c-3f5e-4d3a-9c57-7e1c2a9b1f10', 'id:dr-9')],
         b'{"uuid":"5d2b819a-b745-5812-8f32-c9d412f23184","dataRow":{"globalKey":"img-1"},"name":"cat","bbox":{"top":1,"left":2,"height":3,"width":4},"confidence":1.0,"customMetrics":[{"name":"iou","value":1.0},{"name":"area","value":0.5}]}\n{"uuid":"740ccf24-2347-5d36-8df3-565350537b6a","dataRow":{"globalKey":"img-2"},"schemaId":"sch-1","answer":[{"name":"a","customMetrics":[{"name":"m","value":2.0}]},{"schemaId":"s-b","classifications":[{"name":"c","answer":"free"}]}]}\n{"uuid":"0b9e4a0c-3f5e-4d3a-9c57-7e1c2a9b1f10","dataRow":{"id":"dr-9"},"name":"seg","mask":{"png":"iVBOR"}}',
     ),
+    (  # rows sent as produced (the common shape), one given uuid, a multi-row payload
+        'prediction',
+        b'{"model_run_id":"mr-2","predictions":[{"dataRow":{"id":"dr-1"},"name":"car","confidence":0.25,"bbox":{"top":1,"left":2,"height":3,"width":4},"customMetrics":[{"name":"iou","value":0.5}]},{"dataRow":{"globalKey":"k"},"schemaId":"s-1","point":{"x":1,"y":2}},{"dataRow":{"id":"dr-2"},"name":"dog","confidence":0.5,"uuid":"0b9e4a0c-3f5e-4d3a-9c57-7e1c2a9b1f11","bbox":{"top":1,"left":2,"height":3,"width":4}}]}',
+        [('5f851520-fc30-5524-83d7-773bf5ef2b1a', 'id:dr-1'), ('f51c24d8-b719-565d-88ec-e3731e130c41', 'gk:k'), ('0b9e4a0c-3f5e-4d3a-9c57-7e1c2a9b1f11', 'id:dr-2')],
+        b'{"uuid":"5f851520-fc30-5524-83d7-773bf5ef2b1a","dataRow":{"id":"dr-1"},"name":"car","confidence":0.25,"bbox":{"top":1,"left":2,"height":3,"width":4},"customMetrics":[{"name":"iou","value":0.5}]}\n{"uuid":"f51c24d8-b719-565d-88ec-e3731e130c41","dataRow":{"globalKey":"k"},"schemaId":"s-1","point":{"x":1,"y":2}}\n{"uuid":"0b9e4a0c-3f5e-4d3a-9c57-7e1c2a9b1f11","dataRow":{"id":"dr-2"},"name":"dog","confidence":0.5,"bbox":{"top":1,"left":2,"height":3,"width":4}}',
+    ),
+    (  # the uploader bench's row: one row sent as produced
+        'prediction',
+        b'{"model_run_id":"bench-run-1","predictions":[{"dataRow":{"id":"dr-7"},"name":"car","confidence":0.8,"bbox":{"top":7,"left":7,"height":40,"width":67},"customMetrics":[{"name":"box_iou","value":0.07}]}]}',
+        [('cf6ff84f-7237-5618-b999-ced1c52c62a9', 'id:dr-7')],
+        b'{"uuid":"cf6ff84f-7237-5618-b999-ced1c52c62a9","dataRow":{"id":"dr-7"},"name":"car","confidence":0.8,"bbox":{"top":7,"left":7,"height":40,"width":67},"customMetrics":[{"name":"box_iou","value":0.07}]}',
+    ),
     (
         'metric',
         b'{"modelRunId":"mr-1","metrics":[{"data_row":{"id":"dr-1"},"metric_name":"acc","value":1},{"dataRow":{"globalKey":"g"},"metricName":"box","featureName":"cat","subclassName":"tall","metricValue":{"0.50":1,"0.1":0.25},"aggregation":"SUM"},{"dataRow":{"id":"dr-1"},"metricName":"cm","metricValue":{"0.5":[1,2.0,3,4],"0.9":[0,0,0,1]}}]}',
@@ -41,7 +53,7 @@ GOLDEN: list[tuple[str, bytes, list[tuple[str, str]], bytes]] = [
 def test_parse_upload_bytes_are_pinned(kind: Any, raw: bytes, rows: list[tuple[str, str]], payload: bytes) -> None:
     up = parse_upload(kind, raw, max_bytes=MAX)
     assert not isinstance(up, LabelEvent)
-    assert up.model_run_id == "mr-1"
+    assert up.model_run_id == orjson.loads(raw)["model_run_id" if b'"model_run_id"' in raw else "modelRunId"]
     assert up.rows == rows
     assert up.payload == payload
 
@@ -131,3 +143,32 @@ def test_a_row_sent_as_produced_has_the_documented_uuid() -> None:
     assert not isinstance(up, LabelEvent)
     assert up.rows == [(expected, "id:dr-1")]
     assert up.payload == b'{"uuid":"' + expected.encode() + b'",' + orjson.dumps(body)[1:]
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        {"dataRow": {"id": "d"}, "name": "car", "confidence": 0.5, "customMetrics": [{"name": "m", "value": 0.5}]},
+        {"dataRow": {"id": "d"}, "name": "car", "confidence": 1, "customMetrics": [{"name": "m", "value": 0.5}]},
+        {"dataRow": {"id": "d"}, "name": "car", "confidence": 0.5, "customMetrics": [{"name": "m", "value": 1}]},
+        {"dataRow": {"id": "d"}, "name": "car", "confidence": 0.5, "customMetrics": [{"value": 0.5, "name": "m"}]},
+        {"dataRow": {"id": "d"}, "name": "car", "confidence": 0.5, "customMetrics": []},
+        {"dataRow": {"id": "d"}, "name": "car", "confidence": 0.5, "customMetrics": None},
+        {"dataRow": {"id": "d"}, "name": "car", "confidence": 0.5, "schemaId": None, "customMetrics": [{"name": "m", "value": 0.5}]},
+        {"dataRow": {"id": "d"}, "name": None, "schemaId": "s", "confidence": 0.5, "customMetrics": [{"name": "m", "value": 0.5}]},
+        {"dataRow": {"id": "d"}, "name": "car", "confidence": None, "customMetrics": [{"name": "m", "value": 0.5}]},
+        {"dataRow": {"globalKey": "g"}, "name": "car", "confidence": 0.5, "customMetrics": [{"name": "m", "value": 0.5}]},
+        {"dataRow": {"global_key": "g"}, "name": "car", "confidence": 0.5, "customMetrics": [{"name": "m", "value": 0.5}]},
+        {"data_row": {"id": "d"}, "name": "car", "confidence": 0.5, "customMetrics": [{"name": "m", "value": 0.5}]},
+        {"dataRow": {"id": "d"}, "name": "car", "confidence": 0.5, "custom_metrics": [{"name": "m", "value": 0.5}]},
+    ],
+)
+def test_rows_near_the_common_shape_match_their_parsed_form(row: dict[str, Any]) -> None:
+    """The as-is shortcut of parse_upload takes only rows already in NDJSON form; every near miss is rewritten."""
+    raw = orjson.dumps({"model_run_id": "mr-1", "predictions": [row]})
+    ev = parse_event("prediction", raw, max_bytes=MAX)
+    assert isinstance(ev, PredictionEvent)
+    up = parse_upload("prediction", raw, max_bytes=MAX)
+    assert not isinstance(up, LabelEvent)
+    assert up.rows == [(r.uuid, r.data_row.key()) for r in ev.predictions]
+    assert up.payload == b"\n".join(orjson.dumps(r.to_ndjson()) for r in ev.predictions)
