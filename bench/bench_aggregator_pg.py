@@ -21,7 +21,6 @@ import json
 import os
 import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import kafka_bootstrap
+from _harness import kafka_bootstrap, scratch_dir
 from bench_aggregator import end_total, produce, raw_drain
 
 from service.config import Settings
@@ -147,7 +146,7 @@ async def main() -> None:
     if args.child:
         await child(*args.child)
         return
-    tmp = Path(tempfile.mkdtemp(prefix="bench-pg-"))
+    tmp = scratch_dir("bench-pg-")
     dsn = os.environ.get("RUNSTREAM_TEST_POSTGRES_DSN")
     with kafka_bootstrap(tmp / "kafka") as bootstrap:
         topic = f"bench-pg-{int(time.time())}"

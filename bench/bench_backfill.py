@@ -25,14 +25,13 @@ import asyncio
 import json
 import os
 import random
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
-from _harness import kafka_bootstrap
+from _harness import kafka_bootstrap, scratch_dir
 from aiokafka import AIOKafkaProducer
 
 from service.backfill import run_backfill
@@ -126,7 +125,7 @@ async def main() -> None:
     ap.add_argument("--json", action="store_true", help="also print one JSON object with every rate")
     args = ap.parse_args()
 
-    tmp = Path(tempfile.mkdtemp(prefix="bench-backfill-"))
+    tmp = scratch_dir("bench-backfill-")
     events_file = tmp / "events.jsonl"
     msgs = make_event_file(events_file, args.events, args.runs)
     rows_file = tmp / "rows.ndjson"

@@ -54,7 +54,6 @@ import json
 import random
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -67,7 +66,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import kafka_bootstrap
+from _harness import kafka_bootstrap, scratch_dir
 from bench_aggregator import bench_event
 from bench_uploader import ROOT, RUNS, throughput_once
 from bench_uploader import event as upload_event
@@ -227,7 +226,7 @@ async def main() -> None:
                     help="leave the full uploader process out of the uploader workload's floor table")
     args = ap.parse_args()
     tune_gc()  # as the consumer processes do
-    work_dir = Path(tempfile.mkdtemp(prefix="bench-ceiling-"))
+    work_dir = scratch_dir("bench-ceiling-")
     # the run's broker (RUNSTREAM_KAFKA_BOOTSTRAP) or its own, stopped in the finally below
     broker = contextlib.ExitStack()
     bootstrap = broker.enter_context(kafka_bootstrap(work_dir / "kafka"))

@@ -28,7 +28,6 @@ import asyncio
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import bench_uploader as bu  # noqa: E402  (the local API process, uploader processes, events)
-from _harness import kafka_bootstrap  # noqa: E402
+from _harness import kafka_bootstrap, scratch_dir  # noqa: E402
 
 from service.kafka import create_topics  # noqa: E402
 
@@ -271,7 +270,7 @@ async def main() -> None:
     args = ap.parse_args()
     QUIET = args.json
 
-    work = Path(tempfile.mkdtemp(prefix="bench-budget-"))
+    work = scratch_dir("bench-budget-")
     results: dict[str, Any] = {}
     with kafka_bootstrap(work / "kafka") as bootstrap:
         if "requests" not in args.skip:

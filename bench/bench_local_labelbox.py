@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import json
 import resource
-import tempfile
 import threading
 import time
 import uuid
@@ -32,6 +31,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+from _harness import scratch_dir
 
 from devstack.local_labelbox import LocalLabelbox
 from service.events import parse_ndjson_row
@@ -104,7 +104,7 @@ async def seed(
 
 
 async def run(n_rows: int, n_data_rows: int) -> dict[str, Any]:
-    tmp = tempfile.mkdtemp(prefix="bench-llb-")
+    tmp = scratch_dir("bench-llb-")
     admin_h = {"Authorization": "Bearer adm"}
     async with (
         LocalLabelbox(str(Path(tmp) / "b.sqlite3"), api_keys=["k"], admin_token="adm") as srv,
@@ -205,7 +205,7 @@ def _uploader_rows(run: str, k: int, data_rows: list[str]) -> bytes:
 
 
 async def run_uploader_like(n_rows: int, n_data_rows: int) -> dict[str, Any]:
-    tmp = tempfile.mkdtemp(prefix="bench-llb-")
+    tmp = scratch_dir("bench-llb-")
     admin_h = {"Authorization": "Bearer adm"}
     key_h = {"Authorization": "Bearer k"}
     async with (

@@ -33,7 +33,6 @@ import os
 import socket
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -45,7 +44,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from _harness import kafka_bootstrap  # noqa: E402
+from _harness import kafka_bootstrap, scratch_dir  # noqa: E402
 
 from service.events import parse_event  # noqa: E402
 from service.kafka import create_topics  # noqa: E402
@@ -293,7 +292,7 @@ async def main() -> None:
                     help="run the throughput uploaders under cProfile, output in DIR")
     args = ap.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="bench-uploader-"))
+    work = scratch_dir("bench-uploader-")
     # the run's broker (RUNSTREAM_KAFKA_BOOTSTRAP) or its own, stopped in the finally below
     broker = contextlib.ExitStack()
     bootstrap = broker.enter_context(kafka_bootstrap(work / "kafka"))
