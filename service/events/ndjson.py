@@ -96,14 +96,15 @@ def prediction_body(raw: dict[str, Any], data_row: dict[str, str], confidence: f
     return out
 
 
-_NOT_AS_IS = frozenset({"uuid", *_NESTED - {"customMetrics"}})
+# Keys whose presence means a row is never sent as produced (upload.py tests this inline on its hot path).
+NOT_AS_IS = frozenset({"uuid", *_NESTED - {"customMetrics"}})
 
 
 def is_normal(raw: dict[str, Any], data_row: dict[str, str], confidence: float | None) -> bool:
     """True when ``prediction_body(raw, data_row, confidence)`` equals ``raw`` key for key, in the same
     order and with the same value types (so the same JSON bytes): the common row, sent as produced,
     skips the rewrite. Only for rows the contract has accepted."""
-    if not raw.keys().isdisjoint(_NOT_AS_IS):
+    if not raw.keys().isdisjoint(NOT_AS_IS):
         return False
     dr = raw["dataRow"]
     if len(dr) != 1 or dr != data_row or raw.get("name", 0) is None or raw.get("schemaId", 0) is None:

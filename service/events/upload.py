@@ -6,7 +6,7 @@ import orjson
 
 from service.events.constants import EventKind
 from service.events.models import LabelEvent, MetricEvent, PredictionEvent, UploadRows
-from service.events.ndjson import _NOT_AS_IS, is_normal, prediction_body
+from service.events.ndjson import NOT_AS_IS, is_normal, prediction_body
 from service.events.parse import parse_event
 from service.events.uuids import prediction_hasher, uuid5_text
 
@@ -33,7 +33,7 @@ def parse_upload(kind: EventKind, raw: bytes | None, *, max_bytes: int) -> Uploa
             # per row); any other row takes the full test and, failing it, the rewrite.
             cms = body.get("customMetrics")
             if not (
-                body.keys().isdisjoint(_NOT_AS_IS)  # so "dataRow" is the row's data row
+                body.keys().isdisjoint(NOT_AS_IS)  # so "dataRow" is the row's data row
                 and (drid := ref.id) is not None
                 and len(drw := body["dataRow"]) == 1
                 and drw.get("id") == drid
