@@ -1,6 +1,7 @@
 """The aggregator against a "floor": the same state work as the tightest plain Python + SQLite loop.
 
     .venv/bin/python bench/bench_agg_floor.py [--events 100000] [--rounds 3] [--quix] [--json]
+    .venv/bin/python bench/bench_agg_floor.py --cpu-phases [--events 40000] [--rounds 3]
 
 Uses RUNSTREAM_KAFKA_BOOTSTRAP when set, else starts the dev broker (devstack.kafka_broker).
 
@@ -15,6 +16,12 @@ it is well above, the gap is what the engine spends beyond the work itself.
    ``--quix`` also the Quix Streams peer (bench/quix_peer_app.py, needs ``.venv-quix``).
 3. Verifies the floor's per-run aggregates against the aggregator's store (count and value, 1e-6
    relative, bench_quix_peer.compare) and that neither has one the other lacks.
+
+``--cpu-phases`` needs no broker: on the same generated events, in interleaved rounds, it measures
+the CPU per event of each phase of the engine (parse + leaf operations, prefetch, apply, encoding
+the commit, the SQLite commit, eviction; CachedState over SqlStateBackend, batches of 10k applied
+in chunks of 2,500 as the consumer does) and of the floor (decode, apply, encode + SQLite write),
+both with the cyclic GC off, commits once per batch.
 
 The floor (:class:`Floor`), one loop in this process: ``getmany`` up to 10k records, decode each
 value with msgspec straight into dicts, per metric row replace the leaf of its (run, metric, data
@@ -159,7 +166,7 @@ class Floor:
             raw = row["value"] if "value" in row else row["metricValue"]
             is_cm = aggregation == "CONFUSION_MATRIX"
             if type(raw) is dict:
-                values = {repr(float(k)): tuple(v) if is_cm else float(v) for k, v in raw.items()}
+                values: dict[str, Any] = {repr(float(k)): tuple(v) if is_cm else float(v) for k, v in raw.items()}
             else:
                 values = {"": tuple(raw) if is_cm else float(raw)}
             if not is_cm:
@@ -317,13 +324,105 @@ async def floor_rate(bootstrap: str, topic: str, ends: dict[TopicPartition, int]
     return sum(want.values()) / elapsed, floor
 
 
+def cpu_phases(n: int, rounds: int) -> dict[str, Any]:
+    """CPU µs per event of each phase, engine and floor, same events, medians of interleaved rounds."""
+    import random
+
+    from bench_aggregator import bench_event
+
+    from consumers.aggregator import ops_from_event
+    from service.aggregation import apply_batch
+    from service.events import parse_event
+    from service.state import CachedState, SqlStateBackend
+
+    rng = random.Random(42)
+    values = [bench_event(rng, i)[1] for i in range(n)]
+    tmp = Path(tempfile.mkdtemp(prefix="bench-floor-cpu-"))
+
+    def engine(r: int) -> dict[str, float]:
+        backend = SqlStateBackend.sqlite(tmp / f"engine{r}.sqlite3")
+        state = CachedState(backend, max_clean=50_000)  # the Aggregator's default
+        ph = dict.fromkeys(("parse+ops", "prefetch", "apply", "encode", "commit", "evict"), 0.0)
+        pos = 0
+        clock = time.process_time
+        for b in range(0, n, 10_000):
+            t = clock()
+            ops = [ops_from_event(parse_event("metric", v, max_bytes=1 << 20)) for v in values[b : b + 10_000]]  # type: ignore[arg-type]
+            ph["parse+ops"] += clock() - t
+            t = clock()
+            state.prefetch(ops)
+            ph["prefetch"] += clock() - t
+            t = clock()
+            for c in range(0, len(ops), 2500):
+                apply_batch(state, ops[c : c + 2500])
+            ph["apply"] += clock() - t
+            t = clock()
+            enc = state.take_changes().encode()
+            ph["encode"] += clock() - t
+            t = clock()
+            backend.commit("g", enc, {("t", 0): pos + len(ops)}, {("t", 0): pos or None})
+            pos += len(ops)
+            ph["commit"] += clock() - t
+            t = clock()
+            state.committed()
+            ph["evict"] += clock() - t
+        backend.close()
+        return {k: v / n * 1e6 for k, v in ph.items()}
+
+    def floor(r: int) -> dict[str, float]:
+        fl = Floor(tmp / f"floor{r}.sqlite3")
+        decode = msgspec.json.Decoder().decode
+        ph = dict.fromkeys(("decode", "apply", "encode+write"), 0.0)
+        clock = time.process_time
+        for b in range(0, n, 10_000):
+            t = clock()
+            events = [decode(v) for v in values[b : b + 10_000]]
+            ph["decode"] += clock() - t
+            t = clock()
+            for ev in events:
+                fl.apply(ev["model_run_id"], ev["metrics"])
+            ph["apply"] += clock() - t
+            t = clock()
+            fl.positions[("t", 0)] = b + len(events)
+            fl.commit(wait=True)  # process_time counts the writer thread too
+            ph["encode+write"] += clock() - t
+        fl._pool.shutdown()
+        fl.db.close()
+        return {k: v / n * 1e6 for k, v in ph.items()}
+
+    runs: dict[str, list[dict[str, float]]] = {"engine": [], "floor": []}
+    gc_was = gc.isenabled()
+    gc.disable()
+    try:
+        for r in range(rounds):
+            for name in ("engine", "floor") if r % 2 == 0 else ("floor", "engine"):
+                runs[name].append(engine(r) if name == "engine" else floor(r))
+                gc.collect()
+    finally:
+        if gc_was:
+            gc.enable()
+    out: dict[str, Any] = {"events": n, "rounds": rounds}
+    for name, rs in runs.items():
+        med = {k: statistics.median(x[k] for x in rs) for k in rs[0]}
+        med["total"] = statistics.median(sum(x.values()) for x in rs)
+        out[name] = med
+        print(f"{name} CPU us/event: " + ", ".join(f"{k} {v:.1f}" for k, v in med.items()), flush=True)
+    return out
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=100_000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--quix", action="store_true", help="also run the Quix Streams peer each round")
     ap.add_argument("--json", action="store_true", help="print one JSON object with every figure as the last line")
+    ap.add_argument("--cpu-phases", action="store_true", help="CPU per phase, engine vs floor, no broker")
     args = ap.parse_args()
+    if args.cpu_phases:
+        res = cpu_phases(args.events, args.rounds)
+        if args.json:
+            print(json.dumps(res))
+        return
     if args.quix and not QUIX_PYTHON.exists():
         raise SystemExit(f"{QUIX_PYTHON} is missing (make bench creates it)")
     from service.gc_tuning import tune_gc
