@@ -305,6 +305,8 @@ def plan(quick: bool) -> list[Step]:
     # --- aggregator vs a Quix Streams peer (same topic, same run); by state backend; freshness after a backfill
     qx = ["--events", "2000", "--rounds", "1"] if q else ["--events", "100000", "--rounds", "2"]
     steps.append(Step("agg_quix", [py, "bench/bench_quix_peer.py", *qx, "--json"], 900))
+    fl = ["--events", "2000", "--rounds", "1"] if q else ["--events", "100000", "--rounds", "2"]
+    steps.append(Step("agg_floor", [py, "bench/bench_agg_floor.py", *fl, "--json"], 600))
     pg_n, fresh_n = ("2000", "10000") if q else ("50000", "200000")
     steps.append(Step("agg_pg", [py, "bench/bench_aggregator_pg.py", "--events", pg_n, "--json"], 900))
     steps.append(Step("agg_fresh", [py, "bench/bench_freshness.py", "--events", fresh_n, "--json"], 900))
@@ -775,6 +777,31 @@ def render(steps: list[Step], info: dict[str, str], meta: dict[str, Any], quick:
         )
     else:
         add(f"Quix peer: failed: {R.by['agg_quix'].error if 'agg_quix' in R.by else 'not run'}")
+    add("")
+    fl = R.d("agg_floor")
+    if fl:
+        add(
+            "| `bench/bench_agg_floor.py` (same state work, tightest Python + SQLite loop; median of "
+            f"{fl.get('rounds')} interleaved rounds, {fmt(fl.get('events'))} events) | events/s | "
+            "CPU µs/event | × drain |"
+        )
+        add("|---|---|---|---|")
+        add(f"| raw drain | {fmt(fl.get('raw_drain_per_s'))} | | |")
+        add(
+            f"| floor | {fmt(fl.get('floor_per_s'))} | {fmt(fl.get('floor_cpu_us_per_event'))} "
+            f"| {pct(fl.get('ratio_floor_to_drain'))} |"
+        )
+        add(
+            f"| aggregator | {fmt(fl.get('aggregator_per_s'))} | {fmt(fl.get('aggregator_cpu_us_per_event'))} "
+            f"| {pct(fl.get('ratio_aggregator_to_drain'))} |"
+        )
+        add("")
+        add(
+            f"Aggregator / floor {fmt(fl.get('ratio_aggregator_to_floor'), 2)}×; floor verified against the "
+            f"aggregator's store: {fl.get('verified')}. The 5× and 5 % targets need ~24k events/s."
+        )
+    else:
+        add(f"Aggregator floor: failed: {R.by['agg_floor'].error if 'agg_floor' in R.by else 'not run'}")
     add("")
     if pg:
         add(

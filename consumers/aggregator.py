@@ -75,18 +75,21 @@ def ops_from_event(event: PredictionEvent | MetricEvent) -> MessageOps:
     ops = MessageOps(intern(event.model_run_id))
     if isinstance(event, MetricEvent):
         append = ops.metric_rows.append
+        make = MetricLeaf._make  # tuple.__new__ on one tuple: cheaper than the generated __new__
         for row in event.metrics:
             f = row.feature_name
             s = row.subclass_name
-            v = row.value
+            v = row.checked_value  # a plain float as accepted; ``value`` re-keys confidence dicts
             append(
-                MetricLeaf(
-                    intern(getattr(row, "metric_name", None) or ""),
-                    row.aggregation,
-                    row.data_row.key(),
-                    intern(f) if f is not None else None,
-                    intern(s) if s is not None else None,
-                    {"": v} if type(v) is float else normalize_value(v),
+                make(
+                    (
+                        intern(row.metric_name or ""),
+                        row.aggregation,
+                        row.data_row.key(),
+                        intern(f) if f is not None else None,
+                        intern(s) if s is not None else None,
+                        {"": v} if type(v) is float else normalize_value(row.value),
+                    )
                 )
             )
         return ops
@@ -301,7 +304,7 @@ class Aggregator:
             events.labels(self.group, topic, outcome).inc(n)
             if outcome == "dlq":
                 stats.rejected += n
-            else:
+            elif outcome == "skipped":
                 stats.invalid += n
 
     # ---- per message

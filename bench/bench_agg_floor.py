@@ -1,0 +1,515 @@
+"""The aggregator against a "floor": the same state work as the tightest plain Python + SQLite loop.
+
+    .venv/bin/python bench/bench_agg_floor.py [--events 100000] [--rounds 3] [--quix] [--json]
+    .venv/bin/python bench/bench_agg_floor.py --cpu-phases [--events 40000] [--rounds 3]
+
+Uses RUNSTREAM_KAFKA_BOOTSTRAP when set, else starts the dev broker (devstack.kafka_broker).
+
+What it answers: how fast can Python and SQLite on this machine do the aggregator's state work at
+all? If even the floor is below a target rate, no Python design of the engine reaches it here; if
+it is well above, the gap is what the engine spends beyond the work itself.
+
+1. Pre-produces the aggregator bench workload (bench_aggregator.produce, the topic bench_quix_peer.py
+   uses) to a 6-partition topic.
+2. Round by round, in rotating order: the raw aiokafka drain; the real Aggregator (SQLite, durable
+   state, commit interval 1 s; bench_aggregator.aggregator_rate); the floor (below); with
+   ``--quix`` also the Quix Streams peer (bench/quix_peer_app.py, needs ``.venv-quix``).
+3. Verifies the floor's per-run aggregates against the aggregator's store (count and value, 1e-6
+   relative, bench_quix_peer.compare) and that neither has one the other lacks.
+
+``--cpu-phases`` needs no broker: on the same generated events, in interleaved rounds, it measures
+the CPU per event of each phase of the engine (parse + leaf operations, prefetch, apply, encoding
+the commit, the SQLite commit, eviction; CachedState over SqlStateBackend, batches of 10k applied
+in chunks of 2,500 as the consumer does) and of the floor (decode, apply, encode + SQLite write),
+both with the cyclic GC off, commits once per batch.
+
+The floor (:class:`Floor`), one loop in this process: ``getmany`` up to 10k records, decode each
+value with msgspec straight into dicts, per metric row replace the leaf of its (run, metric, data
+row) tree (a dict), recompute the tree's node values (explicit over roll-up, subclass → feature →
+data row, each confidence key its own tree; math.fsum), move the per-run aggregate of every node
+whose value changed (a list of float sums, as the Quix peer keeps); validate the metric's
+aggregation against the run's (conflicts and non-finite values would be rejected). Every 1 s the
+changed trees (leaves and node values, msgpack), the changed run aggregates and the next offsets
+go to SQLite in one transaction (``executemany``; WAL, synchronous=NORMAL, 16 MiB page cache: the
+store's settings), encoded in the loop and written in a thread, pipelined as the engine does; the
+cyclic GC is off while it runs (the engine's BatchGc does the same per batch). On start it seeks
+to the offsets stored there. What it leaves out, and the engine does: a bounded cache (the floor
+keeps every tree in memory, so it never reads SQLite back), the node-value index rows behind the
+query API's filters, exact fixed-point run sums, prediction events and their annotation index, the
+DLQ, rebalance fencing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import contextlib
+import gc
+import json
+import math
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _harness import kafka_bootstrap
+from bench_aggregator import aggregator_rate, end_total, produce, raw_drain
+from bench_quix_peer import QUIX_PYTHON, compare, quix_round
+
+from service.kafka import create_topics
+
+_DDL = """
+CREATE TABLE IF NOT EXISTS trees (run TEXT, metric TEXT, data_row TEXT, body BLOB,
+                                  PRIMARY KEY (run, metric, data_row)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS run_aggs (run TEXT, akey TEXT, body BLOB, PRIMARY KEY (run, akey)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS offsets (topic TEXT, part INTEGER, next INTEGER, PRIMARY KEY (topic, part));
+"""
+
+Where = tuple[int, str, str]  # (level, feature, subclass) of a leaf in its tree
+Node = tuple[str, int, str, str]  # (confidence key, level, feature, subclass)
+
+
+def _fsum_node(vs: list[Any], aggregation: str) -> Any:
+    if len(vs) == 1:
+        return vs[0]
+    if aggregation == "ARITHMETIC_MEAN":
+        return math.fsum(vs) / len(vs)
+    if aggregation == "SUM":
+        return math.fsum(vs)
+    if aggregation == "CONFUSION_MATRIX":
+        return (sum(v[0] for v in vs), sum(v[1] for v in vs), sum(v[2] for v in vs), sum(v[3] for v in vs))
+    if 0.0 in vs:
+        return 0.0
+    if aggregation == "GEOMETRIC_MEAN":
+        return math.exp(math.fsum([math.log(v) for v in vs]) / len(vs))
+    return len(vs) / math.fsum([1.0 / v for v in vs])
+
+
+def node_values(leaves: dict[Where, dict[str, Any]], aggregation: str) -> dict[Node, Any]:
+    """Every node value of one tree (DESIGN §4: explicit values beat roll-ups)."""
+    if len(leaves) == 1:
+        for (lvl, f, s), lv in leaves.items():
+            out: dict[Node, Any] = {}
+            for ck, v in lv.items():
+                out[(ck, lvl, f, s)] = v
+                if lvl:
+                    if lvl == 2:
+                        out[(ck, 1, f, "")] = v
+                    out[(ck, 0, "", "")] = v
+            return out
+    direct: dict[Node, list[Any]] = {}
+    for (lvl, f, s), lv in leaves.items():
+        for ck, v in lv.items():
+            direct.setdefault((ck, lvl, f, s), []).append(v)
+    out = {k: _fsum_node(vs, aggregation) for k, vs in direct.items()}
+    for level in (2, 1):
+        children: dict[Node, list[Any]] = {}
+        for (ck, lvl, f, _s), v in out.items():
+            if lvl == level:
+                parent = (ck, 1, f, "") if level == 2 else (ck, 0, "", "")
+                if parent not in direct:
+                    children.setdefault(parent, []).append(v)
+        for k, vs in children.items():
+            out[k] = _fsum_node(vs, aggregation)
+    return out
+
+
+class Floor:
+    """The aggregator's state work as one tight loop; see the module docstring."""
+
+    def __init__(self, path: Path) -> None:
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA cache_size=-16384")
+        self.db.executescript(_DDL)
+        self.trees: dict[tuple[str, str, str], list[Any]] = {}  # key -> [leaves, nodes, aggregation]
+        self.aggs: dict[tuple[str, str, str, int, str, str], list[Any]] = {}  # [n, zeros, s, tp, fp, tn, fn]
+        self.defs: dict[tuple[str, str], str] = {}
+        self.dirty_trees: set[tuple[str, str, str]] = set()
+        self.dirty_aggs: set[tuple[str, str, str, int, str, str]] = set()
+        self.positions: dict[tuple[str, int], int] = {}
+        self.stored: dict[tuple[str, int], int] = dict(
+            ((t, p), o) for t, p, o in self.db.execute("SELECT topic, part, next FROM offsets")
+        )
+        self.rejected = 0
+        self.phases = {"poll": 0.0, "decode+apply": 0.0, "commit encode": 0.0, "commit wait": 0.0,
+                       "sqlite write (thread)": 0.0}
+        self._pool = concurrent.futures.ThreadPoolExecutor(1)
+        self._pending: concurrent.futures.Future[None] | None = None
+        self._enc = msgspec.msgpack.Encoder()
+
+    def apply(self, run: str, rows: list[dict[str, Any]]) -> None:
+        trees, aggs, defs = self.trees, self.aggs, self.defs
+        dirty_trees, dirty_aggs = self.dirty_trees, self.dirty_aggs
+        # validate the whole message first (all-or-nothing), as the engine does
+        parsed = []
+        for row in rows:
+            metric = row.get("metric_name") or row["metricName"]
+            aggregation = row["aggregation"]
+            fixed = defs.get((run, metric))
+            if fixed is not None and fixed != aggregation:
+                self.rejected += 1
+                return
+            ref = row.get("data_row") or row["dataRow"]
+            dr = "id:" + ref["id"] if "id" in ref else "gk:" + (ref.get("globalKey") or ref["global_key"])
+            raw = row["value"] if "value" in row else row["metricValue"]
+            is_cm = aggregation == "CONFUSION_MATRIX"
+            if type(raw) is dict:
+                values: dict[str, Any] = {repr(float(k)): tuple(v) if is_cm else float(v) for k, v in raw.items()}
+            else:
+                values = {"": tuple(raw) if is_cm else float(raw)}
+            if not is_cm:
+                for v in values.values():
+                    if v - v != 0.0 or (v < 0.0 and aggregation in ("GEOMETRIC_MEAN", "HARMONIC_MEAN")):
+                        self.rejected += 1
+                        return
+            f = row.get("feature_name") or row.get("featureName")
+            s = row.get("subclass_name") or row.get("subclassName")
+            level = 0 if f is None else 2 if s is not None else 1
+            parsed.append((metric, aggregation, dr, (level, f or "", s or ""), values))
+        for metric, aggregation, dr, where, values in parsed:
+            defs[(run, metric)] = aggregation
+            tk = (run, metric, dr)
+            tree = trees.get(tk)
+            if tree is None:
+                tree = trees[tk] = [{}, {}, aggregation]
+            leaves = tree[0]
+            if leaves.get(where) == values:
+                continue
+            leaves[where] = values
+            old = tree[1]
+            new = tree[1] = node_values(leaves, aggregation)
+            dirty_trees.add(tk)
+            for node in old.keys() | new.keys():
+                ov, nv = old.get(node), new.get(node)
+                if ov == nv:
+                    continue
+                ak = (run, metric, *node)
+                a = aggs.get(ak)
+                if a is None:
+                    a = aggs[ak] = [0, 0, 0.0, 0, 0, 0, 0]
+                dirty_aggs.add(ak)
+                if ov is not None:
+                    _move(a, ov, -1, aggregation)
+                if nv is not None:
+                    _move(a, nv, 1, aggregation)
+
+    def commit(self, wait: bool = False) -> None:
+        """Changed trees, changed run aggregates and the next offsets in one transaction.
+
+        The rows are encoded here; the SQLite write runs in a thread (sqlite3 releases the GIL
+        while it works) while the loop goes on, as the engine pipelines its commits. A commit
+        first waits for the one before it.
+        """
+        t0 = time.perf_counter()
+        if self._pending is not None:
+            self._pending.result()
+            self._pending = None
+        t1 = time.perf_counter()
+        enc = self._enc.encode
+        trees, aggs = self.trees, self.aggs
+        tree_rows = []
+        for tk in self.dirty_trees:
+            leaves, nodes, _aggregation = trees[tk]
+            tree_rows.append((*tk, enc([[[*w, lv] for w, lv in leaves.items()], [[*n, v] for n, v in nodes.items()]])))
+        agg_rows = [(k[0], "|".join(map(str, k[1:])), enc(aggs[k])) for k in self.dirty_aggs]
+        off_rows = [(t, p, o) for (t, p), o in self.positions.items() if self.stored.get((t, p)) != o]
+        self.dirty_trees.clear()
+        self.dirty_aggs.clear()
+        self._pending = self._pool.submit(self._write, tree_rows, agg_rows, off_rows, dict(self.positions))
+        t2 = time.perf_counter()
+        self.phases["commit wait"] += t1 - t0
+        self.phases["commit encode"] += t2 - t1
+        if wait:
+            self._pending.result()
+            self._pending = None
+            self.phases["commit wait"] += time.perf_counter() - t2
+
+    def _write(self, tree_rows: list[Any], agg_rows: list[Any], off_rows: list[Any], positions: dict[Any, int]) -> None:
+        t0 = time.perf_counter()
+        db = self.db
+        db.execute("BEGIN")
+        db.executemany("INSERT OR REPLACE INTO trees VALUES (?, ?, ?, ?)", tree_rows)
+        db.executemany("INSERT OR REPLACE INTO run_aggs VALUES (?, ?, ?)", agg_rows)
+        db.executemany("INSERT OR REPLACE INTO offsets VALUES (?, ?, ?)", off_rows)
+        db.execute("COMMIT")
+        self.stored.update(positions)
+        self.phases["sqlite write (thread)"] += time.perf_counter() - t0
+
+    def peer_aggs(self) -> dict[str, dict[str, list[Any]]]:
+        """Per-run aggregates in the shape bench_quix_peer.compare reads."""
+        out: dict[str, dict[str, list[Any]]] = {}
+        for (run, metric, ck, lvl, f, s), a in self.aggs.items():
+            out.setdefault(run, {})[f"{metric}|{ck}|{lvl}|{f}|{s}"] = a
+        return out
+
+
+def _move(a: list[Any], v: Any, sign: int, aggregation: str) -> None:
+    a[0] += sign
+    if aggregation == "ARITHMETIC_MEAN" or aggregation == "SUM":
+        a[2] += sign * v
+    elif aggregation == "CONFUSION_MATRIX":
+        a[3] += sign * v[0]
+        a[4] += sign * v[1]
+        a[5] += sign * v[2]
+        a[6] += sign * v[3]
+    elif v == 0.0:
+        a[1] += sign
+    else:
+        a[2] += sign * (math.log(v) if aggregation == "GEOMETRIC_MEAN" else 1.0 / v)
+
+
+async def floor_rate(bootstrap: str, topic: str, ends: dict[TopicPartition, int], path: Path) -> tuple[float, Floor]:
+    """Run the floor over the topic; clock from its first batch until the topic end is durable."""
+    floor = Floor(path)
+    tps = [tp for tp, end in ends.items() if end]
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
+    await c.start()
+    gc_was = gc.isenabled()
+    gc.disable()  # the engine's BatchGc keeps the collector off while it applies, too
+    try:
+        c.assign(tps)
+        for tp in tps:  # exactly-once: resume where the store's offsets say
+            stored = floor.stored.get((tp.topic, tp.partition))
+            if stored is None:
+                await c.seek_to_beginning(tp)
+            else:
+                c.seek(tp, stored)
+        want = {(tp.topic, tp.partition): ends[tp] for tp in tps}
+        decode = msgspec.json.Decoder().decode
+        apply = floor.apply
+        positions = floor.positions
+        t0 = 0.0
+        last_commit = 0.0
+        while True:
+            t_poll = time.perf_counter()
+            batch = await c.getmany(timeout_ms=100, max_records=10_000)
+            now = time.perf_counter()
+            if batch and not t0:
+                t0 = last_commit = now
+            elif t0:
+                floor.phases["poll"] += now - t_poll
+            for tp, recs in batch.items():
+                for rec in recs:
+                    ev = decode(rec.value)
+                    apply(ev["model_run_id"], ev["metrics"])
+                positions[(tp.topic, tp.partition)] = recs[-1].offset + 1
+            floor.phases["decode+apply"] += time.perf_counter() - now
+            now = time.perf_counter()
+            caught_up = all(positions.get(k, 0) >= v for k, v in want.items())
+            if caught_up:
+                floor.commit(wait=True)
+                break
+            if now - last_commit >= 1.0:
+                floor.commit()
+                last_commit = now
+        elapsed = time.perf_counter() - t0
+    finally:
+        if gc_was:
+            gc.enable()
+        await c.stop()
+        floor._pool.shutdown()
+        floor.db.close()
+    return sum(want.values()) / elapsed, floor
+
+
+def cpu_phases(n: int, rounds: int) -> dict[str, Any]:
+    """CPU µs per event of each phase, engine and floor, same events, medians of interleaved rounds."""
+    import random
+
+    from bench_aggregator import bench_event
+
+    from consumers.aggregator import ops_from_event
+    from service.aggregation import apply_batch
+    from service.events import parse_event
+    from service.state import CachedState, SqlStateBackend
+
+    rng = random.Random(42)
+    values = [bench_event(rng, i)[1] for i in range(n)]
+    tmp = Path(tempfile.mkdtemp(prefix="bench-floor-cpu-"))
+
+    def engine(r: int) -> dict[str, float]:
+        backend = SqlStateBackend.sqlite(tmp / f"engine{r}.sqlite3")
+        state = CachedState(backend, max_clean=50_000)  # the Aggregator's default
+        ph = dict.fromkeys(("parse+ops", "prefetch", "apply", "encode", "commit", "evict"), 0.0)
+        pos = 0
+        clock = time.process_time
+        for b in range(0, n, 10_000):
+            t = clock()
+            ops = [ops_from_event(parse_event("metric", v, max_bytes=1 << 20)) for v in values[b : b + 10_000]]  # type: ignore[arg-type]
+            ph["parse+ops"] += clock() - t
+            t = clock()
+            state.prefetch(ops)
+            ph["prefetch"] += clock() - t
+            t = clock()
+            for c in range(0, len(ops), 2500):
+                apply_batch(state, ops[c : c + 2500])
+            ph["apply"] += clock() - t
+            t = clock()
+            enc = state.take_changes().encode()
+            ph["encode"] += clock() - t
+            t = clock()
+            backend.commit("g", enc, {("t", 0): pos + len(ops)}, {("t", 0): pos or None})
+            pos += len(ops)
+            ph["commit"] += clock() - t
+            t = clock()
+            state.committed()
+            ph["evict"] += clock() - t
+        backend.close()
+        return {k: v / n * 1e6 for k, v in ph.items()}
+
+    def floor(r: int) -> dict[str, float]:
+        fl = Floor(tmp / f"floor{r}.sqlite3")
+        decode = msgspec.json.Decoder().decode
+        ph = dict.fromkeys(("decode", "apply", "encode+write"), 0.0)
+        clock = time.process_time
+        for b in range(0, n, 10_000):
+            t = clock()
+            events = [decode(v) for v in values[b : b + 10_000]]
+            ph["decode"] += clock() - t
+            t = clock()
+            for ev in events:
+                fl.apply(ev["model_run_id"], ev["metrics"])
+            ph["apply"] += clock() - t
+            t = clock()
+            fl.positions[("t", 0)] = b + len(events)
+            fl.commit(wait=True)  # process_time counts the writer thread too
+            ph["encode+write"] += clock() - t
+        fl._pool.shutdown()
+        fl.db.close()
+        return {k: v / n * 1e6 for k, v in ph.items()}
+
+    runs: dict[str, list[dict[str, float]]] = {"engine": [], "floor": []}
+    gc_was = gc.isenabled()
+    gc.disable()
+    try:
+        for r in range(rounds):
+            for name in ("engine", "floor") if r % 2 == 0 else ("floor", "engine"):
+                runs[name].append(engine(r) if name == "engine" else floor(r))
+                gc.collect()
+    finally:
+        if gc_was:
+            gc.enable()
+    out: dict[str, Any] = {"events": n, "rounds": rounds}
+    for name, rs in runs.items():
+        med = {k: statistics.median(x[k] for x in rs) for k in rs[0]}
+        med["total"] = statistics.median(sum(x.values()) for x in rs)
+        out[name] = med
+        print(f"{name} CPU us/event: " + ", ".join(f"{k} {v:.1f}" for k, v in med.items()), flush=True)
+    return out
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--events", type=int, default=100_000)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--quix", action="store_true", help="also run the Quix Streams peer each round")
+    ap.add_argument("--json", action="store_true", help="print one JSON object with every figure as the last line")
+    ap.add_argument("--cpu-phases", action="store_true", help="CPU per phase, engine vs floor, no broker")
+    args = ap.parse_args()
+    if args.cpu_phases:
+        res = cpu_phases(args.events, args.rounds)
+        if args.json:
+            print(json.dumps(res))
+        return
+    if args.quix and not QUIX_PYTHON.exists():
+        raise SystemExit(f"{QUIX_PYTHON} is missing (make bench creates it)")
+    from service.gc_tuning import tune_gc
+
+    tune_gc()  # what runstream run does before starting the consumers
+    tmp = Path(tempfile.mkdtemp(prefix="bench-floor-"))
+    broker = contextlib.ExitStack()
+    bootstrap = broker.enter_context(kafka_bootstrap(tmp / "kafka"))
+    try:
+        topic = f"bench-floor-{int(time.time())}"
+        await create_topics(bootstrap, [topic], partitions=6)
+        await produce(bootstrap, topic, args.events)
+        ends = await end_total(bootstrap, topic)
+        total = sum(ends.values())
+        cases = ["drain", "aggregator", "floor"] + (["quix"] if args.quix else [])
+        rates: dict[str, list[float]] = {c: [] for c in cases}
+        cpu_us: dict[str, list[float]] = {"aggregator": [], "floor": []}  # process CPU per event
+        problems: list[str] = []
+        floor_phases: list[dict[str, float]] = []
+        for r in range(args.rounds):
+            rdir = tmp / f"round{r}"
+            rdir.mkdir()
+            order = cases[r % len(cases):] + cases[: r % len(cases)]
+            floor: Floor | None = None
+            for case in order:
+                if case == "drain":
+                    rates[case].append(await raw_drain(bootstrap, topic, total))
+                elif case == "aggregator":
+                    cpu0 = time.process_time()
+                    rate, _extra = await aggregator_rate(bootstrap, topic, ends, rdir)
+                    cpu_us[case].append((time.process_time() - cpu0) / total * 1e6)
+                    rates[case].append(rate)
+                elif case == "floor":
+                    cpu0 = time.process_time()
+                    rate, floor = await floor_rate(bootstrap, topic, ends, rdir / "floor.sqlite3")
+                    cpu_us[case].append((time.process_time() - cpu0) / total * 1e6)
+                    rates[case].append(rate)
+                else:
+                    peer = await quix_round(bootstrap, topic, total, rdir)
+                    rates[case].append(peer["rate"])
+                cpu = f", CPU {cpu_us[case][-1]:.0f} us/event" if case in cpu_us else ""
+                print(f"round {r + 1} {case}: {rates[case][-1]:,.0f} events/s{cpu}", flush=True)
+            assert floor is not None
+            floor_phases.append(floor.phases)
+            found = compare(rdir / "bench-state.sqlite3", floor.peer_aggs())
+            problems += found
+            print(f"round {r + 1} floor phases (s): " + ", ".join(f"{k} {v:.2f}" for k, v in floor.phases.items()))
+            print(f"round {r + 1} verify: {len(floor.aggs)} floor run aggregates, {len(found)} differences", flush=True)
+        med = {k: statistics.median(v) for k, v in rates.items()}
+        out: dict[str, Any] = {
+            "events": total,
+            "rounds": args.rounds,
+            "raw_drain_per_s": med["drain"],
+            "aggregator_per_s": med["aggregator"],
+            "floor_per_s": med["floor"],
+            "ratio_aggregator_to_floor": med["aggregator"] / med["floor"],
+            "ratio_floor_to_drain": med["floor"] / med["drain"],
+            "ratio_aggregator_to_drain": med["aggregator"] / med["drain"],
+            "aggregator_cpu_us_per_event": statistics.median(cpu_us["aggregator"]),
+            "floor_cpu_us_per_event": statistics.median(cpu_us["floor"]),
+            "floor_phases_s": floor_phases,
+            "verified": not problems,
+            "rates": rates,
+        }
+        line = (
+            f"events={total} drain={med['drain']:,.0f}/s aggregator={med['aggregator']:,.0f}/s "
+            f"floor={med['floor']:,.0f}/s aggregator/floor={out['ratio_aggregator_to_floor']:.2f}x "
+            f"floor/drain={out['ratio_floor_to_drain']:.1%} aggregator/drain={out['ratio_aggregator_to_drain']:.1%} "
+            f"CPU us/event aggregator={out['aggregator_cpu_us_per_event']:.0f} "
+            f"floor={out['floor_cpu_us_per_event']:.0f}"
+        )
+        if args.quix:
+            out["quix_peer_per_s"] = med["quix"]
+            out["ratio_aggregator_to_quix"] = med["aggregator"] / med["quix"]
+            out["ratio_floor_to_quix"] = med["floor"] / med["quix"]
+            line += (f" quix={med['quix']:,.0f}/s aggregator/quix={out['ratio_aggregator_to_quix']:.2f}x "
+                     f"floor/quix={out['ratio_floor_to_quix']:.2f}x")
+        print(line + f" verified={not problems}")
+        for p in problems[:20]:
+            print("DIFF", p)
+        if args.json:
+            print(json.dumps(out))
+        if problems:
+            raise SystemExit("the floor and the aggregator disagree")
+    finally:
+        broker.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
