@@ -51,7 +51,6 @@ import math
 import sqlite3
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -62,7 +61,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import kafka_bootstrap
+from _harness import kafka_bootstrap, scratch_dir
 from bench_aggregator import aggregator_rate, end_total, produce, raw_drain
 from bench_quix_peer import QUIX_PYTHON, compare, quix_round
 
@@ -337,7 +336,7 @@ def cpu_phases(n: int, rounds: int) -> dict[str, Any]:
 
     rng = random.Random(42)
     values = [bench_event(rng, i)[1] for i in range(n)]
-    tmp = Path(tempfile.mkdtemp(prefix="bench-floor-cpu-"))
+    tmp = scratch_dir("bench-floor-cpu-")
 
     def engine(r: int) -> dict[str, float]:
         backend = SqlStateBackend.sqlite(tmp / f"engine{r}.sqlite3")
@@ -428,7 +427,7 @@ async def main() -> None:
     from service.gc_tuning import tune_gc
 
     tune_gc()  # what runstream run does before starting the consumers
-    tmp = Path(tempfile.mkdtemp(prefix="bench-floor-"))
+    tmp = scratch_dir("bench-floor-")
     broker = contextlib.ExitStack()
     bootstrap = broker.enter_context(kafka_bootstrap(tmp / "kafka"))
     try:

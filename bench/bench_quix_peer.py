@@ -29,7 +29,6 @@ import json
 import math
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import kafka_bootstrap
+from _harness import kafka_bootstrap, scratch_dir
 from bench_aggregator import aggregator_rate, end_total, produce, raw_drain
 
 from service.kafka import create_topics
@@ -121,7 +120,7 @@ async def main() -> None:
     from service.gc_tuning import tune_gc
 
     tune_gc()  # what runstream run does before starting the consumers
-    tmp = Path(tempfile.mkdtemp(prefix="bench-quix-"))
+    tmp = scratch_dir("bench-quix-")
     # the run's broker (RUNSTREAM_KAFKA_BOOTSTRAP) or its own, stopped in the finally below
     broker = contextlib.ExitStack()
     bootstrap = broker.enter_context(kafka_bootstrap(tmp / "kafka"))
