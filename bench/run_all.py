@@ -89,7 +89,7 @@ def parse_uploader_text(stdout: str) -> dict[str, Any]:
     this = (data.get("runs") or {}).get("this") or []
     if this:  # bench_uploader.py with rounds: per-round figures in the JSON, take the medians
         def med(k: str) -> float:
-            return statistics.median(r[k] for r in this)
+            return float(statistics.median(r[k] for r in this))
 
         data["steady_per_s"] = med("steady")
         data["uploader_seconds"] = med("seconds")
@@ -648,8 +648,8 @@ def render(steps: list[Step], info: dict[str, str], meta: dict[str, Any], quick:
             add("")
             add("| case | CPU µs/event |")
             add("|---|---:|")
-            for c, v in floor:
-                add(f"| {c} | {v:.2f} |")
+            for case, cpu in floor:
+                add(f"| {case} | {cpu:.2f} |")
             if up:
                 work, whole = up.get("cpu_uploader_work_us_per_event"), up.get("cpu_uploader_us_per_event")
                 add(f"| full uploader (`up_main`, a separate run): after its start-up / with it | "
@@ -929,7 +929,7 @@ def main() -> None:
     finally:
         broker.stop()
     la = os.getloadavg()
-    meta = {
+    meta: dict[str, Any] = {
         "command": command,
         "started": started,
         "total_s": time.perf_counter() - t_start,
