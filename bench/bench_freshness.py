@@ -21,8 +21,9 @@ Reports D, the time from the backfill's end until the aggregates were complete (
 ``--phases`` instead runs the aggregator's stages in process on the same events (no broker, no
 HTTP, one thread, the service's collector policy) and prints the CPU per event of each
 (``time.thread_time``): parse + the event's leaf operations, prefetch, apply, encoding the
-commit, the commit transaction, plus the rows each commit wrote per event. It shows which
-stage a change moves.
+commit, the commit transaction (and its wall time), plus the rows each commit wrote per event.
+It shows which stage a change moves. ``--segment N`` also prints the stages for every N events:
+how the store's side grows with its size.
 """
 
 from __future__ import annotations
