@@ -158,9 +158,10 @@ async def main() -> None:
     ap.add_argument("--json", action="store_true", help="print one JSON object with every figure as the last line")
     ap.add_argument("--phases", action="store_true", help="per-stage CPU in process instead (no broker)")
     ap.add_argument("--segment", type=int, default=0, help="--phases: also print the stages per this many events")
+    ap.add_argument("--commit-every", type=int, default=10000, help="--phases: events per commit (a multiple of 5000)")
     args = ap.parse_args()
     if args.phases:
-        res = phases(args.events, args.runs, segment=args.segment)
+        res = phases(args.events, args.runs, commit_every=args.commit_every, segment=args.segment)
         print(" ".join(f"{k}={v:.2f}" for k, v in res.items()))
         if args.json:
             print(json.dumps(res))
