@@ -33,7 +33,6 @@ import random
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -45,7 +44,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _harness import kafka_bootstrap
+from _harness import kafka_bootstrap, scratch_dir
 
 from consumers.aggregator import Aggregator
 from service.aggregation import MessageOps, MetricLeaf, apply_message
@@ -362,7 +361,7 @@ async def main() -> None:
     if args.query_only is not None:
         print(json.dumps(await query_bench(args.query_only, args.leaves)))
         return
-    tmp = Path(tempfile.mkdtemp(prefix="bench-agg-"))
+    tmp = scratch_dir("bench-agg-")
     # the run's broker (RUNSTREAM_KAFKA_BOOTSTRAP) or its own, stopped in the finally below
     broker = contextlib.ExitStack()
     bootstrap = broker.enter_context(kafka_bootstrap(tmp / "kafka"))

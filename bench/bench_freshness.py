@@ -21,8 +21,9 @@ Reports D, the time from the backfill's end until the aggregates were complete (
 ``--phases`` instead runs the aggregator's stages in process on the same events (no broker, no
 HTTP, one thread, the service's collector policy) and prints the CPU per event of each
 (``time.thread_time``): parse + the event's leaf operations, prefetch, apply, encoding the
-commit, the commit transaction, plus the rows each commit wrote per event. It shows which
-stage a change moves.
+commit, the commit transaction (and its wall time), plus the rows each commit wrote per event.
+It shows which stage a change moves. ``--segment N`` also prints the stages for every N events:
+how the store's side grows with its size.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -44,7 +44,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _harness import kafka_bootstrap
+from _harness import kafka_bootstrap, scratch_dir
 from bench_backfill import bench_events
 
 from devstack.kafka_broker import free_port
@@ -64,15 +64,20 @@ def write_events(path: Path, n: int, runs: int, seed: int = 7) -> dict[str, Coun
     return expected
 
 
-def phases(n: int, runs: int, batch: int = 5000, commit_every: int = 10000) -> dict[str, float]:
-    """CPU µs per event of each aggregator stage on this workload, in process (see ``--phases``)."""
+def phases(
+    n: int, runs: int, batch: int = 5000, commit_every: int = 10000, segment: int = 0
+) -> dict[str, float]:
+    """CPU µs per event of each aggregator stage on this workload, in process (see ``--phases``).
+
+    ``segment``: also print prefetch and commit µs per event of every ``segment`` events as they
+    pass, so their growth with the store's size shows."""
     from consumers.aggregator import ops_from_event
     from service.aggregation import apply_batch
     from service.events import parse_event
     from service.gc_tuning import BatchGc, tune_gc
     from service.state import CachedState, SqlStateBackend
 
-    tmp = Path(tempfile.mkdtemp(prefix="bench-fresh-phases-"))
+    tmp = scratch_dir("bench-fresh-phases-")
     write_events(tmp / "events.ndjson", n, runs)
     raw = [
         ("prediction" if b'"predictions"' in line else "metric", line)
@@ -80,11 +85,12 @@ def phases(n: int, runs: int, batch: int = 5000, commit_every: int = 10000) -> d
     ]
     backend = SqlStateBackend.sqlite(tmp / "state.sqlite3")
     state = CachedState(backend)
-    cpu = dict.fromkeys(("parse", "prefetch", "apply", "encode", "commit"), 0.0)
+    cpu = dict.fromkeys(("parse", "prefetch", "apply", "encode", "commit", "commit_wall"), 0.0)
     rows = dict.fromkeys(("tree_up", "nv_up", "nv_del", "ragg_up"), 0)
     clock = time.thread_time
     tune_gc()  # the collector policy `runstream run` and the aggregator use
     gc_policy = BatchGc()
+    seg_start = dict(cpu)
     try:
         for b in range(0, n, batch):
             gc_policy.pause()
@@ -105,16 +111,22 @@ def phases(n: int, runs: int, batch: int = 5000, commit_every: int = 10000) -> d
                 cpu["encode"] += clock() - t
                 for k in rows:
                     rows[k] += len(getattr(enc, k))
-                t = clock()
+                t, w = clock(), time.perf_counter()
                 backend.commit("phases", enc, {}, {})
                 cpu["commit"] += clock() - t
+                cpu["commit_wall"] += time.perf_counter() - w  # CPU plus waiting on I/O
                 state.committed(ch)
             gc_policy.resume()
+            if segment and (b + batch) % segment == 0:
+                per = {k: (cpu[k] - seg_start[k]) / segment * 1e6 for k in cpu}
+                stages = " ".join(f"{k}={v:.1f}" for k, v in per.items())
+                print(f"events {b + batch - segment:>8}-{b + batch:<8} {stages}", flush=True)
+                seg_start = dict(cpu)
     finally:
         backend.close()
         shutil.rmtree(tmp, ignore_errors=True)
     out = {f"{k}_us": v / n * 1e6 for k, v in cpu.items()}
-    out["total_us"] = sum(cpu.values()) / n * 1e6
+    out["total_us"] = (sum(cpu.values()) - cpu["commit_wall"]) / n * 1e6
     out.update({f"{k}_per_event": v / n for k, v in rows.items()})
     out["loads_per_event"] = state.loads / n
     return out
@@ -144,14 +156,16 @@ async def main() -> None:
     ap.add_argument("--limit-s", type=float, default=1800, help="give up waiting after this long")
     ap.add_argument("--json", action="store_true", help="print one JSON object with every figure as the last line")
     ap.add_argument("--phases", action="store_true", help="per-stage CPU in process instead (no broker)")
+    ap.add_argument("--segment", type=int, default=0, help="--phases: also print the stages per this many events")
+    ap.add_argument("--commit-every", type=int, default=10000, help="--phases: events per commit (a multiple of 5000)")
     args = ap.parse_args()
     if args.phases:
-        res = phases(args.events, args.runs)
+        res = phases(args.events, args.runs, commit_every=args.commit_every, segment=args.segment)
         print(" ".join(f"{k}={v:.2f}" for k, v in res.items()))
         if args.json:
             print(json.dumps(res))
         return
-    tmp = Path(tempfile.mkdtemp(prefix="bench-fresh-"))
+    tmp = scratch_dir("bench-fresh-")
     try:
         with kafka_bootstrap(tmp / "kafka") as bootstrap:
             await measure(args, bootstrap, tmp)
