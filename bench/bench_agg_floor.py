@@ -269,6 +269,288 @@ def _move(a: list[Any], v: Any, sign: int, aggregation: str) -> None:
         a[2] += sign * (math.log(v) if aggregation == "GEOMETRIC_MEAN" else 1.0 / v)
 
 
+# --- the set-based floor -------------------------------------------------------------------------
+
+_AGG_CODE = {"ARITHMETIC_MEAN": 0, "SUM": 1, "GEOMETRIC_MEAN": 2, "HARMONIC_MEAN": 3, "CONFUSION_MATRIX": 4}
+
+_SET_DDL = """
+CREATE TABLE IF NOT EXISTS leaves (run TEXT, metric TEXT, dr TEXT, lvl INTEGER, f TEXT, s TEXT, ck TEXT,
+    agg INTEGER, v REAL, tp INTEGER, fp INTEGER, tn INTEGER, fn INTEGER,
+    PRIMARY KEY (run, metric, dr, lvl, f, s, ck)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS nodes (run TEXT, metric TEXT, dr TEXT, ck TEXT, lvl INTEGER, f TEXT, s TEXT,
+    agg INTEGER, v REAL, tp INTEGER, fp INTEGER, tn INTEGER, fn INTEGER,
+    PRIMARY KEY (run, metric, dr, ck, lvl, f, s)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS run_aggs (run TEXT, metric TEXT, ck TEXT, lvl INTEGER, f TEXT, s TEXT,
+    n INTEGER, zeros INTEGER, sm REAL, tp INTEGER, fp INTEGER, tn INTEGER, fn INTEGER,
+    PRIMARY KEY (run, metric, ck, lvl, f, s)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS offsets (topic TEXT, part INTEGER, next INTEGER, PRIMARY KEY (topic, part));
+CREATE TEMP TABLE batch (seq INTEGER, run TEXT, metric TEXT, dr TEXT, lvl INTEGER, f TEXT, s TEXT, ck TEXT,
+    agg INTEGER, v REAL, tp INTEGER, fp INTEGER, tn INTEGER, fn INTEGER);
+CREATE TEMP TABLE touched (run TEXT, metric TEXT, dr TEXT, PRIMARY KEY (run, metric, dr)) WITHOUT ROWID;
+CREATE TEMP TABLE new_nodes (run TEXT, metric TEXT, dr TEXT, ck TEXT, lvl INTEGER, f TEXT, s TEXT,
+    agg INTEGER, v REAL, tp INTEGER, fp INTEGER, tn INTEGER, fn INTEGER,
+    PRIMARY KEY (run, metric, dr, ck, lvl, f, s)) WITHOUT ROWID;
+"""
+
+# A node's value from its children, as _fsum_node computes it (agg is constant within a tree). One child
+# is its own value; a zero child makes GM and HM zero; ln(0) is NULL in SQLite, which avg skips.
+_NODE_VALUE = """CASE WHEN count(*) = 1 THEN min(v) WHEN agg = 0 THEN avg(v) WHEN agg = 1 THEN sum(v)
+    WHEN agg = 4 THEN 0.0 WHEN min(v) = 0 THEN 0.0 WHEN agg = 2 THEN exp(avg(ln(v)))
+    ELSE count(*) / sum(1.0 / v) END"""
+
+# A node's part of its per-run aggregate: (zero count, float sum), as _move adds it.
+
+
+def _zero(t: str) -> str:
+    return f"({t}agg IN (2, 3) AND {t}v = 0)"
+
+
+def _term(t: str) -> str:
+    return (f"CASE WHEN {t}agg <= 1 THEN {t}v WHEN {t}agg = 4 OR {t}v = 0 THEN 0.0"
+            f" WHEN {t}agg = 2 THEN ln({t}v) ELSE 1.0 / {t}v END")
+
+
+_SET_APPLY = [
+    "DELETE FROM touched",
+    "DELETE FROM new_nodes",
+    "INSERT INTO touched SELECT DISTINCT run, metric, dr FROM batch",
+    # replace semantics: the last write of a leaf in the batch wins, and it replaces every
+    # confidence key the leaf had
+    "DELETE FROM leaves WHERE (run, metric, dr, lvl, f, s) IN (SELECT run, metric, dr, lvl, f, s FROM batch)",
+    "INSERT INTO leaves SELECT run, metric, dr, lvl, f, s, ck, agg, v, tp, fp, tn, fn FROM batch"
+    " WHERE seq IN (SELECT max(seq) FROM batch GROUP BY run, metric, dr, lvl, f, s)",
+    # node values of the touched trees: the leaves are the explicit nodes; roll-ups are ignored
+    # where an explicit node exists (subclass -> feature -> data row)
+    "INSERT INTO new_nodes SELECT l.run, l.metric, l.dr, l.ck, l.lvl, l.f, l.s, l.agg, l.v, l.tp, l.fp, l.tn, l.fn"
+    " FROM touched t JOIN leaves l ON l.run = t.run AND l.metric = t.metric AND l.dr = t.dr",
+    f"INSERT OR IGNORE INTO new_nodes SELECT run, metric, dr, ck, 1, f, '', agg, {_NODE_VALUE},"
+    " sum(tp), sum(fp), sum(tn), sum(fn) FROM new_nodes WHERE lvl = 2 GROUP BY run, metric, dr, ck, f, agg",
+    f"INSERT OR IGNORE INTO new_nodes SELECT run, metric, dr, ck, 0, '', '', agg, {_NODE_VALUE},"
+    " sum(tp), sum(fp), sum(tn), sum(fn) FROM new_nodes WHERE lvl = 1 GROUP BY run, metric, dr, ck, agg",
+    # per-run aggregates move by new node values minus old ones (a node in both moves n by 0)
+    f"""INSERT INTO run_aggs SELECT run, metric, ck, lvl, f, s, sum(sg), sum(sg * z), sum(sg * t),
+        sum(sg * tp), sum(sg * fp), sum(sg * tn), sum(sg * fn) FROM (
+          SELECT 1 AS sg, run, metric, ck, lvl, f, s, {_zero("")} AS z, {_term("")} AS t, tp, fp, tn, fn
+          FROM new_nodes
+          UNION ALL
+          SELECT -1, o.run, o.metric, o.ck, o.lvl, o.f, o.s, {_zero("o.")}, {_term("o.")}, o.tp, o.fp, o.tn, o.fn
+          FROM touched t JOIN nodes o ON o.run = t.run AND o.metric = t.metric AND o.dr = t.dr
+        ) WHERE true GROUP BY run, metric, ck, lvl, f, s
+        ON CONFLICT (run, metric, ck, lvl, f, s) DO UPDATE SET n = n + excluded.n, zeros = zeros + excluded.zeros,
+          sm = sm + excluded.sm, tp = tp + excluded.tp, fp = fp + excluded.fp, tn = tn + excluded.tn,
+          fn = fn + excluded.fn""",
+    "DELETE FROM nodes WHERE (run, metric, dr) IN (SELECT run, metric, dr FROM touched)",
+    "INSERT INTO nodes SELECT * FROM new_nodes",
+    "DELETE FROM batch",
+]
+
+
+class _Row(msgspec.Struct):
+    """One metric row; the contract accepts snake_case and camelCase names."""
+
+    aggregation: str
+    metric_name: str | None = None
+    metricName: str | None = None  # noqa: N815
+    data_row: dict[str, str] | None = None
+    dataRow: dict[str, str] | None = None  # noqa: N815
+    value: Any = None
+    metricValue: Any = None  # noqa: N815
+    feature_name: str | None = None
+    featureName: str | None = None  # noqa: N815
+    subclass_name: str | None = None
+    subclassName: str | None = None  # noqa: N815
+
+
+class _Event(msgspec.Struct):
+    model_run_id: str
+    metrics: list[_Row]
+
+
+class SetFloor:
+    """The aggregator's state work set-based: Python flattens, SQLite's engine does the state work.
+
+    Per poll batch: msgspec decodes each message into structs and Python flattens its metric rows
+    into one tuple per leaf value (validating the message all-or-nothing, as the engine does); one
+    ``executemany`` puts the batch's tuples into a TEMP table, and the statements of ``_SET_APPLY``
+    replace the leaves, recompute the node values of the touched trees only and move the per-run
+    aggregates by new minus old node values. All SQL runs on one writer thread (sqlite3 releases the
+    GIL), so the loop decodes the next batch meanwhile; state and offsets commit in one transaction
+    every 1 s. The per-run aggregates are float sums (SQLite's SUM, not fsum).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA cache_size=-16384")
+        self.db.execute("PRAGMA temp_store=MEMORY")
+        self.db.executescript(_SET_DDL)
+        self.stored: dict[tuple[str, int], int] = dict(
+            ((t, p), o) for t, p, o in self.db.execute("SELECT topic, part, next FROM offsets")
+        )
+        self.defs: dict[tuple[str, str], str] = {}
+        self.positions: dict[tuple[str, int], int] = {}
+        self.rejected = 0
+        self.seq = 0
+        self.phases = {"poll": 0.0, "decode": 0.0, "wait for the writer": 0.0,
+                       "sql apply (thread)": 0.0, "commit (thread)": 0.0}
+        self._pool = concurrent.futures.ThreadPoolExecutor(1)
+        self._pending: concurrent.futures.Future[None] | None = None
+        self._decode = msgspec.json.Decoder(_Event).decode
+        self.db.execute("BEGIN")
+
+    def flatten(self, values: list[bytes]) -> list[tuple[Any, ...]]:
+        """One tuple per leaf value of the messages' metric rows; an invalid message adds none."""
+        out: list[tuple[Any, ...]] = []
+        decode, defs, codes = self._decode, self.defs, _AGG_CODE
+        seq = self.seq
+        for raw_msg in values:
+            ev = decode(raw_msg)
+            run = ev.model_run_id
+            msg: list[tuple[Any, ...]] = []
+            fixed: list[tuple[tuple[str, str], str]] = []
+            ok = True
+            for row in ev.metrics:
+                metric = row.metric_name or row.metricName
+                aggregation = row.aggregation
+                code = codes.get(aggregation)
+                if metric is None or code is None or defs.get((run, metric), aggregation) != aggregation:
+                    ok = False
+                    break
+                ref = row.data_row or row.dataRow or {}
+                dr = "id:" + ref["id"] if "id" in ref else "gk:" + (ref.get("globalKey") or ref["global_key"])
+                raw = row.value if row.value is not None else row.metricValue
+                f = row.feature_name or row.featureName
+                s = row.subclass_name or row.subclassName
+                level = 0 if f is None else 2 if s is not None else 1
+                f, s = f or "", s or ""
+                seq += 1
+                pairs = [(repr(float(k)), v) for k, v in raw.items()] if type(raw) is dict else [("", raw)]
+                for ck, v in pairs:
+                    if code == 4:
+                        msg.append((seq, run, metric, dr, level, f, s, ck, 4, 0.0, *v))
+                        continue
+                    v = float(v)
+                    if v - v != 0.0 or (v < 0.0 and code >= 2):
+                        ok = False
+                        break
+                    msg.append((seq, run, metric, dr, level, f, s, ck, code, v, 0, 0, 0, 0))
+                if not ok:
+                    break
+                fixed.append(((run, metric), aggregation))
+            if ok:
+                out += msg
+                defs.update(fixed)
+            else:
+                self.rejected += 1
+        self.seq = seq
+        return out
+
+    def apply_sql(self, rows: list[tuple[Any, ...]]) -> None:
+        t0 = time.perf_counter()
+        db = self.db
+        db.executemany("INSERT INTO batch VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        for stmt in _SET_APPLY:
+            db.execute(stmt)
+        self.phases["sql apply (thread)"] += time.perf_counter() - t0
+
+    def commit_sql(self, positions: dict[tuple[str, int], int]) -> None:
+        t0 = time.perf_counter()
+        db = self.db
+        db.executemany("INSERT OR REPLACE INTO offsets VALUES (?, ?, ?)",
+                       [(t, p, o) for (t, p), o in positions.items() if self.stored.get((t, p)) != o])
+        db.execute("COMMIT")
+        db.execute("BEGIN")
+        self.stored.update(positions)
+        self.phases["commit (thread)"] += time.perf_counter() - t0
+
+    def _submit(self, fn: Any, arg: Any) -> None:
+        t0 = time.perf_counter()
+        if self._pending is not None:
+            self._pending.result()
+        self.phases["wait for the writer"] += time.perf_counter() - t0
+        self._pending = self._pool.submit(fn, arg)
+
+    def apply(self, rows: list[tuple[Any, ...]]) -> None:
+        if rows:
+            self._submit(self.apply_sql, rows)
+
+    def commit(self, wait: bool = False) -> None:
+        self._submit(self.commit_sql, dict(self.positions))
+        if wait:
+            self._submit(lambda _: None, None)
+
+    def close(self) -> None:
+        if self._pending is not None:
+            self._pending.result()
+        self._pool.shutdown()
+        if self.db.in_transaction:
+            self.db.execute("ROLLBACK")
+        self.db.close()
+
+    def peer_aggs(self, path: Path) -> dict[str, dict[str, list[Any]]]:
+        """Per-run aggregates in the shape bench_quix_peer.compare reads (a new connection: after close)."""
+        out: dict[str, dict[str, list[Any]]] = {}
+        db = sqlite3.connect(path)
+        try:
+            for run, metric, ck, lvl, f, s, *a in db.execute("SELECT * FROM run_aggs"):
+                out.setdefault(run, {})[f"{metric}|{ck}|{lvl}|{f}|{s}"] = a
+        finally:
+            db.close()
+        return out
+
+
+async def set_floor_rate(
+    bootstrap: str, topic: str, ends: dict[TopicPartition, int], path: Path
+) -> tuple[float, SetFloor]:
+    """Run the set-based floor over the topic; clock from its first batch until the topic end is durable."""
+    floor = SetFloor(path)
+    tps = [tp for tp, end in ends.items() if end]
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
+    await c.start()
+    gc_was = gc.isenabled()
+    gc.disable()
+    try:
+        c.assign(tps)
+        for tp in tps:
+            stored = floor.stored.get((tp.topic, tp.partition))
+            if stored is None:
+                await c.seek_to_beginning(tp)
+            else:
+                c.seek(tp, stored)
+        want = {(tp.topic, tp.partition): ends[tp] for tp in tps}
+        positions = floor.positions
+        t0 = 0.0
+        last_commit = 0.0
+        while True:
+            t_poll = time.perf_counter()
+            batch = await c.getmany(timeout_ms=100, max_records=10_000)
+            now = time.perf_counter()
+            if batch and not t0:
+                t0 = last_commit = now
+            elif t0:
+                floor.phases["poll"] += now - t_poll
+            rows = floor.flatten([rec.value for recs in batch.values() for rec in recs])
+            for tp, recs in batch.items():
+                positions[(tp.topic, tp.partition)] = recs[-1].offset + 1
+            floor.phases["decode"] += time.perf_counter() - now
+            floor.apply(rows)
+            now = time.perf_counter()
+            if all(positions.get(k, 0) >= v for k, v in want.items()):
+                floor.commit(wait=True)
+                break
+            if now - last_commit >= 1.0:
+                floor.commit()
+                last_commit = now
+        elapsed = time.perf_counter() - t0
+    finally:
+        if gc_was:
+            gc.enable()
+        await c.stop()
+        floor.close()
+    return sum(want.values()) / elapsed, floor
+
+
 async def floor_rate(bootstrap: str, topic: str, ends: dict[TopicPartition, int], path: Path) -> tuple[float, Floor]:
     """Run the floor over the topic; clock from its first batch until the topic end is durable."""
     floor = Floor(path)
