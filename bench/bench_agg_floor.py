@@ -273,23 +273,25 @@ def _move(a: list[Any], v: Any, sign: int, aggregation: str) -> None:
 
 _AGG_CODE = {"ARITHMETIC_MEAN": 0, "SUM": 1, "GEOMETRIC_MEAN": 2, "HARMONIC_MEAN": 3, "CONFUSION_MATRIX": 4}
 
+# Keys are small integers: t a (run, metric, data row) tree, rm a (run, metric), w a (level, feature,
+# subclass) position with pw its parent's, ck a confidence key; the dimension tables map them back.
 _SET_DDL = """
-CREATE TABLE IF NOT EXISTS leaves (run TEXT, metric TEXT, dr TEXT, lvl INTEGER, f TEXT, s TEXT, ck TEXT,
-    agg INTEGER, v REAL, tp INTEGER, fp INTEGER, tn INTEGER, fn INTEGER,
-    PRIMARY KEY (run, metric, dr, lvl, f, s, ck)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS nodes (run TEXT, metric TEXT, dr TEXT, ck TEXT, lvl INTEGER, f TEXT, s TEXT,
-    agg INTEGER, v REAL, tp INTEGER, fp INTEGER, tn INTEGER, fn INTEGER,
-    PRIMARY KEY (run, metric, dr, ck, lvl, f, s)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS run_aggs (run TEXT, metric TEXT, ck TEXT, lvl INTEGER, f TEXT, s TEXT,
-    n INTEGER, zeros INTEGER, sm REAL, tp INTEGER, fp INTEGER, tn INTEGER, fn INTEGER,
-    PRIMARY KEY (run, metric, ck, lvl, f, s)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dim_trees (t INTEGER PRIMARY KEY, rm INTEGER, dr TEXT);
+CREATE TABLE IF NOT EXISTS dim_rm (rm INTEGER PRIMARY KEY, run TEXT, metric TEXT, agg INTEGER);
+CREATE TABLE IF NOT EXISTS dim_where (w INTEGER PRIMARY KEY, lvl INTEGER, f TEXT, s TEXT);
+CREATE TABLE IF NOT EXISTS dim_ck (ck INTEGER PRIMARY KEY, name TEXT);
+CREATE TABLE IF NOT EXISTS leaves (t INTEGER, w INTEGER, ck INTEGER, rm INTEGER, lvl INTEGER, pw INTEGER,
+    agg INTEGER, v REAL, tp INTEGER, fp INTEGER, tn INTEGER, fn INTEGER, PRIMARY KEY (t, w, ck)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS nodes (t INTEGER, ck INTEGER, w INTEGER, rm INTEGER, lvl INTEGER, pw INTEGER,
+    agg INTEGER, v REAL, tp INTEGER, fp INTEGER, tn INTEGER, fn INTEGER, PRIMARY KEY (t, ck, w)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS run_aggs (rm INTEGER, ck INTEGER, w INTEGER, n INTEGER, zeros INTEGER, sm REAL,
+    tp INTEGER, fp INTEGER, tn INTEGER, fn INTEGER, PRIMARY KEY (rm, ck, w)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS offsets (topic TEXT, part INTEGER, next INTEGER, PRIMARY KEY (topic, part));
-CREATE TEMP TABLE batch (seq INTEGER, run TEXT, metric TEXT, dr TEXT, lvl INTEGER, f TEXT, s TEXT, ck TEXT,
+CREATE TEMP TABLE batch (seq INTEGER, t INTEGER, w INTEGER, ck INTEGER, rm INTEGER, lvl INTEGER, pw INTEGER,
     agg INTEGER, v REAL, tp INTEGER, fp INTEGER, tn INTEGER, fn INTEGER);
-CREATE TEMP TABLE touched (run TEXT, metric TEXT, dr TEXT, PRIMARY KEY (run, metric, dr)) WITHOUT ROWID;
-CREATE TEMP TABLE new_nodes (run TEXT, metric TEXT, dr TEXT, ck TEXT, lvl INTEGER, f TEXT, s TEXT,
-    agg INTEGER, v REAL, tp INTEGER, fp INTEGER, tn INTEGER, fn INTEGER,
-    PRIMARY KEY (run, metric, dr, ck, lvl, f, s)) WITHOUT ROWID;
+CREATE TEMP TABLE touched (t INTEGER PRIMARY KEY);
+CREATE TEMP TABLE new_nodes (t INTEGER, ck INTEGER, w INTEGER, rm INTEGER, lvl INTEGER, pw INTEGER,
+    agg INTEGER, v REAL, tp INTEGER, fp INTEGER, tn INTEGER, fn INTEGER, PRIMARY KEY (t, ck, w)) WITHOUT ROWID;
 """
 
 # A node's value from its children, as _fsum_node computes it (agg is constant within a tree). One child
@@ -298,14 +300,14 @@ _NODE_VALUE = """CASE WHEN count(*) = 1 THEN min(v) WHEN agg = 0 THEN avg(v) WHE
     WHEN agg = 4 THEN 0.0 WHEN min(v) = 0 THEN 0.0 WHEN agg = 2 THEN exp(avg(ln(v)))
     ELSE count(*) / sum(1.0 / v) END"""
 
-# A node's part of its per-run aggregate: (zero count, float sum), as _move adds it.
-
 
 def _zero(t: str) -> str:
+    """A node's zero count in its per-run aggregate, as _move adds it."""
     return f"({t}agg IN (2, 3) AND {t}v = 0)"
 
 
 def _term(t: str) -> str:
+    """A node's term in its per-run aggregate's float sum, as _move adds it."""
     return (f"CASE WHEN {t}agg <= 1 THEN {t}v WHEN {t}agg = 4 OR {t}v = 0 THEN 0.0"
             f" WHEN {t}agg = 2 THEN ln({t}v) ELSE 1.0 / {t}v END")
 
@@ -313,33 +315,32 @@ def _term(t: str) -> str:
 _SET_APPLY = [
     "DELETE FROM touched",
     "DELETE FROM new_nodes",
-    "INSERT INTO touched SELECT DISTINCT run, metric, dr FROM batch",
+    "INSERT OR IGNORE INTO touched SELECT t FROM batch",
     # replace semantics: the last write of a leaf in the batch wins, and it replaces every
     # confidence key the leaf had
-    "DELETE FROM leaves WHERE (run, metric, dr, lvl, f, s) IN (SELECT run, metric, dr, lvl, f, s FROM batch)",
-    "INSERT INTO leaves SELECT run, metric, dr, lvl, f, s, ck, agg, v, tp, fp, tn, fn FROM batch"
-    " WHERE seq IN (SELECT max(seq) FROM batch GROUP BY run, metric, dr, lvl, f, s)",
+    "DELETE FROM leaves WHERE (t, w) IN (SELECT t, w FROM batch)",
+    "INSERT INTO leaves SELECT t, w, ck, rm, lvl, pw, agg, v, tp, fp, tn, fn FROM batch"
+    " WHERE seq IN (SELECT max(seq) FROM batch GROUP BY t, w)",
     # node values of the touched trees: the leaves are the explicit nodes; roll-ups are ignored
     # where an explicit node exists (subclass -> feature -> data row)
-    "INSERT INTO new_nodes SELECT l.run, l.metric, l.dr, l.ck, l.lvl, l.f, l.s, l.agg, l.v, l.tp, l.fp, l.tn, l.fn"
-    " FROM touched t JOIN leaves l ON l.run = t.run AND l.metric = t.metric AND l.dr = t.dr",
-    f"INSERT OR IGNORE INTO new_nodes SELECT run, metric, dr, ck, 1, f, '', agg, {_NODE_VALUE},"
-    " sum(tp), sum(fp), sum(tn), sum(fn) FROM new_nodes WHERE lvl = 2 GROUP BY run, metric, dr, ck, f, agg",
-    f"INSERT OR IGNORE INTO new_nodes SELECT run, metric, dr, ck, 0, '', '', agg, {_NODE_VALUE},"
-    " sum(tp), sum(fp), sum(tn), sum(fn) FROM new_nodes WHERE lvl = 1 GROUP BY run, metric, dr, ck, agg",
+    "INSERT INTO new_nodes SELECT l.t, l.ck, l.w, l.rm, l.lvl, l.pw, l.agg, l.v, l.tp, l.fp, l.tn, l.fn"
+    " FROM touched JOIN leaves l USING (t)",
+    f"INSERT OR IGNORE INTO new_nodes SELECT t, ck, pw, rm, 1, 0, agg, {_NODE_VALUE},"
+    " sum(tp), sum(fp), sum(tn), sum(fn) FROM new_nodes WHERE lvl = 2 GROUP BY t, ck, pw",
+    f"INSERT OR IGNORE INTO new_nodes SELECT t, ck, 0, rm, 0, 0, agg, {_NODE_VALUE},"
+    " sum(tp), sum(fp), sum(tn), sum(fn) FROM new_nodes WHERE lvl = 1 GROUP BY t, ck",
     # per-run aggregates move by new node values minus old ones (a node in both moves n by 0)
-    f"""INSERT INTO run_aggs SELECT run, metric, ck, lvl, f, s, sum(sg), sum(sg * z), sum(sg * t),
+    f"""INSERT INTO run_aggs SELECT rm, ck, w, sum(sg), sum(sg * z), sum(sg * x),
         sum(sg * tp), sum(sg * fp), sum(sg * tn), sum(sg * fn) FROM (
-          SELECT 1 AS sg, run, metric, ck, lvl, f, s, {_zero("")} AS z, {_term("")} AS t, tp, fp, tn, fn
-          FROM new_nodes
+          SELECT 1 AS sg, rm, ck, w, {_zero("")} AS z, {_term("")} AS x, tp, fp, tn, fn FROM new_nodes
           UNION ALL
-          SELECT -1, o.run, o.metric, o.ck, o.lvl, o.f, o.s, {_zero("o.")}, {_term("o.")}, o.tp, o.fp, o.tn, o.fn
-          FROM touched t JOIN nodes o ON o.run = t.run AND o.metric = t.metric AND o.dr = t.dr
-        ) WHERE true GROUP BY run, metric, ck, lvl, f, s
-        ON CONFLICT (run, metric, ck, lvl, f, s) DO UPDATE SET n = n + excluded.n, zeros = zeros + excluded.zeros,
+          SELECT -1, o.rm, o.ck, o.w, {_zero("o.")}, {_term("o.")}, o.tp, o.fp, o.tn, o.fn
+          FROM touched JOIN nodes o USING (t)
+        ) WHERE true GROUP BY rm, ck, w
+        ON CONFLICT (rm, ck, w) DO UPDATE SET n = n + excluded.n, zeros = zeros + excluded.zeros,
           sm = sm + excluded.sm, tp = tp + excluded.tp, fp = fp + excluded.fp, tn = tn + excluded.tn,
           fn = fn + excluded.fn""",
-    "DELETE FROM nodes WHERE (run, metric, dr) IN (SELECT run, metric, dr FROM touched)",
+    "DELETE FROM nodes WHERE t IN (SELECT t FROM touched)",
     "INSERT INTO nodes SELECT * FROM new_nodes",
     "DELETE FROM batch",
 ]
@@ -370,12 +371,14 @@ class SetFloor:
     """The aggregator's state work set-based: Python flattens, SQLite's engine does the state work.
 
     Per poll batch: msgspec decodes each message into structs and Python flattens its metric rows
-    into one tuple per leaf value (validating the message all-or-nothing, as the engine does); one
-    ``executemany`` puts the batch's tuples into a TEMP table, and the statements of ``_SET_APPLY``
-    replace the leaves, recompute the node values of the touched trees only and move the per-run
-    aggregates by new minus old node values. All SQL runs on one writer thread (sqlite3 releases the
-    GIL), so the loop decodes the next batch meanwhile; state and offsets commit in one transaction
-    every 1 s. The per-run aggregates are float sums (SQLite's SUM, not fsum).
+    into one tuple of integer keys per leaf value (validating the message all-or-nothing, as the
+    engine does); one ``executemany`` puts the batch's tuples into a TEMP table, and the statements
+    of ``_SET_APPLY`` replace the leaves, recompute the node values of the touched trees only and
+    move the per-run aggregates by new minus old node values. All SQL runs on one writer thread
+    (sqlite3 releases the GIL), so the loop decodes the next batch meanwhile; state, new dimension
+    rows and offsets commit in one transaction every 1 s. The per-run aggregates are float sums
+    (SQLite's SUM, not fsum). The key dictionaries (tree, (run, metric), position, confidence key
+    -> integer) stay in memory, one entry per tree: the bounded cache the engine keeps is not here.
     """
 
     def __init__(self, path: Path) -> None:
@@ -385,10 +388,22 @@ class SetFloor:
         self.db.execute("PRAGMA cache_size=-16384")
         self.db.execute("PRAGMA temp_store=MEMORY")
         self.db.executescript(_SET_DDL)
-        self.stored: dict[tuple[str, int], int] = dict(
-            ((t, p), o) for t, p, o in self.db.execute("SELECT topic, part, next FROM offsets")
-        )
-        self.defs: dict[tuple[str, str], str] = {}
+        db = self.db
+        self.stored: dict[tuple[str, int], int] = {(t, p): o for t, p, o in db.execute("SELECT * FROM offsets")}
+        self.rms: dict[tuple[str, str], tuple[int, str, int]] = {
+            (run, metric): (rm, next(a for a, c in _AGG_CODE.items() if c == agg), agg)
+            for rm, run, metric, agg in db.execute("SELECT * FROM dim_rm")
+        }
+        self.trees: dict[tuple[int, str], int] = {(rm, dr): t for t, rm, dr in db.execute("SELECT * FROM dim_trees")}
+        self.wheres: dict[tuple[int, str, str], tuple[int, int]] = {(0, "", ""): (0, 0)}
+        for w, lvl, f, s in db.execute("SELECT * FROM dim_where"):
+            self.wheres[(lvl, f, s)] = (w, 0)
+        for (lvl, f, _s), (w, _pw) in list(self.wheres.items()):
+            if lvl == 2:
+                self.wheres[(lvl, f, _s)] = (w, self.wheres[(1, f, "")][0])
+        self.cks: dict[str, int] = {name: ck for ck, name in db.execute("SELECT * FROM dim_ck")}
+        self.new_dims: dict[str, list[tuple[Any, ...]]] = {"dim_trees": [], "dim_rm": [], "dim_where": [],
+                                                           "dim_ck": []}
         self.positions: dict[tuple[str, int], int] = {}
         self.rejected = 0
         self.seq = 0
@@ -397,51 +412,74 @@ class SetFloor:
         self._pool = concurrent.futures.ThreadPoolExecutor(1)
         self._pending: concurrent.futures.Future[None] | None = None
         self._decode = msgspec.json.Decoder(_Event).decode
-        self.db.execute("BEGIN")
+        db.execute("BEGIN")
+
+    def _where(self, key: tuple[int, str, str]) -> tuple[int, int]:
+        lvl, f, _s = key
+        pw = 0 if lvl < 2 else (self.wheres.get((1, f, "")) or self._where((1, f, "")))[0]
+        w = self.wheres[key] = (len(self.wheres), pw)
+        self.new_dims["dim_where"].append((w[0], *key))
+        return w
 
     def flatten(self, values: list[bytes]) -> list[tuple[Any, ...]]:
         """One tuple per leaf value of the messages' metric rows; an invalid message adds none."""
         out: list[tuple[Any, ...]] = []
-        decode, defs, codes = self._decode, self.defs, _AGG_CODE
+        decode, rms, trees, wheres, cks, codes = self._decode, self.rms, self.trees, self.wheres, self.cks, _AGG_CODE
+        new = self.new_dims
         seq = self.seq
         for raw_msg in values:
             ev = decode(raw_msg)
             run = ev.model_run_id
             msg: list[tuple[Any, ...]] = []
-            fixed: list[tuple[tuple[str, str], str]] = []
             ok = True
             for row in ev.metrics:
                 metric = row.metric_name or row.metricName
                 aggregation = row.aggregation
                 code = codes.get(aggregation)
-                if metric is None or code is None or defs.get((run, metric), aggregation) != aggregation:
+                if metric is None or code is None:
                     ok = False
                     break
+                rmv = rms.get((run, metric))
+                if rmv is None:
+                    rmv = rms[(run, metric)] = (len(rms), aggregation, code)
+                    new["dim_rm"].append((rmv[0], run, metric, code))
+                elif rmv[1] != aggregation:
+                    ok = False
+                    break
+                rm = rmv[0]
                 ref = row.data_row or row.dataRow or {}
                 dr = "id:" + ref["id"] if "id" in ref else "gk:" + (ref.get("globalKey") or ref["global_key"])
+                t = trees.get((rm, dr))
+                if t is None:
+                    t = trees[(rm, dr)] = len(trees)
+                    new["dim_trees"].append((t, rm, dr))
                 raw = row.value if row.value is not None else row.metricValue
                 f = row.feature_name or row.featureName
                 s = row.subclass_name or row.subclassName
                 level = 0 if f is None else 2 if s is not None else 1
-                f, s = f or "", s or ""
+                wkey = (level, f or "", s or "")
+                w, pw = wheres.get(wkey) or self._where(wkey)
                 seq += 1
                 pairs = [(repr(float(k)), v) for k, v in raw.items()] if type(raw) is dict else [("", raw)]
-                for ck, v in pairs:
+                for name, v in pairs:
+                    ck = cks.get(name)
+                    if ck is None:
+                        ck = cks[name] = len(cks)
+                        new["dim_ck"].append((ck, name))
                     if code == 4:
-                        msg.append((seq, run, metric, dr, level, f, s, ck, 4, 0.0, *v))
+                        msg.append((seq, t, w, ck, rm, level, pw, 4, 0.0, *v))
                         continue
                     v = float(v)
                     if v - v != 0.0 or (v < 0.0 and code >= 2):
                         ok = False
                         break
-                    msg.append((seq, run, metric, dr, level, f, s, ck, code, v, 0, 0, 0, 0))
+                    msg.append((seq, t, w, ck, rm, level, pw, code, v, 0, 0, 0, 0))
                 if not ok:
                     break
-                fixed.append(((run, metric), aggregation))
             if ok:
                 out += msg
-                defs.update(fixed)
             else:
+                # a rejected message leaves at most unused dictionary entries behind (no state)
                 self.rejected += 1
         self.seq = seq
         return out
@@ -449,14 +487,22 @@ class SetFloor:
     def apply_sql(self, rows: list[tuple[Any, ...]]) -> None:
         t0 = time.perf_counter()
         db = self.db
-        db.executemany("INSERT INTO batch VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        db.executemany("INSERT INTO batch VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
         for stmt in _SET_APPLY:
             db.execute(stmt)
         self.phases["sql apply (thread)"] += time.perf_counter() - t0
 
-    def commit_sql(self, positions: dict[tuple[str, int], int]) -> None:
+    def take_dims(self) -> dict[str, list[tuple[Any, ...]]]:
+        new, self.new_dims = self.new_dims, {k: [] for k in self.new_dims}
+        return new
+
+    def commit_sql(self, job: tuple[dict[str, list[tuple[Any, ...]]], dict[tuple[str, int], int]]) -> None:
         t0 = time.perf_counter()
+        dims, positions = job
         db = self.db
+        for table, rows in dims.items():
+            if rows:
+                db.executemany(f"INSERT INTO {table} VALUES ({', '.join('?' * len(rows[0]))})", rows)
         db.executemany("INSERT OR REPLACE INTO offsets VALUES (?, ?, ?)",
                        [(t, p, o) for (t, p), o in positions.items() if self.stored.get((t, p)) != o])
         db.execute("COMMIT")
@@ -476,7 +522,7 @@ class SetFloor:
             self._submit(self.apply_sql, rows)
 
     def commit(self, wait: bool = False) -> None:
-        self._submit(self.commit_sql, dict(self.positions))
+        self._submit(self.commit_sql, (self.take_dims(), dict(self.positions)))
         if wait:
             self._submit(lambda _: None, None)
 
@@ -488,13 +534,18 @@ class SetFloor:
             self.db.execute("ROLLBACK")
         self.db.close()
 
-    def peer_aggs(self, path: Path) -> dict[str, dict[str, list[Any]]]:
-        """Per-run aggregates in the shape bench_quix_peer.compare reads (a new connection: after close)."""
+    @staticmethod
+    def peer_aggs(path: Path) -> dict[str, dict[str, list[Any]]]:
+        """Per-run aggregates from the committed store, in the shape bench_quix_peer.compare reads."""
         out: dict[str, dict[str, list[Any]]] = {}
         db = sqlite3.connect(path)
         try:
-            for run, metric, ck, lvl, f, s, *a in db.execute("SELECT * FROM run_aggs"):
-                out.setdefault(run, {})[f"{metric}|{ck}|{lvl}|{f}|{s}"] = a
+            for run, metric, name, lvl, f, s, *a in db.execute(
+                "SELECT r.run, r.metric, c.name, w.lvl, w.f, w.s, n, zeros, sm, tp, fp, tn, fn FROM run_aggs a"
+                " JOIN dim_rm r USING (rm) JOIN dim_ck c USING (ck)"
+                " JOIN (SELECT * FROM dim_where UNION ALL SELECT 0, 0, '', '') w USING (w)"
+            ):
+                out.setdefault(run, {})[f"{metric}|{name}|{lvl}|{f}|{s}"] = a
         finally:
             db.close()
         return out
