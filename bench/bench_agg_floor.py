@@ -351,15 +351,15 @@ class _Row(msgspec.Struct):
 
     aggregation: str
     metric_name: str | None = None
-    metricName: str | None = None  # noqa: N815
+    metricName: str | None = None
     data_row: dict[str, str] | None = None
-    dataRow: dict[str, str] | None = None  # noqa: N815
+    dataRow: dict[str, str] | None = None
     value: Any = None
-    metricValue: Any = None  # noqa: N815
+    metricValue: Any = None
     feature_name: str | None = None
-    featureName: str | None = None  # noqa: N815
+    featureName: str | None = None
     subclass_name: str | None = None
-    subclassName: str | None = None  # noqa: N815
+    subclassName: str | None = None
 
 
 class _Event(msgspec.Struct):
@@ -722,13 +722,33 @@ def cpu_phases(n: int, rounds: int) -> dict[str, Any]:
         fl.db.close()
         return {k: v / n * 1e6 for k, v in ph.items()}
 
-    runs: dict[str, list[dict[str, float]]] = {"engine": [], "floor": []}
+    def set_floor(r: int) -> dict[str, float]:
+        sf = SetFloor(tmp / f"setfloor{r}.sqlite3")
+        ph = dict.fromkeys(("decode", "sql apply", "commit"), 0.0)
+        clock = time.process_time
+        for b in range(0, n, 10_000):
+            t = clock()
+            rows = sf.flatten(values[b : b + 10_000])
+            ph["decode"] += clock() - t
+            t = clock()
+            sf.apply_sql(rows)
+            ph["sql apply"] += clock() - t
+            t = clock()
+            sf.positions[("t", 0)] = b + 10_000
+            sf.commit_sql((sf.take_dims(), dict(sf.positions)))
+            ph["commit"] += clock() - t
+        sf.close()
+        return {k: v / n * 1e6 for k, v in ph.items()}
+
+    cases = {"engine": engine, "floor": floor, "setfloor": set_floor}
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in cases}
     gc_was = gc.isenabled()
     gc.disable()
     try:
         for r in range(rounds):
-            for name in ("engine", "floor") if r % 2 == 0 else ("floor", "engine"):
-                runs[name].append(engine(r) if name == "engine" else floor(r))
+            names = list(cases)
+            for name in names[r % 3 :] + names[: r % 3]:
+                runs[name].append(cases[name](r))
                 gc.collect()
     finally:
         if gc_was:
@@ -769,16 +789,18 @@ async def main() -> None:
         await produce(bootstrap, topic, args.events)
         ends = await end_total(bootstrap, topic)
         total = sum(ends.values())
-        cases = ["drain", "aggregator", "floor"] + (["quix"] if args.quix else [])
+        cases = ["drain", "aggregator", "floor", "setfloor"] + (["quix"] if args.quix else [])
         rates: dict[str, list[float]] = {c: [] for c in cases}
-        cpu_us: dict[str, list[float]] = {"aggregator": [], "floor": []}  # process CPU per event
+        cpu_us: dict[str, list[float]] = {"aggregator": [], "floor": [], "setfloor": []}  # process CPU per event
         problems: list[str] = []
         floor_phases: list[dict[str, float]] = []
+        set_phases: list[dict[str, float]] = []
         for r in range(args.rounds):
             rdir = tmp / f"round{r}"
             rdir.mkdir()
             order = cases[r % len(cases):] + cases[: r % len(cases)]
             floor: Floor | None = None
+            set_floor: SetFloor | None = None
             for case in order:
                 if case == "drain":
                     rates[case].append(await raw_drain(bootstrap, topic, total))
@@ -792,6 +814,11 @@ async def main() -> None:
                     rate, floor = await floor_rate(bootstrap, topic, ends, rdir / "floor.sqlite3")
                     cpu_us[case].append((time.process_time() - cpu0) / total * 1e6)
                     rates[case].append(rate)
+                elif case == "setfloor":
+                    cpu0 = time.process_time()
+                    rate, set_floor = await set_floor_rate(bootstrap, topic, ends, rdir / "setfloor.sqlite3")
+                    cpu_us[case].append((time.process_time() - cpu0) / total * 1e6)
+                    rates[case].append(rate)
                 else:
                     peer = await quix_round(bootstrap, topic, total, rdir)
                     rates[case].append(peer["rate"])
@@ -803,6 +830,15 @@ async def main() -> None:
             problems += found
             print(f"round {r + 1} floor phases (s): " + ", ".join(f"{k} {v:.2f}" for k, v in floor.phases.items()))
             print(f"round {r + 1} verify: {len(floor.aggs)} floor run aggregates, {len(found)} differences", flush=True)
+            assert set_floor is not None
+            set_phases.append(set_floor.phases)
+            set_aggs = SetFloor.peer_aggs(rdir / "setfloor.sqlite3")
+            found = compare(rdir / "bench-state.sqlite3", set_aggs)
+            problems += [f"set-based: {p}" for p in found]
+            print(f"round {r + 1} set-based floor phases (s): "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in set_floor.phases.items()))
+            print(f"round {r + 1} verify: {sum(map(len, set_aggs.values()))} set-based floor run aggregates, "
+                  f"{len(found)} differences, {set_floor.rejected} rejected", flush=True)
         med = {k: statistics.median(v) for k, v in rates.items()}
         out: dict[str, Any] = {
             "events": total,
@@ -816,6 +852,11 @@ async def main() -> None:
             "aggregator_cpu_us_per_event": statistics.median(cpu_us["aggregator"]),
             "floor_cpu_us_per_event": statistics.median(cpu_us["floor"]),
             "floor_phases_s": floor_phases,
+            "setfloor_per_s": med["setfloor"],
+            "ratio_setfloor_to_drain": med["setfloor"] / med["drain"],
+            "ratio_aggregator_to_setfloor": med["aggregator"] / med["setfloor"],
+            "setfloor_cpu_us_per_event": statistics.median(cpu_us["setfloor"]),
+            "setfloor_phases_s": set_phases,
             "verified": not problems,
             "rates": rates,
         }
@@ -824,21 +865,23 @@ async def main() -> None:
             f"floor={med['floor']:,.0f}/s aggregator/floor={out['ratio_aggregator_to_floor']:.2f}x "
             f"floor/drain={out['ratio_floor_to_drain']:.1%} aggregator/drain={out['ratio_aggregator_to_drain']:.1%} "
             f"CPU us/event aggregator={out['aggregator_cpu_us_per_event']:.0f} "
-            f"floor={out['floor_cpu_us_per_event']:.0f}"
+            f"floor={out['floor_cpu_us_per_event']:.0f} setfloor={out['setfloor_cpu_us_per_event']:.0f} "
+            f"setfloor={med['setfloor']:,.0f}/s setfloor/drain={out['ratio_setfloor_to_drain']:.1%}"
         )
         if args.quix:
             out["quix_peer_per_s"] = med["quix"]
             out["ratio_aggregator_to_quix"] = med["aggregator"] / med["quix"]
             out["ratio_floor_to_quix"] = med["floor"] / med["quix"]
+            out["ratio_setfloor_to_quix"] = med["setfloor"] / med["quix"]
             line += (f" quix={med['quix']:,.0f}/s aggregator/quix={out['ratio_aggregator_to_quix']:.2f}x "
-                     f"floor/quix={out['ratio_floor_to_quix']:.2f}x")
+                     f"floor/quix={out['ratio_floor_to_quix']:.2f}x setfloor/quix={out['ratio_setfloor_to_quix']:.2f}x")
         print(line + f" verified={not problems}")
         for p in problems[:20]:
             print("DIFF", p)
         if args.json:
             print(json.dumps(out))
         if problems:
-            raise SystemExit("the floor and the aggregator disagree")
+            raise SystemExit("a floor and the aggregator disagree")
     finally:
         broker.close()
 
