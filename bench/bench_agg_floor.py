@@ -281,9 +281,11 @@ CREATE TABLE IF NOT EXISTS dim_rm (rm INTEGER PRIMARY KEY, run TEXT, metric TEXT
 CREATE TABLE IF NOT EXISTS dim_where (w INTEGER PRIMARY KEY, lvl INTEGER, f TEXT, s TEXT);
 CREATE TABLE IF NOT EXISTS dim_ck (ck INTEGER PRIMARY KEY, name TEXT);
 CREATE TABLE IF NOT EXISTS leaves (t INTEGER, w INTEGER, ck INTEGER, rm INTEGER, lvl INTEGER, pw INTEGER,
-    agg INTEGER, v REAL, tp INTEGER, fp INTEGER, tn INTEGER, fn INTEGER, PRIMARY KEY (t, w, ck)) WITHOUT ROWID;
+    agg INTEGER, v REAL, z INTEGER, x REAL, tp INTEGER, fp INTEGER, tn INTEGER, fn INTEGER,
+    PRIMARY KEY (t, w, ck)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS nodes (t INTEGER, ck INTEGER, w INTEGER, rm INTEGER, lvl INTEGER, pw INTEGER,
-    agg INTEGER, v REAL, tp INTEGER, fp INTEGER, tn INTEGER, fn INTEGER, PRIMARY KEY (t, ck, w)) WITHOUT ROWID;
+    agg INTEGER, v REAL, z INTEGER, x REAL, tp INTEGER, fp INTEGER, tn INTEGER, fn INTEGER,
+    PRIMARY KEY (t, ck, w)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS run_aggs (rm INTEGER, ck INTEGER, w INTEGER, n INTEGER, zeros INTEGER, sm REAL,
     tp INTEGER, fp INTEGER, tn INTEGER, fn INTEGER, PRIMARY KEY (rm, ck, w)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS offsets (topic TEXT, part INTEGER, next INTEGER, PRIMARY KEY (topic, part));
@@ -291,25 +293,21 @@ CREATE TEMP TABLE batch (seq INTEGER, t INTEGER, w INTEGER, ck INTEGER, rm INTEG
     agg INTEGER, v REAL, tp INTEGER, fp INTEGER, tn INTEGER, fn INTEGER);
 CREATE TEMP TABLE touched (t INTEGER PRIMARY KEY);
 CREATE TEMP TABLE new_nodes (t INTEGER, ck INTEGER, w INTEGER, rm INTEGER, lvl INTEGER, pw INTEGER,
-    agg INTEGER, v REAL, tp INTEGER, fp INTEGER, tn INTEGER, fn INTEGER, PRIMARY KEY (t, ck, w)) WITHOUT ROWID;
+    agg INTEGER, v REAL, z INTEGER, x REAL, tp INTEGER, fp INTEGER, tn INTEGER, fn INTEGER,
+    PRIMARY KEY (t, ck, w)) WITHOUT ROWID;
 """
 
-# A node's value from its children, as _fsum_node computes it (agg is constant within a tree). One child
-# is its own value; a zero child makes GM and HM zero; ln(0) is NULL in SQLite, which avg skips.
-_NODE_VALUE = """CASE WHEN count(*) = 1 THEN min(v) WHEN agg = 0 THEN avg(v) WHEN agg = 1 THEN sum(v)
-    WHEN agg = 4 THEN 0.0 WHEN min(v) = 0 THEN 0.0 WHEN agg = 2 THEN exp(avg(ln(v)))
-    ELSE count(*) / sum(1.0 / v) END"""
+# A node's value from its children, as _fsum_node computes it (agg is constant within a tree), from
+# the children's terms (z: is zero, x: ln v for GM, 1/v for HM). One child is its own value; a zero
+# child makes GM and HM zero.
+_NODE_VALUE = """CASE WHEN count(*) = 1 THEN min(v) WHEN agg = 0 THEN sum(v) / count(*) WHEN agg = 1 THEN sum(v)
+    WHEN agg = 4 THEN 0.0 WHEN max(z) THEN 0.0 WHEN agg = 2 THEN exp(sum(x) / count(*)) ELSE count(*) / sum(x) END"""
 
 
-def _zero(t: str) -> str:
-    """A node's zero count in its per-run aggregate, as _move adds it."""
-    return f"({t}agg IN (2, 3) AND {t}v = 0)"
-
-
-def _term(t: str) -> str:
-    """A node's term in its per-run aggregate's float sum, as _move adds it."""
-    return (f"CASE WHEN {t}agg <= 1 THEN {t}v WHEN {t}agg = 4 OR {t}v = 0 THEN 0.0"
-            f" WHEN {t}agg = 2 THEN ln({t}v) ELSE 1.0 / {t}v END")
+# A node's terms in its per-run aggregate, as _move adds them: z its zero count, x its float sum term.
+# Computed once per node and kept beside its value, so moving an aggregate only adds columns.
+_ZX = """agg IN (2, 3) AND v = 0,
+    CASE WHEN agg <= 1 THEN v WHEN agg = 4 OR v = 0 THEN 0.0 WHEN agg = 2 THEN ln(v) ELSE 1.0 / v END"""
 
 
 _SET_APPLY = [
@@ -319,23 +317,25 @@ _SET_APPLY = [
     # replace semantics: the last write of a leaf in the batch wins, and it replaces every
     # confidence key the leaf had
     "DELETE FROM leaves WHERE (t, w) IN (SELECT t, w FROM batch)",
-    "INSERT INTO leaves SELECT t, w, ck, rm, lvl, pw, agg, v, tp, fp, tn, fn FROM batch"
+    f"INSERT INTO leaves SELECT t, w, ck, rm, lvl, pw, agg, v, {_ZX}, tp, fp, tn, fn FROM batch"
     " WHERE seq IN (SELECT max(seq) FROM batch GROUP BY t, w)",
     # node values of the touched trees: the leaves are the explicit nodes; roll-ups are ignored
     # where an explicit node exists (subclass -> feature -> data row)
-    "INSERT INTO new_nodes SELECT l.t, l.ck, l.w, l.rm, l.lvl, l.pw, l.agg, l.v, l.tp, l.fp, l.tn, l.fn"
-    " FROM touched JOIN leaves l USING (t)",
-    f"INSERT OR IGNORE INTO new_nodes SELECT t, ck, pw, rm, 1, 0, agg, {_NODE_VALUE},"
-    " sum(tp), sum(fp), sum(tn), sum(fn) FROM new_nodes WHERE lvl = 2 GROUP BY t, ck, pw",
-    f"INSERT OR IGNORE INTO new_nodes SELECT t, ck, 0, rm, 0, 0, agg, {_NODE_VALUE},"
-    " sum(tp), sum(fp), sum(tn), sum(fn) FROM new_nodes WHERE lvl = 1 GROUP BY t, ck",
+    "INSERT INTO new_nodes SELECT l.t, l.ck, l.w, l.rm, l.lvl, l.pw, l.agg, l.v, l.z, l.x, l.tp, l.fp, l.tn, l.fn"
+    " FROM touched CROSS JOIN leaves l USING (t)",  # CROSS: the touched trees drive the join
+    f"INSERT OR IGNORE INTO new_nodes SELECT t, ck, w, rm, 1, 0, agg, v, {_ZX}, tp, fp, tn, fn FROM ("
+    f" SELECT t, ck, pw AS w, rm, agg, {_NODE_VALUE} AS v, sum(tp) AS tp, sum(fp) AS fp, sum(tn) AS tn,"
+    " sum(fn) AS fn FROM new_nodes WHERE lvl = 2 GROUP BY t, ck, pw)",
+    f"INSERT OR IGNORE INTO new_nodes SELECT t, ck, 0, rm, 0, 0, agg, v, {_ZX}, tp, fp, tn, fn FROM ("
+    f" SELECT t, ck, rm, agg, {_NODE_VALUE} AS v, sum(tp) AS tp, sum(fp) AS fp, sum(tn) AS tn,"
+    " sum(fn) AS fn FROM new_nodes WHERE lvl = 1 GROUP BY t, ck)",
     # per-run aggregates move by new node values minus old ones (a node in both moves n by 0)
-    f"""INSERT INTO run_aggs SELECT rm, ck, w, sum(sg), sum(sg * z), sum(sg * x),
+    """INSERT INTO run_aggs SELECT rm, ck, w, sum(sg), sum(sg * z), sum(sg * x),
         sum(sg * tp), sum(sg * fp), sum(sg * tn), sum(sg * fn) FROM (
-          SELECT 1 AS sg, rm, ck, w, {_zero("")} AS z, {_term("")} AS x, tp, fp, tn, fn FROM new_nodes
+          SELECT 1 AS sg, rm, ck, w, z, x, tp, fp, tn, fn FROM new_nodes
           UNION ALL
-          SELECT -1, o.rm, o.ck, o.w, {_zero("o.")}, {_term("o.")}, o.tp, o.fp, o.tn, o.fn
-          FROM touched JOIN nodes o USING (t)
+          SELECT -1, o.rm, o.ck, o.w, o.z, o.x, o.tp, o.fp, o.tn, o.fn
+          FROM touched CROSS JOIN nodes o USING (t)
         ) WHERE true GROUP BY rm, ck, w
         ON CONFLICT (rm, ck, w) DO UPDATE SET n = n + excluded.n, zeros = zeros + excluded.zeros,
           sm = sm + excluded.sm, tp = tp + excluded.tp, fp = fp + excluded.fp, tn = tn + excluded.tn,
