@@ -792,6 +792,10 @@ def render(steps: list[Step], info: dict[str, str], meta: dict[str, Any], quick:
             f"| {pct(fl.get('ratio_floor_to_drain'))} |"
         )
         add(
+            f"| set-based floor (SQL state work) | {fmt(fl.get('setfloor_per_s'))} "
+            f"| {fmt(fl.get('setfloor_cpu_us_per_event'))} | {pct(fl.get('ratio_setfloor_to_drain'))} |"
+        )
+        add(
             f"| aggregator | {fmt(fl.get('aggregator_per_s'))} | {fmt(fl.get('aggregator_cpu_us_per_event'))} "
             f"| {pct(fl.get('ratio_aggregator_to_drain'))} |"
         )
