@@ -12,16 +12,18 @@ it is well above, the gap is what the engine spends beyond the work itself.
 1. Pre-produces the aggregator bench workload (bench_aggregator.produce, the topic bench_quix_peer.py
    uses) to a 6-partition topic.
 2. Round by round, in rotating order: the raw aiokafka drain; the real Aggregator (SQLite, durable
-   state, commit interval 1 s; bench_aggregator.aggregator_rate); the floor (below); with
-   ``--quix`` also the Quix Streams peer (bench/quix_peer_app.py, needs ``.venv-quix``).
-3. Verifies the floor's per-run aggregates against the aggregator's store (count and value, 1e-6
+   state, commit interval 1 s; bench_aggregator.aggregator_rate); the floor (below); the set-based
+   floor (:class:`SetFloor`, below); with ``--quix`` also the Quix Streams peer
+   (bench/quix_peer_app.py, needs ``.venv-quix``).
+3. Verifies both floors' per-run aggregates against the aggregator's store (count and value, 1e-6
    relative, bench_quix_peer.compare) and that neither has one the other lacks.
 
 ``--cpu-phases`` needs no broker: on the same generated events, in interleaved rounds, it measures
 the CPU per event of each phase of the engine (parse + leaf operations, prefetch, apply, encoding
 the commit, the SQLite commit, eviction; CachedState over SqlStateBackend, batches of 10k applied
-in chunks of 2,500 as the consumer does) and of the floor (decode, apply, encode + SQLite write),
-both with the cyclic GC off, commits once per batch.
+in chunks of 2,500 as the consumer does), of the floor (decode, apply, encode + SQLite write) and
+of the set-based floor (decode + flatten, SQL apply, commit), all with the cyclic GC off, commits
+once per batch.
 
 The floor (:class:`Floor`), one loop in this process: ``getmany`` up to 10k records, decode each
 value with msgspec straight into dicts, per metric row replace the leaf of its (run, metric, data
@@ -37,6 +39,15 @@ to the offsets stored there. What it leaves out, and the engine does: a bounded 
 keeps every tree in memory, so it never reads SQLite back), the node-value index rows behind the
 query API's filters, exact fixed-point run sums, prediction events and their annotation index, the
 DLQ, rebalance fencing.
+
+The set-based floor (:class:`SetFloor`) does the same work with SQLite's engine doing the state
+work: per poll batch, Python decodes and flattens the metric rows into one tuple of integer keys
+per leaf value, one ``executemany`` loads them into a TEMP table, and a dozen statements replace
+the leaves (last write in the batch wins), recompute the node values of the touched trees
+(GROUP BY, explicit over roll-up via INSERT OR IGNORE) and move the per-run aggregates by new
+minus old node values (kept in a node table). The SQL runs on a writer thread while the loop
+decodes the next batch; state and offsets commit every 1 s. It leaves out what the floor does,
+and keeps its key dictionaries in memory.
 """
 
 from __future__ import annotations
