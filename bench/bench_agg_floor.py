@@ -1,6 +1,6 @@
 """The aggregator against a "floor": the same state work as the tightest plain Python + SQLite loop.
 
-    .venv/bin/python bench/bench_agg_floor.py [--events 100000] [--rounds 3] [--quix] [--json]
+    .venv/bin/python bench/bench_agg_floor.py [--events 100000] [--rounds 3] [--quix] [--set-shards 2] [--json]
     .venv/bin/python bench/bench_agg_floor.py --cpu-phases [--events 40000] [--rounds 3]
 
 Uses RUNSTREAM_KAFKA_BOOTSTRAP when set, else starts the dev broker (devstack.kafka_broker).
@@ -562,10 +562,16 @@ class SetFloor:
 
 
 async def set_floor_rate(
-    bootstrap: str, topic: str, ends: dict[TopicPartition, int], path: Path
-) -> tuple[float, SetFloor]:
-    """Run the set-based floor over the topic; clock from its first batch until the topic end is durable."""
-    floor = SetFloor(path)
+    bootstrap: str, topic: str, ends: dict[TopicPartition, int], path: Path, shards: int = 1
+) -> tuple[float, list[SetFloor]]:
+    """Run the set-based floor over the topic; clock from its first batch until the topic end is durable.
+
+    With ``shards`` > 1, partition p goes to shard p % shards: its own SQLite file, writer thread and
+    stored offsets (as replicas splitting the partitions would), fed by the one loop. The topic is
+    keyed by model run, so every tree and per-run aggregate lives in one shard.
+    """
+    floors = [SetFloor(path.with_name(f"{path.stem}-{i}{path.suffix}") if shards > 1 else path)
+              for i in range(shards)]
     tps = [tp for tp, end in ends.items() if end]
     c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
     await c.start()
@@ -574,42 +580,64 @@ async def set_floor_rate(
     try:
         c.assign(tps)
         for tp in tps:
-            stored = floor.stored.get((tp.topic, tp.partition))
+            stored = floors[tp.partition % shards].stored.get((tp.topic, tp.partition))
             if stored is None:
                 await c.seek_to_beginning(tp)
             else:
                 c.seek(tp, stored)
         want = {(tp.topic, tp.partition): ends[tp] for tp in tps}
-        positions = floor.positions
+        phases = floors[0].phases
         t0 = 0.0
         last_commit = 0.0
-        while True:
+        caught_up = False
+        while not caught_up:
             t_poll = time.perf_counter()
             batch = await c.getmany(timeout_ms=100, max_records=10_000)
             now = time.perf_counter()
             if batch and not t0:
                 t0 = last_commit = now
             elif t0:
-                floor.phases["poll"] += now - t_poll
-            rows = floor.flatten([rec.value for recs in batch.values() for rec in recs])
-            for tp, recs in batch.items():
-                positions[(tp.topic, tp.partition)] = recs[-1].offset + 1
-            floor.phases["decode"] += time.perf_counter() - now
-            floor.apply(rows)
+                phases["poll"] += now - t_poll
+            for i, floor in enumerate(floors):
+                mine = [(tp, recs) for tp, recs in batch.items() if tp.partition % shards == i]
+                if not mine:
+                    continue
+                t = time.perf_counter()
+                rows = floor.flatten([rec.value for _tp, recs in mine for rec in recs])
+                for tp, recs in mine:
+                    floor.positions[(tp.topic, tp.partition)] = recs[-1].offset + 1
+                phases["decode"] += time.perf_counter() - t
+                floor.apply(rows)
             now = time.perf_counter()
-            if all(positions.get(k, 0) >= v for k, v in want.items()):
-                floor.commit(wait=True)
-                break
-            if now - last_commit >= 1.0:
-                floor.commit()
+            caught_up = all(floors[k[1] % shards].positions.get(k, 0) >= v for k, v in want.items())
+            if caught_up or now - last_commit >= 1.0:
+                for floor in floors:
+                    floor.commit()
                 last_commit = now
+        for floor in floors:
+            floor.commit(wait=True)
         elapsed = time.perf_counter() - t0
     finally:
         if gc_was:
             gc.enable()
         await c.stop()
-        floor.close()
-    return sum(want.values()) / elapsed, floor
+        for floor in floors:
+            floor.close()
+    for floor in floors[1:]:  # one set of phases: the writer threads' seconds add up
+        for k, v in floor.phases.items():
+            phases[k] += v
+    return sum(want.values()) / elapsed, floors
+
+
+def set_floor_aggs(paths: list[Path]) -> dict[str, dict[str, list[Any]]]:
+    """The shards' per-run aggregates, summed where two shards hold the same one."""
+    out: dict[str, dict[str, list[Any]]] = {}
+    for path in paths:
+        for run, aggs in SetFloor.peer_aggs(path).items():
+            mine = out.setdefault(run, {})
+            for k, a in aggs.items():
+                mine[k] = [x + y for x, y in zip(mine[k], a, strict=True)] if k in mine else a
+    return out
 
 
 async def floor_rate(bootstrap: str, topic: str, ends: dict[TopicPartition, int], path: Path) -> tuple[float, Floor]:
@@ -778,6 +806,8 @@ async def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--quix", action="store_true", help="also run the Quix Streams peer each round")
     ap.add_argument("--json", action="store_true", help="print one JSON object with every figure as the last line")
+    ap.add_argument("--set-shards", type=int, default=0,
+                    help="also run the set-based floor split over this many SQLite files and writer threads")
     ap.add_argument("--cpu-phases", action="store_true", help="CPU per phase, engine vs floor, no broker")
     args = ap.parse_args()
     if args.cpu_phases:
@@ -799,18 +829,20 @@ async def main() -> None:
         await produce(bootstrap, topic, args.events)
         ends = await end_total(bootstrap, topic)
         total = sum(ends.values())
-        cases = ["drain", "aggregator", "floor", "setfloor"] + (["quix"] if args.quix else [])
+        sharded = ["setfloor_shards"] if args.set_shards > 1 else []
+        cases = ["drain", "aggregator", "floor", "setfloor", *sharded] + (["quix"] if args.quix else [])
         rates: dict[str, list[float]] = {c: [] for c in cases}
-        cpu_us: dict[str, list[float]] = {"aggregator": [], "floor": [], "setfloor": []}  # process CPU per event
+        # process CPU per event
+        cpu_us: dict[str, list[float]] = {c: [] for c in ("aggregator", "floor", "setfloor", *sharded)}
         problems: list[str] = []
         floor_phases: list[dict[str, float]] = []
-        set_phases: list[dict[str, float]] = []
+        set_phases: dict[str, list[dict[str, float]]] = {c: [] for c in ("setfloor", *sharded)}
         for r in range(args.rounds):
             rdir = tmp / f"round{r}"
             rdir.mkdir()
             order = cases[r % len(cases):] + cases[: r % len(cases)]
             floor: Floor | None = None
-            set_floor: SetFloor | None = None
+            set_floors: dict[str, list[SetFloor]] = {}
             for case in order:
                 if case == "drain":
                     rates[case].append(await raw_drain(bootstrap, topic, total))
@@ -824,9 +856,12 @@ async def main() -> None:
                     rate, floor = await floor_rate(bootstrap, topic, ends, rdir / "floor.sqlite3")
                     cpu_us[case].append((time.process_time() - cpu0) / total * 1e6)
                     rates[case].append(rate)
-                elif case == "setfloor":
+                elif case.startswith("setfloor"):
                     cpu0 = time.process_time()
-                    rate, set_floor = await set_floor_rate(bootstrap, topic, ends, rdir / "setfloor.sqlite3")
+                    shards = args.set_shards if case == "setfloor_shards" else 1
+                    rate, set_floors[case] = await set_floor_rate(
+                        bootstrap, topic, ends, rdir / f"{case}.sqlite3", shards
+                    )
                     cpu_us[case].append((time.process_time() - cpu0) / total * 1e6)
                     rates[case].append(rate)
                 else:
@@ -840,15 +875,17 @@ async def main() -> None:
             problems += found
             print(f"round {r + 1} floor phases (s): " + ", ".join(f"{k} {v:.2f}" for k, v in floor.phases.items()))
             print(f"round {r + 1} verify: {len(floor.aggs)} floor run aggregates, {len(found)} differences", flush=True)
-            assert set_floor is not None
-            set_phases.append(set_floor.phases)
-            set_aggs = SetFloor.peer_aggs(rdir / "setfloor.sqlite3")
-            found = compare(rdir / "bench-state.sqlite3", set_aggs)
-            problems += [f"set-based: {p}" for p in found]
-            print(f"round {r + 1} set-based floor phases (s): "
-                  + ", ".join(f"{k} {v:.2f}" for k, v in set_floor.phases.items()))
-            print(f"round {r + 1} verify: {sum(map(len, set_aggs.values()))} set-based floor run aggregates, "
-                  f"{len(found)} differences, {set_floor.rejected} rejected", flush=True)
+            for case, sfs in set_floors.items():
+                set_phases[case].append(sfs[0].phases)
+                paths = [rdir / f"{case}.sqlite3"] if len(sfs) == 1 else [
+                    rdir / f"{case}-{i}.sqlite3" for i in range(len(sfs))]
+                set_aggs = set_floor_aggs(paths)
+                found = compare(rdir / "bench-state.sqlite3", set_aggs)
+                problems += [f"{case}: {p}" for p in found]
+                print(f"round {r + 1} {case} phases (s): "
+                      + ", ".join(f"{k} {v:.2f}" for k, v in sfs[0].phases.items()))
+                print(f"round {r + 1} verify: {sum(map(len, set_aggs.values()))} {case} run aggregates, "
+                      f"{len(found)} differences, {sum(sf.rejected for sf in sfs)} rejected", flush=True)
         med = {k: statistics.median(v) for k, v in rates.items()}
         out: dict[str, Any] = {
             "events": total,
@@ -866,7 +903,7 @@ async def main() -> None:
             "ratio_setfloor_to_drain": med["setfloor"] / med["drain"],
             "ratio_aggregator_to_setfloor": med["aggregator"] / med["setfloor"],
             "setfloor_cpu_us_per_event": statistics.median(cpu_us["setfloor"]),
-            "setfloor_phases_s": set_phases,
+            "setfloor_phases_s": set_phases["setfloor"],
             "verified": not problems,
             "rates": rates,
         }
@@ -878,11 +915,21 @@ async def main() -> None:
             f"floor={out['floor_cpu_us_per_event']:.0f} setfloor={out['setfloor_cpu_us_per_event']:.0f} "
             f"setfloor={med['setfloor']:,.0f}/s setfloor/drain={out['ratio_setfloor_to_drain']:.1%}"
         )
+        if sharded:
+            out["set_shards"] = args.set_shards
+            out["setfloor_shards_per_s"] = med["setfloor_shards"]
+            out["ratio_setfloor_shards_to_drain"] = med["setfloor_shards"] / med["drain"]
+            out["setfloor_shards_cpu_us_per_event"] = statistics.median(cpu_us["setfloor_shards"])
+            out["setfloor_shards_phases_s"] = set_phases["setfloor_shards"]
+            line += (f" setfloor_{args.set_shards}_shards={med['setfloor_shards']:,.0f}/s "
+                     f"CPU {out['setfloor_shards_cpu_us_per_event']:.0f} us/event")
         if args.quix:
             out["quix_peer_per_s"] = med["quix"]
             out["ratio_aggregator_to_quix"] = med["aggregator"] / med["quix"]
             out["ratio_floor_to_quix"] = med["floor"] / med["quix"]
             out["ratio_setfloor_to_quix"] = med["setfloor"] / med["quix"]
+            if sharded:
+                out["ratio_setfloor_shards_to_quix"] = med["setfloor_shards"] / med["quix"]
             line += (f" quix={med['quix']:,.0f}/s aggregator/quix={out['ratio_aggregator_to_quix']:.2f}x "
                      f"floor/quix={out['ratio_floor_to_quix']:.2f}x setfloor/quix={out['ratio_setfloor_to_quix']:.2f}x")
         print(line + f" verified={not problems}")
