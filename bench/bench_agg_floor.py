@@ -286,26 +286,21 @@ _AGG_CODE = {"ARITHMETIC_MEAN": 0, "SUM": 1, "GEOMETRIC_MEAN": 2, "HARMONIC_MEAN
 
 # Keys are small integers: t a (run, metric, data row) tree, rm a (run, metric), w a (level, feature,
 # subclass) position with pw its parent's, ck a confidence key; the dimension tables map them back.
+# A tree's nodes are its leaves (e = 1, explicit) and the roll-ups (e = 0) computed from them.
 _SET_DDL = """
 CREATE TABLE IF NOT EXISTS dim_trees (t INTEGER PRIMARY KEY, rm INTEGER, dr TEXT);
 CREATE TABLE IF NOT EXISTS dim_rm (rm INTEGER PRIMARY KEY, run TEXT, metric TEXT, agg INTEGER);
 CREATE TABLE IF NOT EXISTS dim_where (w INTEGER PRIMARY KEY, lvl INTEGER, f TEXT, s TEXT);
 CREATE TABLE IF NOT EXISTS dim_ck (ck INTEGER PRIMARY KEY, name TEXT);
-CREATE TABLE IF NOT EXISTS leaves (t INTEGER, w INTEGER, ck INTEGER, rm INTEGER, lvl INTEGER, pw INTEGER,
-    agg INTEGER, v REAL, z INTEGER, x REAL, tp INTEGER, fp INTEGER, tn INTEGER, fn INTEGER,
+CREATE TABLE IF NOT EXISTS nodes (t INTEGER, w INTEGER, ck INTEGER, e INTEGER, rm INTEGER, lvl INTEGER,
+    pw INTEGER, agg INTEGER, v REAL, z INTEGER, x REAL, tp INTEGER, fp INTEGER, tn INTEGER, fn INTEGER,
     PRIMARY KEY (t, w, ck)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS nodes (t INTEGER, ck INTEGER, w INTEGER, rm INTEGER, lvl INTEGER, pw INTEGER,
-    agg INTEGER, v REAL, z INTEGER, x REAL, tp INTEGER, fp INTEGER, tn INTEGER, fn INTEGER,
-    PRIMARY KEY (t, ck, w)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS run_aggs (rm INTEGER, ck INTEGER, w INTEGER, n INTEGER, zeros INTEGER, sm REAL,
     tp INTEGER, fp INTEGER, tn INTEGER, fn INTEGER, PRIMARY KEY (rm, ck, w)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS offsets (topic TEXT, part INTEGER, next INTEGER, PRIMARY KEY (topic, part));
 CREATE TEMP TABLE batch (seq INTEGER, t INTEGER, w INTEGER, ck INTEGER, rm INTEGER, lvl INTEGER, pw INTEGER,
     agg INTEGER, v REAL, tp INTEGER, fp INTEGER, tn INTEGER, fn INTEGER);
 CREATE TEMP TABLE touched (t INTEGER PRIMARY KEY);
-CREATE TEMP TABLE new_nodes (t INTEGER, ck INTEGER, w INTEGER, rm INTEGER, lvl INTEGER, pw INTEGER,
-    agg INTEGER, v REAL, z INTEGER, x REAL, tp INTEGER, fp INTEGER, tn INTEGER, fn INTEGER,
-    PRIMARY KEY (t, ck, w)) WITHOUT ROWID;
 """
 
 # A node's value from its children, as _fsum_node computes it (agg is constant within a tree), from
@@ -321,37 +316,36 @@ _ZX = """agg IN (2, 3) AND v = 0,
     CASE WHEN agg <= 1 THEN v WHEN agg = 4 OR v = 0 THEN 0.0 WHEN agg = 2 THEN ln(v) ELSE 1.0 / v END"""
 
 
-_SET_APPLY = [
-    "DELETE FROM touched",
-    "DELETE FROM new_nodes",
-    "INSERT OR IGNORE INTO touched SELECT t FROM batch",
-    # replace semantics: the last write of a leaf in the batch wins, and it replaces every
-    # confidence key the leaf had
-    "DELETE FROM leaves WHERE (t, w) IN (SELECT t, w FROM batch)",
-    f"INSERT INTO leaves SELECT t, w, ck, rm, lvl, pw, agg, v, {_ZX}, tp, fp, tn, fn FROM batch"
-    " WHERE seq IN (SELECT max(seq) FROM batch GROUP BY t, w)",
-    # node values of the touched trees: the leaves are the explicit nodes; roll-ups are ignored
-    # where an explicit node exists (subclass -> feature -> data row)
-    "INSERT INTO new_nodes SELECT l.t, l.ck, l.w, l.rm, l.lvl, l.pw, l.agg, l.v, l.z, l.x, l.tp, l.fp, l.tn, l.fn"
-    " FROM touched CROSS JOIN leaves l USING (t)",  # CROSS: the touched trees drive the join
-    f"INSERT OR IGNORE INTO new_nodes SELECT t, ck, w, rm, 1, 0, agg, v, {_ZX}, tp, fp, tn, fn FROM ("
-    f" SELECT t, ck, pw AS w, rm, agg, {_NODE_VALUE} AS v, sum(tp) AS tp, sum(fp) AS fp, sum(tn) AS tn,"
-    " sum(fn) AS fn FROM new_nodes WHERE lvl = 2 GROUP BY t, ck, pw)",
-    f"INSERT OR IGNORE INTO new_nodes SELECT t, ck, 0, rm, 0, 0, agg, v, {_ZX}, tp, fp, tn, fn FROM ("
-    f" SELECT t, ck, rm, agg, {_NODE_VALUE} AS v, sum(tp) AS tp, sum(fp) AS fp, sum(tn) AS tn,"
-    " sum(fn) AS fn FROM new_nodes WHERE lvl = 1 GROUP BY t, ck)",
-    # per-run aggregates move by new node values minus old ones (a node in both moves n by 0); an
-    # upsert per node row beats sorting them for a GROUP BY: the run aggregates are few and cached
-    """INSERT INTO run_aggs SELECT rm, ck, w, sg, sg * z, sg * x, sg * tp, sg * fp, sg * tn, sg * fn FROM (
-          SELECT 1 AS sg, rm, ck, w, z, x, tp, fp, tn, fn FROM new_nodes
-          UNION ALL
-          SELECT -1, o.rm, o.ck, o.w, o.z, o.x, o.tp, o.fp, o.tn, o.fn FROM touched CROSS JOIN nodes o USING (t)
-        ) WHERE true
+# Per-run aggregates move by a node's terms: out with its old value, in with its new one (a node in
+# both moves n by 0). One upsert per node row beats sorting them for a GROUP BY: the run aggregates
+# are few and cached.
+_MOVE = """
         ON CONFLICT (rm, ck, w) DO UPDATE SET n = n + excluded.n, zeros = zeros + excluded.zeros,
           sm = sm + excluded.sm, tp = tp + excluded.tp, fp = fp + excluded.fp, tn = tn + excluded.tn,
-          fn = fn + excluded.fn""",
-    "DELETE FROM nodes WHERE t IN (SELECT t FROM touched)",
-    "INSERT INTO nodes SELECT * FROM new_nodes",
+          fn = fn + excluded.fn"""
+
+_SET_APPLY = [
+    "DELETE FROM touched",
+    "INSERT OR IGNORE INTO touched SELECT t FROM batch",
+    # the touched trees' nodes leave their run aggregates (CROSS: the touched trees drive the join)
+    "INSERT INTO run_aggs SELECT rm, ck, w, -1, -z, -x, -tp, -fp, -tn, -fn"
+    " FROM touched CROSS JOIN nodes USING (t) WHERE true" + _MOVE,
+    # replace semantics: the roll-ups go, and each written leaf loses every confidence key it had;
+    # the last write of a leaf in the batch wins
+    "DELETE FROM nodes WHERE t IN (SELECT t FROM touched) AND e = 0",
+    "DELETE FROM nodes WHERE (t, w) IN (SELECT t, w FROM batch)",
+    f"INSERT INTO nodes SELECT t, w, ck, 1, rm, lvl, pw, agg, v, {_ZX}, tp, fp, tn, fn FROM batch"
+    " WHERE seq IN (SELECT max(seq) FROM batch GROUP BY t, w)",
+    # roll-ups where no explicit node exists (INSERT OR IGNORE): subclass -> feature -> data row
+    f"INSERT OR IGNORE INTO nodes SELECT t, w, ck, 0, rm, 1, 0, agg, v, {_ZX}, tp, fp, tn, fn FROM ("
+    f" SELECT t, ck, pw AS w, rm, agg, {_NODE_VALUE} AS v, sum(tp) AS tp, sum(fp) AS fp, sum(tn) AS tn,"
+    " sum(fn) AS fn FROM touched CROSS JOIN nodes USING (t) WHERE lvl = 2 GROUP BY t, ck, pw)",
+    f"INSERT OR IGNORE INTO nodes SELECT t, 0, ck, 0, rm, 0, 0, agg, v, {_ZX}, tp, fp, tn, fn FROM ("
+    f" SELECT t, ck, rm, agg, {_NODE_VALUE} AS v, sum(tp) AS tp, sum(fp) AS fp, sum(tn) AS tn,"
+    " sum(fn) AS fn FROM touched CROSS JOIN nodes USING (t) WHERE lvl = 1 GROUP BY t, ck)",
+    # the touched trees' nodes enter their run aggregates with their new values
+    "INSERT INTO run_aggs SELECT rm, ck, w, 1, z, x, tp, fp, tn, fn FROM touched CROSS JOIN nodes USING (t)"
+    " WHERE true" + _MOVE,
     "DELETE FROM batch",
 ]
 
