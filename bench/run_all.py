@@ -801,7 +801,7 @@ def render(steps: list[Step], info: dict[str, str], meta: dict[str, Any], quick:
         )
         add("")
         add(
-            f"Aggregator / floor {fmt(fl.get('ratio_aggregator_to_floor'), 2)}×; floor verified against the "
+            f"Aggregator / floor {fmt(fl.get('ratio_aggregator_to_floor'), 2)}×; both floors verified against the "
             f"aggregator's store: {fl.get('verified')}. The 5× and 5 % targets need ~24k events/s."
         )
     else:
