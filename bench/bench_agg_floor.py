@@ -42,12 +42,13 @@ DLQ, rebalance fencing.
 
 The set-based floor (:class:`SetFloor`) does the same work with SQLite's engine doing the state
 work: per poll batch, Python decodes and flattens the metric rows into one tuple of integer keys
-per leaf value, one ``executemany`` loads them into a TEMP table, and a dozen statements replace
+per leaf value, one ``executemany`` loads them into a TEMP table, and ten statements replace
 the leaves (last write in the batch wins), recompute the node values of the touched trees
 (GROUP BY, explicit over roll-up via INSERT OR IGNORE) and move the per-run aggregates by new
 minus old node values (kept in a node table). The SQL runs on a writer thread while the loop
-decodes the next batch; state and offsets commit every 1 s. It leaves out what the floor does,
-and keeps its key dictionaries in memory.
+decodes the next batch; state and offsets commit every 1 s. It leaves out what the floor leaves
+out, and keeps its key dictionaries in memory. ``--set-shards N`` also runs it split over N SQLite
+files and writer threads (partition p to shard p % N).
 """
 
 from __future__ import annotations
