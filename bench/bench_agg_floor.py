@@ -1,6 +1,6 @@
 """The aggregator against a "floor": the same state work as the tightest plain Python + SQLite loop.
 
-    .venv/bin/python bench/bench_agg_floor.py [--events 100000] [--rounds 3] [--quix] [--json]
+    .venv/bin/python bench/bench_agg_floor.py [--events 100000] [--rounds 3] [--quix] [--set-shards 2] [--json]
     .venv/bin/python bench/bench_agg_floor.py --cpu-phases [--events 40000] [--rounds 3]
 
 Uses RUNSTREAM_KAFKA_BOOTSTRAP when set, else starts the dev broker (devstack.kafka_broker).
@@ -12,16 +12,18 @@ it is well above, the gap is what the engine spends beyond the work itself.
 1. Pre-produces the aggregator bench workload (bench_aggregator.produce, the topic bench_quix_peer.py
    uses) to a 6-partition topic.
 2. Round by round, in rotating order: the raw aiokafka drain; the real Aggregator (SQLite, durable
-   state, commit interval 1 s; bench_aggregator.aggregator_rate); the floor (below); with
-   ``--quix`` also the Quix Streams peer (bench/quix_peer_app.py, needs ``.venv-quix``).
-3. Verifies the floor's per-run aggregates against the aggregator's store (count and value, 1e-6
+   state, commit interval 1 s; bench_aggregator.aggregator_rate); the floor (below); the set-based
+   floor (:class:`SetFloor`, below); with ``--quix`` also the Quix Streams peer
+   (bench/quix_peer_app.py, needs ``.venv-quix``).
+3. Verifies both floors' per-run aggregates against the aggregator's store (count and value, 1e-6
    relative, bench_quix_peer.compare) and that neither has one the other lacks.
 
 ``--cpu-phases`` needs no broker: on the same generated events, in interleaved rounds, it measures
 the CPU per event of each phase of the engine (parse + leaf operations, prefetch, apply, encoding
 the commit, the SQLite commit, eviction; CachedState over SqlStateBackend, batches of 10k applied
-in chunks of 2,500 as the consumer does) and of the floor (decode, apply, encode + SQLite write),
-both with the cyclic GC off, commits once per batch.
+in chunks of 2,500 as the consumer does), of the floor (decode, apply, encode + SQLite write) and
+of the set-based floor (decode + flatten, SQL apply, commit), all with the cyclic GC off, commits
+once per batch.
 
 The floor (:class:`Floor`), one loop in this process: ``getmany`` up to 10k records, decode each
 value with msgspec straight into dicts, per metric row replace the leaf of its (run, metric, data
@@ -37,6 +39,16 @@ to the offsets stored there. What it leaves out, and the engine does: a bounded 
 keeps every tree in memory, so it never reads SQLite back), the node-value index rows behind the
 query API's filters, exact fixed-point run sums, prediction events and their annotation index, the
 DLQ, rebalance fencing.
+
+The set-based floor (:class:`SetFloor`) does the same work with SQLite's engine doing the state
+work: per poll batch, Python decodes and flattens the metric rows into one tuple of integer keys
+per leaf value, one ``executemany`` loads them into a TEMP table, and ten statements replace
+the leaves (last write in the batch wins), recompute the node values of the touched trees
+(GROUP BY, explicit over roll-up via INSERT OR IGNORE) and move the per-run aggregates by new
+minus old node values (kept in a node table). The SQL runs on a writer thread while the loop
+decodes the next batch; state and offsets commit every 1 s. It leaves out what the floor leaves
+out, and keeps its key dictionaries in memory. ``--set-shards N`` also runs it split over N SQLite
+files and writer threads (partition p to shard p % N).
 """
 
 from __future__ import annotations
@@ -269,6 +281,360 @@ def _move(a: list[Any], v: Any, sign: int, aggregation: str) -> None:
         a[2] += sign * (math.log(v) if aggregation == "GEOMETRIC_MEAN" else 1.0 / v)
 
 
+# --- the set-based floor -------------------------------------------------------------------------
+
+_AGG_CODE = {"ARITHMETIC_MEAN": 0, "SUM": 1, "GEOMETRIC_MEAN": 2, "HARMONIC_MEAN": 3, "CONFUSION_MATRIX": 4}
+
+# Keys are small integers: t a (run, metric, data row) tree, rm a (run, metric), w a (level, feature,
+# subclass) position with pw its parent's, ck a confidence key; the dimension tables map them back.
+# A tree's nodes are its leaves (e = 1, explicit) and the roll-ups (e = 0) computed from them.
+_SET_DDL = """
+CREATE TABLE IF NOT EXISTS dim_trees (t INTEGER PRIMARY KEY, rm INTEGER, dr TEXT);
+CREATE TABLE IF NOT EXISTS dim_rm (rm INTEGER PRIMARY KEY, run TEXT, metric TEXT, agg INTEGER);
+CREATE TABLE IF NOT EXISTS dim_where (w INTEGER PRIMARY KEY, lvl INTEGER, f TEXT, s TEXT);
+CREATE TABLE IF NOT EXISTS dim_ck (ck INTEGER PRIMARY KEY, name TEXT);
+CREATE TABLE IF NOT EXISTS nodes (t INTEGER, w INTEGER, ck INTEGER, e INTEGER, rm INTEGER, lvl INTEGER,
+    pw INTEGER, agg INTEGER, v REAL, z INTEGER, x REAL, tp INTEGER, fp INTEGER, tn INTEGER, fn INTEGER,
+    PRIMARY KEY (t, w, ck)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS run_aggs (rm INTEGER, ck INTEGER, w INTEGER, n INTEGER, zeros INTEGER, sm REAL,
+    tp INTEGER, fp INTEGER, tn INTEGER, fn INTEGER, PRIMARY KEY (rm, ck, w)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS offsets (topic TEXT, part INTEGER, next INTEGER, PRIMARY KEY (topic, part));
+CREATE TEMP TABLE batch (seq INTEGER, t INTEGER, w INTEGER, ck INTEGER, rm INTEGER, lvl INTEGER, pw INTEGER,
+    agg INTEGER, v REAL, tp INTEGER, fp INTEGER, tn INTEGER, fn INTEGER);
+CREATE TEMP TABLE touched (t INTEGER PRIMARY KEY);
+"""
+
+# A node's value from its children, as _fsum_node computes it (agg is constant within a tree), from
+# the children's terms (z: is zero, x: ln v for GM, 1/v for HM). One child is its own value; a zero
+# child makes GM and HM zero.
+_NODE_VALUE = """CASE WHEN count(*) = 1 THEN min(v) WHEN agg = 0 THEN sum(v) / count(*) WHEN agg = 1 THEN sum(v)
+    WHEN agg = 4 THEN 0.0 WHEN max(z) THEN 0.0 WHEN agg = 2 THEN exp(sum(x) / count(*)) ELSE count(*) / sum(x) END"""
+
+
+# A node's terms in its per-run aggregate, as _move adds them: z its zero count, x its float sum term.
+# Computed once per node and kept beside its value, so moving an aggregate only adds columns.
+_ZX = """agg IN (2, 3) AND v = 0,
+    CASE WHEN agg <= 1 THEN v WHEN agg = 4 OR v = 0 THEN 0.0 WHEN agg = 2 THEN ln(v) ELSE 1.0 / v END"""
+
+
+# Per-run aggregates move by a node's terms: out with its old value, in with its new one (a node in
+# both moves n by 0). One upsert per node row beats sorting them for a GROUP BY: the run aggregates
+# are few and cached.
+_MOVE = """
+        ON CONFLICT (rm, ck, w) DO UPDATE SET n = n + excluded.n, zeros = zeros + excluded.zeros,
+          sm = sm + excluded.sm, tp = tp + excluded.tp, fp = fp + excluded.fp, tn = tn + excluded.tn,
+          fn = fn + excluded.fn"""
+
+_SET_APPLY = [
+    "DELETE FROM touched",
+    "INSERT OR IGNORE INTO touched SELECT t FROM batch",
+    # the touched trees' nodes leave their run aggregates (CROSS: the touched trees drive the join)
+    "INSERT INTO run_aggs SELECT rm, ck, w, -1, -z, -x, -tp, -fp, -tn, -fn"
+    " FROM touched CROSS JOIN nodes USING (t) WHERE true" + _MOVE,
+    # replace semantics: the roll-ups go, and each written leaf loses every confidence key it had;
+    # the last write of a leaf in the batch wins
+    "DELETE FROM nodes WHERE t IN (SELECT t FROM touched) AND e = 0",
+    "DELETE FROM nodes WHERE (t, w) IN (SELECT t, w FROM batch)",
+    f"INSERT INTO nodes SELECT t, w, ck, 1, rm, lvl, pw, agg, v, {_ZX}, tp, fp, tn, fn FROM batch"
+    " WHERE seq IN (SELECT max(seq) FROM batch GROUP BY t, w)",
+    # roll-ups where no explicit node exists (INSERT OR IGNORE): subclass -> feature -> data row
+    f"INSERT OR IGNORE INTO nodes SELECT t, w, ck, 0, rm, 1, 0, agg, v, {_ZX}, tp, fp, tn, fn FROM ("
+    f" SELECT t, ck, pw AS w, rm, agg, {_NODE_VALUE} AS v, sum(tp) AS tp, sum(fp) AS fp, sum(tn) AS tn,"
+    " sum(fn) AS fn FROM touched CROSS JOIN nodes USING (t) WHERE lvl = 2 GROUP BY t, ck, pw)",
+    f"INSERT OR IGNORE INTO nodes SELECT t, 0, ck, 0, rm, 0, 0, agg, v, {_ZX}, tp, fp, tn, fn FROM ("
+    f" SELECT t, ck, rm, agg, {_NODE_VALUE} AS v, sum(tp) AS tp, sum(fp) AS fp, sum(tn) AS tn,"
+    " sum(fn) AS fn FROM touched CROSS JOIN nodes USING (t) WHERE lvl = 1 GROUP BY t, ck)",
+    # the touched trees' nodes enter their run aggregates with their new values
+    "INSERT INTO run_aggs SELECT rm, ck, w, 1, z, x, tp, fp, tn, fn FROM touched CROSS JOIN nodes USING (t)"
+    " WHERE true" + _MOVE,
+    "DELETE FROM batch",
+]
+
+
+class _Row(msgspec.Struct):
+    """One metric row; the contract accepts snake_case and camelCase names."""
+
+    aggregation: str
+    metric_name: str | None = None
+    metricName: str | None = None
+    data_row: dict[str, str] | None = None
+    dataRow: dict[str, str] | None = None
+    value: Any = None
+    metricValue: Any = None
+    feature_name: str | None = None
+    featureName: str | None = None
+    subclass_name: str | None = None
+    subclassName: str | None = None
+
+
+class _Event(msgspec.Struct):
+    model_run_id: str
+    metrics: list[_Row]
+
+
+class SetFloor:
+    """The aggregator's state work set-based: Python flattens, SQLite's engine does the state work.
+
+    Per poll batch: msgspec decodes each message into structs and Python flattens its metric rows
+    into one tuple of integer keys per leaf value (validating the message all-or-nothing, as the
+    engine does); one ``executemany`` puts the batch's tuples into a TEMP table, and the statements
+    of ``_SET_APPLY`` replace the leaves, recompute the node values of the touched trees only and
+    move the per-run aggregates by new minus old node values. All SQL runs on one writer thread
+    (sqlite3 releases the GIL), so the loop decodes the next batch meanwhile; state, new dimension
+    rows and offsets commit in one transaction every 1 s. The per-run aggregates are float sums
+    (SQLite's SUM, not fsum). The key dictionaries (tree, (run, metric), position, confidence key
+    -> integer) stay in memory, one entry per tree: the bounded cache the engine keeps is not here.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA cache_size=-16384")
+        self.db.execute("PRAGMA temp_store=MEMORY")
+        self.db.executescript(_SET_DDL)
+        db = self.db
+        self.stored: dict[tuple[str, int], int] = {(t, p): o for t, p, o in db.execute("SELECT * FROM offsets")}
+        self.rms: dict[tuple[str, str], tuple[int, str, int]] = {
+            (run, metric): (rm, next(a for a, c in _AGG_CODE.items() if c == agg), agg)
+            for rm, run, metric, agg in db.execute("SELECT * FROM dim_rm")
+        }
+        self.trees: dict[tuple[int, str], int] = {(rm, dr): t for t, rm, dr in db.execute("SELECT * FROM dim_trees")}
+        self.wheres: dict[tuple[int, str, str], tuple[int, int]] = {(0, "", ""): (0, 0)}
+        for w, lvl, f, s in db.execute("SELECT * FROM dim_where"):
+            self.wheres[(lvl, f, s)] = (w, 0)
+        for (lvl, f, _s), (w, _pw) in list(self.wheres.items()):
+            if lvl == 2:
+                self.wheres[(lvl, f, _s)] = (w, self.wheres[(1, f, "")][0])
+        self.cks: dict[str, int] = {name: ck for ck, name in db.execute("SELECT * FROM dim_ck")}
+        self.new_dims: dict[str, list[tuple[Any, ...]]] = {"dim_trees": [], "dim_rm": [], "dim_where": [],
+                                                           "dim_ck": []}
+        self.positions: dict[tuple[str, int], int] = {}
+        self.rejected = 0
+        self.seq = 0
+        self.phases = {"poll": 0.0, "decode": 0.0, "wait for the writer": 0.0,
+                       "sql apply (thread)": 0.0, "commit (thread)": 0.0}
+        self._pool = concurrent.futures.ThreadPoolExecutor(1)
+        self._pending: concurrent.futures.Future[None] | None = None
+        self._decode = msgspec.json.Decoder(_Event).decode
+        db.execute("BEGIN")
+
+    def _where(self, key: tuple[int, str, str]) -> tuple[int, int]:
+        lvl, f, _s = key
+        pw = 0 if lvl < 2 else (self.wheres.get((1, f, "")) or self._where((1, f, "")))[0]
+        w = self.wheres[key] = (len(self.wheres), pw)
+        self.new_dims["dim_where"].append((w[0], *key))
+        return w
+
+    def flatten(self, values: list[bytes]) -> list[tuple[Any, ...]]:
+        """One tuple per leaf value of the messages' metric rows; an invalid message adds none."""
+        out: list[tuple[Any, ...]] = []
+        decode, rms, trees, wheres, cks, codes = self._decode, self.rms, self.trees, self.wheres, self.cks, _AGG_CODE
+        new = self.new_dims
+        seq = self.seq
+        for raw_msg in values:
+            ev = decode(raw_msg)
+            run = ev.model_run_id
+            msg: list[tuple[Any, ...]] = []
+            ok = True
+            for row in ev.metrics:
+                metric = row.metric_name or row.metricName
+                aggregation = row.aggregation
+                code = codes.get(aggregation)
+                if metric is None or code is None:
+                    ok = False
+                    break
+                rmv = rms.get((run, metric))
+                if rmv is None:
+                    rmv = rms[(run, metric)] = (len(rms), aggregation, code)
+                    new["dim_rm"].append((rmv[0], run, metric, code))
+                elif rmv[1] != aggregation:
+                    ok = False
+                    break
+                rm = rmv[0]
+                ref = row.data_row or row.dataRow or {}
+                dr = "id:" + ref["id"] if "id" in ref else "gk:" + (ref.get("globalKey") or ref["global_key"])
+                t = trees.get((rm, dr))
+                if t is None:
+                    t = trees[(rm, dr)] = len(trees)
+                    new["dim_trees"].append((t, rm, dr))
+                raw = row.value if row.value is not None else row.metricValue
+                f = row.feature_name or row.featureName
+                s = row.subclass_name or row.subclassName
+                level = 0 if f is None else 2 if s is not None else 1
+                wkey = (level, f or "", s or "")
+                w, pw = wheres.get(wkey) or self._where(wkey)
+                seq += 1
+                pairs = [(repr(float(k)), v) for k, v in raw.items()] if type(raw) is dict else [("", raw)]
+                for name, v in pairs:
+                    ck = cks.get(name)
+                    if ck is None:
+                        ck = cks[name] = len(cks)
+                        new["dim_ck"].append((ck, name))
+                    if code == 4:
+                        msg.append((seq, t, w, ck, rm, level, pw, 4, 0.0, *v))
+                        continue
+                    v = float(v)
+                    if v - v != 0.0 or (v < 0.0 and code >= 2):
+                        ok = False
+                        break
+                    msg.append((seq, t, w, ck, rm, level, pw, code, v, 0, 0, 0, 0))
+                if not ok:
+                    break
+            if ok:
+                out += msg
+            else:
+                # a rejected message leaves at most unused dictionary entries behind (no state)
+                self.rejected += 1
+        self.seq = seq
+        return out
+
+    def apply_sql(self, rows: list[tuple[Any, ...]]) -> None:
+        t0 = time.perf_counter()
+        db = self.db
+        db.executemany("INSERT INTO batch VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        for stmt in _SET_APPLY:
+            db.execute(stmt)
+        self.phases["sql apply (thread)"] += time.perf_counter() - t0
+
+    def take_dims(self) -> dict[str, list[tuple[Any, ...]]]:
+        new, self.new_dims = self.new_dims, {k: [] for k in self.new_dims}
+        return new
+
+    def commit_sql(self, job: tuple[dict[str, list[tuple[Any, ...]]], dict[tuple[str, int], int]]) -> None:
+        t0 = time.perf_counter()
+        dims, positions = job
+        db = self.db
+        for table, rows in dims.items():
+            if rows:
+                db.executemany(f"INSERT INTO {table} VALUES ({', '.join('?' * len(rows[0]))})", rows)
+        db.executemany("INSERT OR REPLACE INTO offsets VALUES (?, ?, ?)",
+                       [(t, p, o) for (t, p), o in positions.items() if self.stored.get((t, p)) != o])
+        db.execute("COMMIT")
+        db.execute("BEGIN")
+        self.stored.update(positions)
+        self.phases["commit (thread)"] += time.perf_counter() - t0
+
+    def _submit(self, fn: Any, arg: Any) -> None:
+        t0 = time.perf_counter()
+        if self._pending is not None:
+            self._pending.result()
+        self.phases["wait for the writer"] += time.perf_counter() - t0
+        self._pending = self._pool.submit(fn, arg)
+
+    def apply(self, rows: list[tuple[Any, ...]]) -> None:
+        if rows:
+            self._submit(self.apply_sql, rows)
+
+    def commit(self, wait: bool = False) -> None:
+        self._submit(self.commit_sql, (self.take_dims(), dict(self.positions)))
+        if wait:
+            self._submit(lambda _: None, None)
+
+    def close(self) -> None:
+        if self._pending is not None:
+            self._pending.result()
+        self._pool.shutdown()
+        if self.db.in_transaction:
+            self.db.execute("ROLLBACK")
+        self.db.close()
+
+    @staticmethod
+    def peer_aggs(path: Path) -> dict[str, dict[str, list[Any]]]:
+        """Per-run aggregates from the committed store, in the shape bench_quix_peer.compare reads."""
+        out: dict[str, dict[str, list[Any]]] = {}
+        db = sqlite3.connect(path)
+        try:
+            for run, metric, name, lvl, f, s, *a in db.execute(
+                "SELECT r.run, r.metric, c.name, w.lvl, w.f, w.s, n, zeros, sm, tp, fp, tn, fn FROM run_aggs a"
+                " JOIN dim_rm r USING (rm) JOIN dim_ck c USING (ck)"
+                " JOIN (SELECT * FROM dim_where UNION ALL SELECT 0, 0, '', '') w USING (w)"
+            ):
+                out.setdefault(run, {})[f"{metric}|{name}|{lvl}|{f}|{s}"] = a
+        finally:
+            db.close()
+        return out
+
+
+async def set_floor_rate(
+    bootstrap: str, topic: str, ends: dict[TopicPartition, int], path: Path, shards: int = 1
+) -> tuple[float, list[SetFloor]]:
+    """Run the set-based floor over the topic; clock from its first batch until the topic end is durable.
+
+    With ``shards`` > 1, partition p goes to shard p % shards: its own SQLite file, writer thread and
+    stored offsets (as replicas splitting the partitions would), fed by the one loop. The topic is
+    keyed by model run, so every tree and per-run aggregate lives in one shard.
+    """
+    floors = [SetFloor(path.with_name(f"{path.stem}-{i}{path.suffix}") if shards > 1 else path)
+              for i in range(shards)]
+    tps = [tp for tp, end in ends.items() if end]
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
+    await c.start()
+    gc_was = gc.isenabled()
+    gc.disable()
+    try:
+        c.assign(tps)
+        for tp in tps:
+            stored = floors[tp.partition % shards].stored.get((tp.topic, tp.partition))
+            if stored is None:
+                await c.seek_to_beginning(tp)
+            else:
+                c.seek(tp, stored)
+        want = {(tp.topic, tp.partition): ends[tp] for tp in tps}
+        phases = floors[0].phases
+        t0 = 0.0
+        last_commit = 0.0
+        caught_up = False
+        while not caught_up:
+            t_poll = time.perf_counter()
+            batch = await c.getmany(timeout_ms=100, max_records=10_000)
+            now = time.perf_counter()
+            if batch and not t0:
+                t0 = last_commit = now
+            elif t0:
+                phases["poll"] += now - t_poll
+            for i, floor in enumerate(floors):
+                mine = [(tp, recs) for tp, recs in batch.items() if tp.partition % shards == i]
+                if not mine:
+                    continue
+                t = time.perf_counter()
+                rows = floor.flatten([rec.value for _tp, recs in mine for rec in recs])
+                for tp, recs in mine:
+                    floor.positions[(tp.topic, tp.partition)] = recs[-1].offset + 1
+                phases["decode"] += time.perf_counter() - t
+                floor.apply(rows)
+            now = time.perf_counter()
+            caught_up = all(floors[k[1] % shards].positions.get(k, 0) >= v for k, v in want.items())
+            if caught_up or now - last_commit >= 1.0:
+                for floor in floors:
+                    floor.commit()
+                last_commit = now
+        for floor in floors:
+            floor.commit(wait=True)
+        elapsed = time.perf_counter() - t0
+    finally:
+        if gc_was:
+            gc.enable()
+        await c.stop()
+        for floor in floors:
+            floor.close()
+    for floor in floors[1:]:  # one set of phases: the writer threads' seconds add up
+        for k, v in floor.phases.items():
+            phases[k] += v
+    return sum(want.values()) / elapsed, floors
+
+
+def set_floor_aggs(paths: list[Path]) -> dict[str, dict[str, list[Any]]]:
+    """The shards' per-run aggregates, summed where two shards hold the same one."""
+    out: dict[str, dict[str, list[Any]]] = {}
+    for path in paths:
+        for run, aggs in SetFloor.peer_aggs(path).items():
+            mine = out.setdefault(run, {})
+            for k, a in aggs.items():
+                mine[k] = [x + y for x, y in zip(mine[k], a, strict=True)] if k in mine else a
+    return out
+
+
 async def floor_rate(bootstrap: str, topic: str, ends: dict[TopicPartition, int], path: Path) -> tuple[float, Floor]:
     """Run the floor over the topic; clock from its first batch until the topic end is durable."""
     floor = Floor(path)
@@ -389,13 +755,33 @@ def cpu_phases(n: int, rounds: int) -> dict[str, Any]:
         fl.db.close()
         return {k: v / n * 1e6 for k, v in ph.items()}
 
-    runs: dict[str, list[dict[str, float]]] = {"engine": [], "floor": []}
+    def set_floor(r: int) -> dict[str, float]:
+        sf = SetFloor(tmp / f"setfloor{r}.sqlite3")
+        ph = dict.fromkeys(("decode", "sql apply", "commit"), 0.0)
+        clock = time.process_time
+        for b in range(0, n, 10_000):
+            t = clock()
+            rows = sf.flatten(values[b : b + 10_000])
+            ph["decode"] += clock() - t
+            t = clock()
+            sf.apply_sql(rows)
+            ph["sql apply"] += clock() - t
+            t = clock()
+            sf.positions[("t", 0)] = b + 10_000
+            sf.commit_sql((sf.take_dims(), dict(sf.positions)))
+            ph["commit"] += clock() - t
+        sf.close()
+        return {k: v / n * 1e6 for k, v in ph.items()}
+
+    cases = {"engine": engine, "floor": floor, "setfloor": set_floor}
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in cases}
     gc_was = gc.isenabled()
     gc.disable()
     try:
         for r in range(rounds):
-            for name in ("engine", "floor") if r % 2 == 0 else ("floor", "engine"):
-                runs[name].append(engine(r) if name == "engine" else floor(r))
+            names = list(cases)
+            for name in names[r % 3 :] + names[: r % 3]:
+                runs[name].append(cases[name](r))
                 gc.collect()
     finally:
         if gc_was:
@@ -415,6 +801,8 @@ async def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--quix", action="store_true", help="also run the Quix Streams peer each round")
     ap.add_argument("--json", action="store_true", help="print one JSON object with every figure as the last line")
+    ap.add_argument("--set-shards", type=int, default=0,
+                    help="also run the set-based floor split over this many SQLite files and writer threads")
     ap.add_argument("--cpu-phases", action="store_true", help="CPU per phase, engine vs floor, no broker")
     args = ap.parse_args()
     if args.cpu_phases:
@@ -436,16 +824,20 @@ async def main() -> None:
         await produce(bootstrap, topic, args.events)
         ends = await end_total(bootstrap, topic)
         total = sum(ends.values())
-        cases = ["drain", "aggregator", "floor"] + (["quix"] if args.quix else [])
+        sharded = ["setfloor_shards"] if args.set_shards > 1 else []
+        cases = ["drain", "aggregator", "floor", "setfloor", *sharded] + (["quix"] if args.quix else [])
         rates: dict[str, list[float]] = {c: [] for c in cases}
-        cpu_us: dict[str, list[float]] = {"aggregator": [], "floor": []}  # process CPU per event
+        # process CPU per event
+        cpu_us: dict[str, list[float]] = {c: [] for c in ("aggregator", "floor", "setfloor", *sharded)}
         problems: list[str] = []
         floor_phases: list[dict[str, float]] = []
+        set_phases: dict[str, list[dict[str, float]]] = {c: [] for c in ("setfloor", *sharded)}
         for r in range(args.rounds):
             rdir = tmp / f"round{r}"
             rdir.mkdir()
             order = cases[r % len(cases):] + cases[: r % len(cases)]
             floor: Floor | None = None
+            set_floors: dict[str, list[SetFloor]] = {}
             for case in order:
                 if case == "drain":
                     rates[case].append(await raw_drain(bootstrap, topic, total))
@@ -459,6 +851,14 @@ async def main() -> None:
                     rate, floor = await floor_rate(bootstrap, topic, ends, rdir / "floor.sqlite3")
                     cpu_us[case].append((time.process_time() - cpu0) / total * 1e6)
                     rates[case].append(rate)
+                elif case.startswith("setfloor"):
+                    cpu0 = time.process_time()
+                    shards = args.set_shards if case == "setfloor_shards" else 1
+                    rate, set_floors[case] = await set_floor_rate(
+                        bootstrap, topic, ends, rdir / f"{case}.sqlite3", shards
+                    )
+                    cpu_us[case].append((time.process_time() - cpu0) / total * 1e6)
+                    rates[case].append(rate)
                 else:
                     peer = await quix_round(bootstrap, topic, total, rdir)
                     rates[case].append(peer["rate"])
@@ -470,6 +870,17 @@ async def main() -> None:
             problems += found
             print(f"round {r + 1} floor phases (s): " + ", ".join(f"{k} {v:.2f}" for k, v in floor.phases.items()))
             print(f"round {r + 1} verify: {len(floor.aggs)} floor run aggregates, {len(found)} differences", flush=True)
+            for case, sfs in set_floors.items():
+                set_phases[case].append(sfs[0].phases)
+                paths = [rdir / f"{case}.sqlite3"] if len(sfs) == 1 else [
+                    rdir / f"{case}-{i}.sqlite3" for i in range(len(sfs))]
+                set_aggs = set_floor_aggs(paths)
+                found = compare(rdir / "bench-state.sqlite3", set_aggs)
+                problems += [f"{case}: {p}" for p in found]
+                print(f"round {r + 1} {case} phases (s): "
+                      + ", ".join(f"{k} {v:.2f}" for k, v in sfs[0].phases.items()))
+                print(f"round {r + 1} verify: {sum(map(len, set_aggs.values()))} {case} run aggregates, "
+                      f"{len(found)} differences, {sum(sf.rejected for sf in sfs)} rejected", flush=True)
         med = {k: statistics.median(v) for k, v in rates.items()}
         out: dict[str, Any] = {
             "events": total,
@@ -483,6 +894,11 @@ async def main() -> None:
             "aggregator_cpu_us_per_event": statistics.median(cpu_us["aggregator"]),
             "floor_cpu_us_per_event": statistics.median(cpu_us["floor"]),
             "floor_phases_s": floor_phases,
+            "setfloor_per_s": med["setfloor"],
+            "ratio_setfloor_to_drain": med["setfloor"] / med["drain"],
+            "ratio_aggregator_to_setfloor": med["aggregator"] / med["setfloor"],
+            "setfloor_cpu_us_per_event": statistics.median(cpu_us["setfloor"]),
+            "setfloor_phases_s": set_phases["setfloor"],
             "verified": not problems,
             "rates": rates,
         }
@@ -491,21 +907,33 @@ async def main() -> None:
             f"floor={med['floor']:,.0f}/s aggregator/floor={out['ratio_aggregator_to_floor']:.2f}x "
             f"floor/drain={out['ratio_floor_to_drain']:.1%} aggregator/drain={out['ratio_aggregator_to_drain']:.1%} "
             f"CPU us/event aggregator={out['aggregator_cpu_us_per_event']:.0f} "
-            f"floor={out['floor_cpu_us_per_event']:.0f}"
+            f"floor={out['floor_cpu_us_per_event']:.0f} setfloor={out['setfloor_cpu_us_per_event']:.0f} "
+            f"setfloor={med['setfloor']:,.0f}/s setfloor/drain={out['ratio_setfloor_to_drain']:.1%}"
         )
+        if sharded:
+            out["set_shards"] = args.set_shards
+            out["setfloor_shards_per_s"] = med["setfloor_shards"]
+            out["ratio_setfloor_shards_to_drain"] = med["setfloor_shards"] / med["drain"]
+            out["setfloor_shards_cpu_us_per_event"] = statistics.median(cpu_us["setfloor_shards"])
+            out["setfloor_shards_phases_s"] = set_phases["setfloor_shards"]
+            line += (f" setfloor_{args.set_shards}_shards={med['setfloor_shards']:,.0f}/s "
+                     f"CPU {out['setfloor_shards_cpu_us_per_event']:.0f} us/event")
         if args.quix:
             out["quix_peer_per_s"] = med["quix"]
             out["ratio_aggregator_to_quix"] = med["aggregator"] / med["quix"]
             out["ratio_floor_to_quix"] = med["floor"] / med["quix"]
+            out["ratio_setfloor_to_quix"] = med["setfloor"] / med["quix"]
+            if sharded:
+                out["ratio_setfloor_shards_to_quix"] = med["setfloor_shards"] / med["quix"]
             line += (f" quix={med['quix']:,.0f}/s aggregator/quix={out['ratio_aggregator_to_quix']:.2f}x "
-                     f"floor/quix={out['ratio_floor_to_quix']:.2f}x")
+                     f"floor/quix={out['ratio_floor_to_quix']:.2f}x setfloor/quix={out['ratio_setfloor_to_quix']:.2f}x")
         print(line + f" verified={not problems}")
         for p in problems[:20]:
             print("DIFF", p)
         if args.json:
             print(json.dumps(out))
         if problems:
-            raise SystemExit("the floor and the aggregator disagree")
+            raise SystemExit("a floor and the aggregator disagree")
     finally:
         broker.close()
 

@@ -792,12 +792,16 @@ def render(steps: list[Step], info: dict[str, str], meta: dict[str, Any], quick:
             f"| {pct(fl.get('ratio_floor_to_drain'))} |"
         )
         add(
+            f"| set-based floor (SQL state work) | {fmt(fl.get('setfloor_per_s'))} "
+            f"| {fmt(fl.get('setfloor_cpu_us_per_event'))} | {pct(fl.get('ratio_setfloor_to_drain'))} |"
+        )
+        add(
             f"| aggregator | {fmt(fl.get('aggregator_per_s'))} | {fmt(fl.get('aggregator_cpu_us_per_event'))} "
             f"| {pct(fl.get('ratio_aggregator_to_drain'))} |"
         )
         add("")
         add(
-            f"Aggregator / floor {fmt(fl.get('ratio_aggregator_to_floor'), 2)}×; floor verified against the "
+            f"Aggregator / floor {fmt(fl.get('ratio_aggregator_to_floor'), 2)}×; both floors verified against the "
             f"aggregator's store: {fl.get('verified')}. The 5× and 5 % targets need ~24k events/s."
         )
     else:
