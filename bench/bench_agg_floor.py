@@ -437,6 +437,7 @@ class SetFloor:
             run = ev.model_run_id
             msg: list[tuple[Any, ...]] = []
             ok = True
+            rm_mark = len(new["dim_rm"])  # a rejected message must not fix the aggregation of a metric it named
             for row in ev.metrics:
                 metric = row.metric_name or row.metricName
                 aggregation = row.aggregation
@@ -484,7 +485,11 @@ class SetFloor:
             if ok:
                 out += msg
             else:
-                # a rejected message leaves at most unused dictionary entries behind (no state)
+                # a rejected message leaves at most unused tree and key entries behind (no state); the
+                # metrics it introduced are forgotten, so a later message may fix their aggregation
+                for _id, r, m, _code in new["dim_rm"][rm_mark:]:
+                    del rms[(r, m)]
+                del new["dim_rm"][rm_mark:]
                 self.rejected += 1
         self.seq = seq
         return out

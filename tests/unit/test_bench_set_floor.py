@@ -99,3 +99,20 @@ def test_set_floor_equals_the_per_leaf_floor(tmp_path: Path, seed: int) -> None:
             assert math.isclose(b[2], a[2], rel_tol=1e-9, abs_tol=1e-9), (run, k, a, b)
             zeros += a[1]
     assert zeros > 0  # the streams reach the zero rule of GM and HM
+
+
+def test_a_rejected_message_does_not_fix_a_new_metrics_aggregation(tmp_path: Path) -> None:
+    def ev(*rows: tuple[str, str]) -> bytes:
+        metrics = [{"data_row": {"id": "dr1"}, "metric_name": m, "aggregation": a, "value": 0.5} for m, a in rows]
+        return json.dumps({"model_run_id": "run", "metrics": metrics}).encode()
+
+    values = [
+        ev(("y", "ARITHMETIC_MEAN")),
+        ev(("x", "SUM"), ("y", "SUM")),  # y conflicts: the whole message, x included, is rejected
+        ev(("x", "ARITHMETIC_MEAN")),  # so x's aggregation is still free
+    ]
+    want, want_rejected = _floor_aggs(values, tmp_path)
+    got, got_rejected = _set_floor_aggs(values, tmp_path / "set.sqlite3", batch=3)
+    assert (want_rejected, got_rejected) == (1, 1)
+    assert got == want
+    assert "x||0||" in got["run"], got  # x entered as ARITHMETIC_MEAN
