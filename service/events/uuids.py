@@ -53,6 +53,9 @@ def uuid5_text(h: Any) -> str:
 
 _PREFIX_HASHES: dict[str, Any] = {}
 _PREFIX_HASHES_MAX = 4096  # model runs; a consumer sees a few at a time, so a full table is simply cleared
+# The contract bounds a model run id only by the message size: longer ids are hashed, not kept, so the
+# table stays a few hundred KiB whatever producers send.
+_PREFIX_HASHES_MAX_ID = 256
 
 
 def prediction_hasher(model_run_id: str) -> Any:
@@ -60,6 +63,8 @@ def prediction_hasher(model_run_id: str) -> Any:
     hash one row without concatenating the prefix again (kept per model run, as every row re-hashes it)."""
     h = _PREFIX_HASHES.get(model_run_id)
     if h is None:
+        if len(model_run_id) > _PREFIX_HASHES_MAX_ID:
+            return _sha1(prediction_prefix(model_run_id))
         if len(_PREFIX_HASHES) >= _PREFIX_HASHES_MAX:
             _PREFIX_HASHES.clear()
         h = _PREFIX_HASHES[model_run_id] = _sha1(prediction_prefix(model_run_id))

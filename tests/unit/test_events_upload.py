@@ -161,6 +161,16 @@ def test_a_row_sent_as_produced_has_the_documented_uuid() -> None:
         {"dataRow": {"global_key": "g"}, "name": "car", "confidence": 0.5, "customMetrics": [{"name": "m", "value": 0.5}]},
         {"data_row": {"id": "d"}, "name": "car", "confidence": 0.5, "customMetrics": [{"name": "m", "value": 0.5}]},
         {"dataRow": {"id": "d"}, "name": "car", "confidence": 0.5, "custom_metrics": [{"name": "m", "value": 0.5}]},
+        {"dataRow": {"id": "d", "globalKey": None}, "name": "car", "confidence": 0.5, "customMetrics": [{"name": "m", "value": 0.5}]},
+        {"dataRow": {"id": "d"}, "name": "car", "confidence": 0.5, "customMetrics": [{"name": "m", "value": 0.5}, {"name": "n", "value": 1}]},
+        {"uuid": None, "dataRow": {"id": "d"}, "name": "car", "confidence": 0.5, "customMetrics": [{"name": "m", "value": 0.5}]},
+        {
+            "dataRow": {"id": "d"},
+            "name": "car",
+            "confidence": 0.5,
+            "customMetrics": [{"name": "m", "value": 0.5}],
+            "classifications": [{"name": "c", "answer": {"name": "a", "custom_metrics": [{"name": "k", "value": 1}]}}],
+        },
     ],
 )
 def test_rows_near_the_common_shape_match_their_parsed_form(row: dict[str, Any]) -> None:
@@ -172,3 +182,18 @@ def test_rows_near_the_common_shape_match_their_parsed_form(row: dict[str, Any])
     assert not isinstance(up, LabelEvent)
     assert up.rows == [(r.uuid, r.data_row.key()) for r in ev.predictions]
     assert up.payload == b"\n".join(orjson.dumps(r.to_ndjson()) for r in ev.predictions)
+
+
+def test_a_long_model_run_id_gets_the_documented_uuid_and_is_not_kept() -> None:
+    from service.events import uuids
+
+    run = "r" * 300
+    row = {"dataRow": {"id": "dr-1"}, "name": "car", "confidence": 0.5, "customMetrics": [{"name": "iou", "value": 0.25}]}
+    raw = orjson.dumps({"model_run_id": run, "predictions": [row]})
+    name = run.encode() + b"\n" + orjson.dumps(row, option=orjson.OPT_SORT_KEYS)
+    up = parse_upload("prediction", raw, max_bytes=MAX)
+    assert not isinstance(up, LabelEvent)
+    assert up.rows == [(str(uuid.uuid5(PREDICTION_UUID_NAMESPACE, name.decode())), "id:dr-1")]
+    assert run not in uuids._PREFIX_HASHES
+    parse_upload("prediction", raw.replace(run.encode(), b"mr-short"), max_bytes=MAX)
+    assert "mr-short" in uuids._PREFIX_HASHES
