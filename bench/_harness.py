@@ -5,6 +5,7 @@ the whole run and hands it over in ``RUNSTREAM_KAFKA_BOOTSTRAP``; a script run b
 
 ``scratch_dir``: a bench's temporary directory, removed when the script exits (a 1M-event run leaves
 gigabytes of stores, topics and files behind otherwise). ``RUNSTREAM_BENCH_KEEP=1`` keeps it to look at.
+A script killed by a signal (run_all.py kills a step past its time limit) leaves its directory behind.
 """
 
 from __future__ import annotations

@@ -32,7 +32,6 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -124,7 +123,6 @@ def phases(
                 seg_start = dict(cpu)
     finally:
         backend.close()
-        shutil.rmtree(tmp, ignore_errors=True)
     out = {f"{k}_us": v / n * 1e6 for k, v in cpu.items()}
     out["total_us"] = (sum(cpu.values()) - cpu["commit_wall"]) / n * 1e6
     out.update({f"{k}_per_event": v / n for k, v in rows.items()})
@@ -159,19 +157,20 @@ async def main() -> None:
     ap.add_argument("--segment", type=int, default=0, help="--phases: also print the stages per this many events")
     ap.add_argument("--commit-every", type=int, default=10000, help="--phases: events per commit (a multiple of 5000)")
     args = ap.parse_args()
+    # the phases run applies batches of 5,000 events and measures and commits at their ends
+    if args.segment < 0 or args.segment % 5000:
+        ap.error(f"--segment must be 0 or a multiple of 5000, got {args.segment}")
+    if args.commit_every <= 0 or args.commit_every % 5000:
+        ap.error(f"--commit-every must be a positive multiple of 5000, got {args.commit_every}")
     if args.phases:
         res = phases(args.events, args.runs, commit_every=args.commit_every, segment=args.segment)
         print(" ".join(f"{k}={v:.2f}" for k, v in res.items()))
         if args.json:
             print(json.dumps(res))
         return
-    tmp = scratch_dir("bench-fresh-")
-    try:
-        with kafka_bootstrap(tmp / "kafka") as bootstrap:
-            await measure(args, bootstrap, tmp)
-    finally:
-        if not os.environ.get("BENCH_KEEP_TMP"):  # the events file and state are ~0.5 GB at 1M events
-            shutil.rmtree(tmp, ignore_errors=True)
+    tmp = scratch_dir("bench-fresh-")  # the events file and state are ~0.5 GB at 1M events
+    with kafka_bootstrap(tmp / "kafka") as bootstrap:
+        await measure(args, bootstrap, tmp)
 
 
 async def measure(args: argparse.Namespace, bootstrap: str, tmp: Path) -> None:
