@@ -64,6 +64,7 @@ import sqlite3
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -561,6 +562,57 @@ class SetFloor:
         return out
 
 
+async def _consume(
+    bootstrap: str,
+    ends: dict[TopicPartition, int],
+    stored: Callable[[tuple[str, int]], int | None],
+    step: Callable[[dict[TopicPartition, list[Any]]], None],
+    positions: Callable[[], dict[tuple[str, int], int]],
+    commit: Callable[[bool], None],
+    phases: dict[str, float],
+) -> float:
+    """Drive a floor over the topic as the aggregator runs: seek every partition to the floor's stored
+    offset, hand each poll (up to 10k records) to ``step``, ``commit(False)`` every 1 s and ``commit(True)``
+    (durable) once the positions reach the topic's end. Seconds from the first batch to that commit."""
+    tps = [tp for tp, end in ends.items() if end]
+    want = {(tp.topic, tp.partition): ends[tp] for tp in tps}
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
+    await c.start()
+    gc_was = gc.isenabled()
+    gc.disable()  # the engine's BatchGc keeps the collector off while it applies, too
+    try:
+        c.assign(tps)
+        for tp in tps:  # exactly-once: resume where the store's offsets say
+            offset = stored((tp.topic, tp.partition))
+            if offset is None:
+                await c.seek_to_beginning(tp)
+            else:
+                c.seek(tp, offset)
+        t0 = 0.0
+        last_commit = 0.0
+        while True:
+            t_poll = time.perf_counter()
+            batch = await c.getmany(timeout_ms=100, max_records=10_000)
+            now = time.perf_counter()
+            if batch and not t0:
+                t0 = last_commit = now
+            elif t0:
+                phases["poll"] += now - t_poll
+            step(batch)
+            now = time.perf_counter()
+            at = positions()
+            if all(at.get(k, 0) >= v for k, v in want.items()):
+                commit(True)
+                return time.perf_counter() - t0
+            if now - last_commit >= 1.0:
+                commit(False)
+                last_commit = now
+    finally:
+        if gc_was:
+            gc.enable()
+        await c.stop()
+
+
 async def set_floor_rate(
     bootstrap: str, topic: str, ends: dict[TopicPartition, int], path: Path, shards: int = 1
 ) -> tuple[float, list[SetFloor]]:
@@ -572,61 +624,41 @@ async def set_floor_rate(
     """
     floors = [SetFloor(path.with_name(f"{path.stem}-{i}{path.suffix}") if shards > 1 else path)
               for i in range(shards)]
-    tps = [tp for tp, end in ends.items() if end]
-    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
-    await c.start()
-    gc_was = gc.isenabled()
-    gc.disable()
-    try:
-        c.assign(tps)
-        for tp in tps:
-            stored = floors[tp.partition % shards].stored.get((tp.topic, tp.partition))
-            if stored is None:
-                await c.seek_to_beginning(tp)
-            else:
-                c.seek(tp, stored)
-        want = {(tp.topic, tp.partition): ends[tp] for tp in tps}
-        phases = floors[0].phases
-        t0 = 0.0
-        last_commit = 0.0
-        caught_up = False
-        while not caught_up:
-            t_poll = time.perf_counter()
-            batch = await c.getmany(timeout_ms=100, max_records=10_000)
-            now = time.perf_counter()
-            if batch and not t0:
-                t0 = last_commit = now
-            elif t0:
-                phases["poll"] += now - t_poll
-            for i, floor in enumerate(floors):
-                mine = [(tp, recs) for tp, recs in batch.items() if tp.partition % shards == i]
-                if not mine:
-                    continue
-                t = time.perf_counter()
-                rows = floor.flatten([rec.value for _tp, recs in mine for rec in recs])
-                for tp, recs in mine:
-                    floor.positions[(tp.topic, tp.partition)] = recs[-1].offset + 1
-                phases["decode"] += time.perf_counter() - t
-                floor.apply(rows)
-            now = time.perf_counter()
-            caught_up = all(floors[k[1] % shards].positions.get(k, 0) >= v for k, v in want.items())
-            if caught_up or now - last_commit >= 1.0:
-                for floor in floors:
-                    floor.commit()
-                last_commit = now
+    phases = floors[0].phases
+
+    def step(batch: dict[TopicPartition, list[Any]]) -> None:
+        for i, floor in enumerate(floors):
+            mine = [(tp, recs) for tp, recs in batch.items() if tp.partition % shards == i]
+            if not mine:
+                continue
+            t = time.perf_counter()
+            rows = floor.flatten([rec.value for _tp, recs in mine for rec in recs])
+            for tp, recs in mine:
+                floor.positions[(tp.topic, tp.partition)] = recs[-1].offset + 1
+            phases["decode"] += time.perf_counter() - t
+            floor.apply(rows)
+
+    def positions() -> dict[tuple[str, int], int]:
+        return {k: v for floor in floors for k, v in floor.positions.items()}
+
+    def commit(wait: bool) -> None:
         for floor in floors:
-            floor.commit(wait=True)
-        elapsed = time.perf_counter() - t0
+            floor.commit()
+        if wait:
+            for floor in floors:
+                floor.commit(wait=True)
+
+    try:
+        elapsed = await _consume(
+            bootstrap, ends, lambda k: floors[k[1] % shards].stored.get(k), step, positions, commit, phases
+        )
     finally:
-        if gc_was:
-            gc.enable()
-        await c.stop()
         for floor in floors:
             floor.close()
     for floor in floors[1:]:  # one set of phases: the writer threads' seconds add up
         for k, v in floor.phases.items():
             phases[k] += v
-    return sum(want.values()) / elapsed, floors
+    return sum(ends.values()) / elapsed, floors
 
 
 def set_floor_aggs(paths: list[Path]) -> dict[str, dict[str, list[Any]]]:
@@ -643,55 +675,27 @@ def set_floor_aggs(paths: list[Path]) -> dict[str, dict[str, list[Any]]]:
 async def floor_rate(bootstrap: str, topic: str, ends: dict[TopicPartition, int], path: Path) -> tuple[float, Floor]:
     """Run the floor over the topic; clock from its first batch until the topic end is durable."""
     floor = Floor(path)
-    tps = [tp for tp, end in ends.items() if end]
-    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
-    await c.start()
-    gc_was = gc.isenabled()
-    gc.disable()  # the engine's BatchGc keeps the collector off while it applies, too
+    decode = msgspec.json.Decoder().decode
+    apply = floor.apply
+    positions = floor.positions
+
+    def step(batch: dict[TopicPartition, list[Any]]) -> None:
+        t = time.perf_counter()
+        for tp, recs in batch.items():
+            for rec in recs:
+                ev = decode(rec.value)
+                apply(ev["model_run_id"], ev["metrics"])
+            positions[(tp.topic, tp.partition)] = recs[-1].offset + 1
+        floor.phases["decode+apply"] += time.perf_counter() - t
+
     try:
-        c.assign(tps)
-        for tp in tps:  # exactly-once: resume where the store's offsets say
-            stored = floor.stored.get((tp.topic, tp.partition))
-            if stored is None:
-                await c.seek_to_beginning(tp)
-            else:
-                c.seek(tp, stored)
-        want = {(tp.topic, tp.partition): ends[tp] for tp in tps}
-        decode = msgspec.json.Decoder().decode
-        apply = floor.apply
-        positions = floor.positions
-        t0 = 0.0
-        last_commit = 0.0
-        while True:
-            t_poll = time.perf_counter()
-            batch = await c.getmany(timeout_ms=100, max_records=10_000)
-            now = time.perf_counter()
-            if batch and not t0:
-                t0 = last_commit = now
-            elif t0:
-                floor.phases["poll"] += now - t_poll
-            for tp, recs in batch.items():
-                for rec in recs:
-                    ev = decode(rec.value)
-                    apply(ev["model_run_id"], ev["metrics"])
-                positions[(tp.topic, tp.partition)] = recs[-1].offset + 1
-            floor.phases["decode+apply"] += time.perf_counter() - now
-            now = time.perf_counter()
-            caught_up = all(positions.get(k, 0) >= v for k, v in want.items())
-            if caught_up:
-                floor.commit(wait=True)
-                break
-            if now - last_commit >= 1.0:
-                floor.commit()
-                last_commit = now
-        elapsed = time.perf_counter() - t0
+        elapsed = await _consume(
+            bootstrap, ends, floor.stored.get, step, lambda: positions, floor.commit, floor.phases
+        )
     finally:
-        if gc_was:
-            gc.enable()
-        await c.stop()
         floor._pool.shutdown()
         floor.db.close()
-    return sum(want.values()) / elapsed, floor
+    return sum(ends.values()) / elapsed, floor
 
 
 def cpu_phases(n: int, rounds: int) -> dict[str, Any]:
